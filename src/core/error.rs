@@ -1,0 +1,97 @@
+//! Typed errors of the NoiseSocket core.
+//!
+//! Every error says whose fault it is ([`Error::is_peer_fault`]): the nginx layer maps peer
+//! faults to `info` and local faults to `error`, in one place, and the CLI prints the
+//! `Display` text after `noisesocket: `.
+
+use std::fmt;
+
+/// What went wrong in a NoiseSocket session.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A transport frame is shorter than the 18 bytes of `body_len` plus tag.
+    #[error("transport frame of {0} bytes is shorter than 18")]
+    FrameTooShort(usize),
+    /// The decrypted `body_len` claims more bytes than the payload holds.
+    #[error("body length {body_len} exceeds the payload of {available} bytes")]
+    BodyLength { body_len: usize, available: usize },
+    /// Authentication of a handshake or transport message failed (bad MAC, wrong key).
+    #[error("decryption failed ({0})")]
+    Decrypt(&'static str),
+    /// Negotiation data where the spec requires none (any message after the first exchange).
+    #[error("unexpected negotiation data ({0} bytes) after the first exchange")]
+    LateNegotiation(usize),
+    /// A zero-length Noise message where a handshake message was required.
+    #[error("empty noise message where a handshake message was expected")]
+    EmptyHandshakeMessage,
+    /// A non-empty Noise message where the negotiation requires an empty one (retry, reject).
+    #[error("noise message in a retry or reject response")]
+    UnexpectedHandshakeMessage,
+    /// The peer closed the connection inside a frame (truncation).
+    #[error("connection closed inside a frame")]
+    Truncated,
+    /// The peer closed the connection before the handshake completed.
+    #[error("connection closed during the handshake")]
+    ClosedDuringHandshake,
+    /// The peer explicitly rejected the handshake. The data is unauthenticated.
+    #[error("rejected by peer (negotiation data {})", Hex(.0))]
+    Rejected(Vec<u8>),
+    /// The peer's negotiation data could not be understood.
+    #[error("unrecognised negotiation data {}", Hex(.0))]
+    BadNegotiation(Vec<u8>),
+    /// The peer proposed a protocol that the local configuration does not allow.
+    #[error("protocol {0} not allowed")]
+    ProtocolNotAllowed(String),
+    /// We refused the initiator's negotiation data (protocol not offered here, or unreadable).
+    #[error("refused negotiation data {}", Hex(.0))]
+    Refused(Vec<u8>),
+    /// Trusted keys are configured but the peer's pattern sends no static key.
+    #[error("peer sent no static key and trusted keys are required")]
+    NoPeerKey,
+    /// The peer asked for a second protocol change (switch or retry).
+    #[error("second protocol change refused")]
+    SecondProtocolChange,
+    /// The peer's static key is not in the trusted keys.
+    #[error("{} key not in trusted keys: {}", .role, crate::core::keys::encode_key(.key))]
+    UntrustedKey { role: &'static str, key: [u8; 32] },
+    /// The peer's static key differs from the one configured for it.
+    #[error("{} key mismatch: got {}", .role, crate::core::keys::encode_key(.key))]
+    WrongRemoteKey { role: &'static str, key: [u8; 32] },
+    /// The local configuration cannot run this protocol (missing key, bad name, ...).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A Noise operation failed for a reason that is ours (state misuse, buffer sizes).
+    #[error("noise: {0}")]
+    Internal(String),
+    /// 2^64-1 messages were sent or received with one key.
+    #[error("nonce space exhausted")]
+    NonceExhausted,
+}
+
+impl Error {
+    /// True when the peer caused the error (log at `info`), false when we did (log at `error`).
+    pub fn is_peer_fault(&self) -> bool {
+        !matches!(
+            self,
+            Error::Config(_) | Error::Internal(_) | Error::NonceExhausted
+        )
+    }
+}
+
+/// Displays bytes as lowercase hex, at most 64 bytes of them.
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0.iter().take(64) {
+            write!(f, "{b:02x}")?;
+        }
+        if self.0.len() > 64 {
+            f.write_str("...")?;
+        }
+        Ok(())
+    }
+}
+
+/// Result alias for the core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,592 @@
+//! The NoiseSocket handshake driver, both roles (notes §3.2-3.4), on `snow`.
+//!
+//! A [`Handshake`] consumes received bytes with [`Handshake::read`] (any split, one byte at a
+//! time works; it stops exactly at the end of the last handshake message, leaving transport
+//! bytes to the caller) and queues bytes to send, drained with [`Handshake::pending_output`] and
+//! [`Handshake::consume_output`]. A [`Negotiator`] makes every decision: accept, switch
+//! (the responder becomes the Noise initiator of a new protocol, prologue Init2), retry (the
+//! initiator starts again, prologue Init3 in the 2018-05-01 layout) or explicit reject.
+//!
+//! Invariants:
+//! * At most one protocol change per connection; only the first message of each side carries
+//!   negotiation data, and any later non-empty data is an error.
+//! * `body_len` framing applies exactly to encrypted handshake payloads
+//!   ([`Protocol::payload_encrypted`]); after each write the table is checked against snow.
+//! * The peer's static key is checked (expected key, trusted keys) as soon as it is learnt,
+//!   before anything else is sent, so an initiator never reveals itself to an untrusted server.
+//! * After an error, [`Handshake::pending_output`] may still hold an explicit reject: send it,
+//!   best effort, then close.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::error::{Error, Result};
+use super::frame::HandshakeReader;
+use super::keys::KeySet;
+use super::negotiation::{Decision, Negotiator, Response, Stage};
+use super::payload::{self, MAX_BODY, MAX_MESSAGE};
+use super::prologue;
+use super::protocol::{Protocol, Role};
+use super::transport::{CipherState, Transport};
+
+/// Settings shared by every connection of one configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Application prologue, appended to every NoiseSocket prologue.
+    pub app_prologue: Vec<u8>,
+    /// Pad bodies to a multiple of this many bytes (0 = no padding).
+    pub padding: usize,
+    /// When set, the peer's static key must be listed.
+    pub trusted: Option<KeySet>,
+}
+
+/// What the handshake established, for logs and variables.
+#[derive(Clone, Debug)]
+pub struct HandshakeInfo {
+    pub protocol: Protocol,
+    pub remote_static: Option<[u8; 32]>,
+    pub handshake_hash: Vec<u8>,
+    /// The initiator's first negotiation data.
+    pub initial_negotiation: Vec<u8>,
+    pub stage: Stage,
+}
+
+/// A finished handshake.
+pub struct Established {
+    pub transport: Transport,
+    pub info: HandshakeInfo,
+    /// Handshake bytes not yet sent (the initiator's last message): send them first.
+    pub pending: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Responder: waiting for the initiator's first message.
+    AwaitInitial,
+    /// Initiator: waiting for the responder's first message (may negotiate).
+    AwaitResponse,
+    /// Responder: asked for a retry, waiting for the initiator's new first message.
+    AwaitRetry(Protocol),
+    /// Later messages: no negotiation data.
+    Exchange,
+    Done,
+    Failed,
+}
+
+/// One side of a NoiseSocket handshake; see the module doc.
+pub struct Handshake {
+    role: Role,
+    negotiator: Arc<dyn Negotiator>,
+    settings: Arc<Settings>,
+    phase: Phase,
+    reader: HandshakeReader,
+    out: Vec<u8>,
+    noise: Option<Box<snow::HandshakeState>>,
+    protocol: Option<Protocol>,
+    noise_role: Role,
+    index: usize,
+    stage: Stage,
+    expected_remote: Option<[u8; 32]>,
+    remote_checked: bool,
+    neg_a1: Vec<u8>,
+    msg_a1: Vec<u8>,
+    neg_b1: Vec<u8>,
+    next_payload: Option<Vec<u8>>,
+    received: Vec<Vec<u8>>,
+}
+
+impl Handshake {
+    fn new(role: Role, negotiator: Arc<dyn Negotiator>, settings: Arc<Settings>) -> Self {
+        Handshake {
+            role,
+            negotiator,
+            settings,
+            phase: if role.is_initiator() {
+                Phase::AwaitResponse
+            } else {
+                Phase::AwaitInitial
+            },
+            reader: HandshakeReader::new(),
+            out: Vec::new(),
+            noise: None,
+            protocol: None,
+            noise_role: role,
+            index: 0,
+            stage: Stage::Initial,
+            expected_remote: None,
+            remote_checked: false,
+            neg_a1: Vec::new(),
+            msg_a1: Vec::new(),
+            neg_b1: Vec::new(),
+            next_payload: None,
+            received: Vec::new(),
+        }
+    }
+
+    /// Starts an initiator; its first message is queued at once.
+    pub fn initiator(negotiator: Arc<dyn Negotiator>, settings: Arc<Settings>) -> Result<Self> {
+        Self::initiator_with_payload(negotiator, settings, Vec::new())
+    }
+
+    /// Starts an initiator whose first message carries `payload`.
+    pub fn initiator_with_payload(
+        negotiator: Arc<dyn Negotiator>,
+        settings: Arc<Settings>,
+        payload: Vec<u8>,
+    ) -> Result<Self> {
+        let mut hs = Self::new(Role::Initiator, negotiator, settings);
+        let (protocol, neg) = hs.negotiator.initial()?;
+        let prologue = prologue::init1(&neg, &hs.settings.app_prologue);
+        hs.start_protocol(protocol, Role::Initiator, Stage::Initial, &prologue)?;
+        hs.next_payload = Some(payload);
+        hs.neg_a1 = neg;
+        let neg = hs.neg_a1.clone();
+        hs.msg_a1 = hs.write_message(&neg)?;
+        Ok(hs)
+    }
+
+    /// Starts a responder.
+    pub fn responder(negotiator: Arc<dyn Negotiator>, settings: Arc<Settings>) -> Self {
+        Self::new(Role::Responder, negotiator, settings)
+    }
+
+    /// The body of the next handshake message this side writes (default empty).
+    pub fn set_payload(&mut self, payload: Vec<u8>) {
+        self.next_payload = Some(payload);
+    }
+
+    /// Bodies of the handshake messages received so far.
+    pub fn received_payloads(&self) -> &[Vec<u8>] {
+        &self.received
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The protocol being run, once known.
+    pub fn protocol(&self) -> Option<&Protocol> {
+        self.protocol.as_ref()
+    }
+
+    /// The initiator's first negotiation data, once known.
+    pub fn initial_negotiation(&self) -> &[u8] {
+        &self.neg_a1
+    }
+
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn consume_output(&mut self, n: usize) {
+        self.out.drain(..n.min(self.out.len()));
+    }
+
+    /// Consumes received bytes and returns how many were used; stops when the handshake is
+    /// done, so the rest of `input` belongs to the transport.
+    pub fn read(&mut self, input: &[u8]) -> Result<usize> {
+        if self.phase == Phase::Failed {
+            return Err(Error::Internal("read after a failed handshake".into()));
+        }
+        let mut used = 0;
+        while used < input.len() && self.phase != Phase::Done {
+            used += self.reader.feed(&input[used..]);
+            if self.reader.is_complete() {
+                let (neg, noise) = self.reader.take();
+                if let Err(e) = self.process(neg, noise) {
+                    self.phase = Phase::Failed;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// The peer closed the connection: the error that describes it.
+    pub fn eof(&mut self) -> Error {
+        let reject_without_message = self.phase == Phase::AwaitResponse
+            && self.reader.has_negotiation()
+            && !self.reader.negotiation().is_empty();
+        let err = if reject_without_message {
+            // A Go server's reject: negotiation data, then EOF before the noise length.
+            Error::Rejected(self.reader.negotiation().to_vec())
+        } else if self.reader.is_empty() {
+            Error::ClosedDuringHandshake
+        } else {
+            Error::Truncated
+        };
+        self.phase = Phase::Failed;
+        err
+    }
+
+    /// Completes the handshake into transport mode.
+    pub fn finish(mut self) -> Result<Established> {
+        if self.phase != Phase::Done {
+            return Err(Error::Internal("handshake not finished".into()));
+        }
+        let (Some(mut noise), Some(protocol)) = (self.noise.take(), self.protocol.take()) else {
+            return Err(Error::Internal("handshake state missing".into()));
+        };
+        let (k1, k2) = noise.dangerously_get_raw_split();
+        let (k1, k2) = (Zeroizing::new(k1), Zeroizing::new(k2));
+        let (send, recv) = if self.noise_role.is_initiator() {
+            (&k1, &k2)
+        } else {
+            (&k2, &k1)
+        };
+        let transport = Transport::new(
+            CipherState::new(protocol.cipher(), send)?,
+            CipherState::new(protocol.cipher(), recv)?,
+            self.settings.padding,
+        );
+        let remote_static = noise.get_remote_static().and_then(|k| k.try_into().ok());
+        let info = HandshakeInfo {
+            protocol,
+            remote_static,
+            handshake_hash: noise.get_handshake_hash().to_vec(),
+            initial_negotiation: std::mem::take(&mut self.neg_a1),
+            stage: self.stage,
+        };
+        Ok(Established {
+            transport,
+            info,
+            pending: std::mem::take(&mut self.out),
+        })
+    }
+
+    fn process(&mut self, neg: Vec<u8>, noise: Vec<u8>) -> Result<()> {
+        match self.phase.clone() {
+            Phase::AwaitInitial => self.on_initial(neg, noise),
+            Phase::AwaitResponse => self.on_response(neg, noise),
+            Phase::AwaitRetry(protocol) => self.on_retry(protocol, neg, noise),
+            Phase::Exchange => {
+                if !neg.is_empty() {
+                    return Err(Error::LateNegotiation(neg.len()));
+                }
+                self.read_and_answer(&noise)
+            }
+            Phase::Done | Phase::Failed => Err(Error::Internal("message after the end".into())),
+        }
+    }
+
+    /// Responder: the initiator's first message.
+    fn on_initial(&mut self, neg: Vec<u8>, noise: Vec<u8>) -> Result<()> {
+        if noise.is_empty() {
+            return Err(Error::EmptyHandshakeMessage);
+        }
+        self.neg_a1 = neg;
+        self.msg_a1 = noise;
+        let decision = self.negotiator.decide(&self.neg_a1);
+        self.apply(decision, true)
+    }
+
+    fn apply(&mut self, decision: Decision, may_rescue: bool) -> Result<()> {
+        match decision {
+            Decision::Accept(protocol) => {
+                let prologue = prologue::init1(&self.neg_a1, &self.settings.app_prologue);
+                self.start_protocol(protocol, Role::Responder, Stage::Initial, &prologue)?;
+                let msg = std::mem::take(&mut self.msg_a1);
+                let read = self.read_noise(&msg);
+                self.msg_a1 = msg;
+                match read {
+                    Ok(()) => {}
+                    Err(e) => {
+                        return match self.negotiator.on_failure(&self.neg_a1) {
+                            Some(d @ Decision::Switch { .. }) if may_rescue => self.apply(d, false),
+                            _ => Err(e),
+                        };
+                    }
+                }
+                if let Err(e) = self.check_remote() {
+                    self.queue_reject();
+                    return Err(e);
+                }
+                self.answer()
+            }
+            Decision::Switch { protocol, data } => {
+                if data.is_empty() {
+                    return Err(Error::Internal("switch without negotiation data".into()));
+                }
+                let prologue = prologue::init2(
+                    &self.neg_a1,
+                    &self.msg_a1,
+                    &data,
+                    &self.settings.app_prologue,
+                );
+                self.start_protocol(protocol, Role::Initiator, Stage::Switch, &prologue)?;
+                self.neg_b1 = data;
+                let neg = self.neg_b1.clone();
+                self.write_message(&neg)?;
+                self.phase = Phase::Exchange;
+                Ok(())
+            }
+            Decision::Retry { protocol, data } => {
+                if data.is_empty() {
+                    return Err(Error::Internal("retry without negotiation data".into()));
+                }
+                push_sized(&mut self.out, &data);
+                push_sized(&mut self.out, &[]);
+                self.neg_b1 = data;
+                self.stage = Stage::Retry;
+                self.phase = Phase::AwaitRetry(protocol);
+                Ok(())
+            }
+            Decision::Reject { data } => {
+                push_sized(&mut self.out, &data);
+                push_sized(&mut self.out, &[]);
+                Err(Error::Refused(self.neg_a1.clone()))
+            }
+        }
+    }
+
+    /// Initiator: the responder's first message.
+    fn on_response(&mut self, neg: Vec<u8>, noise: Vec<u8>) -> Result<()> {
+        if neg.is_empty() {
+            return self.read_and_answer(&noise);
+        }
+        match self.negotiator.response(&neg, noise.is_empty())? {
+            Response::Reject => Err(Error::Rejected(neg)),
+            Response::Switch(protocol) => {
+                if noise.is_empty() {
+                    return Err(Error::EmptyHandshakeMessage);
+                }
+                let prologue = prologue::init2(
+                    &self.neg_a1,
+                    &self.msg_a1,
+                    &neg,
+                    &self.settings.app_prologue,
+                );
+                self.neg_b1 = neg;
+                self.start_protocol(protocol, Role::Responder, Stage::Switch, &prologue)?;
+                self.read_and_answer(&noise)
+            }
+            Response::Retry { protocol, data } => {
+                if !noise.is_empty() {
+                    return Err(Error::UnexpectedHandshakeMessage);
+                }
+                let prologue = prologue::init3(
+                    &self.neg_a1,
+                    &self.msg_a1,
+                    &neg,
+                    &data,
+                    &self.settings.app_prologue,
+                );
+                self.neg_b1 = neg;
+                self.start_protocol(protocol, Role::Initiator, Stage::Retry, &prologue)?;
+                self.write_message(&data)?;
+                self.phase = Phase::Exchange;
+                Ok(())
+            }
+        }
+    }
+
+    /// Responder: the initiator's retry message.
+    fn on_retry(&mut self, protocol: Protocol, neg: Vec<u8>, noise: Vec<u8>) -> Result<()> {
+        self.negotiator.check_retry(&neg, &protocol)?;
+        let prologue = prologue::init3(
+            &self.neg_a1,
+            &self.msg_a1,
+            &self.neg_b1,
+            &neg,
+            &self.settings.app_prologue,
+        );
+        self.start_protocol(protocol, Role::Responder, Stage::Retry, &prologue)?;
+        self.read_and_answer(&noise)
+    }
+
+    /// Reads a message of the running protocol, checks the peer's key, then writes our
+    /// next message if the handshake goes on.
+    fn read_and_answer(&mut self, noise: &[u8]) -> Result<()> {
+        self.read_noise(noise)?;
+        self.check_remote()?;
+        self.answer()
+    }
+
+    fn answer(&mut self) -> Result<()> {
+        if !self.noise_finished() {
+            self.write_message(&[])?;
+        }
+        self.phase = if self.noise_finished() {
+            Phase::Done
+        } else {
+            Phase::Exchange
+        };
+        if self.phase == Phase::Done && self.settings.trusted.is_some() && !self.remote_checked {
+            return Err(Error::NoPeerKey);
+        }
+        Ok(())
+    }
+
+    fn noise_finished(&self) -> bool {
+        self.noise
+            .as_ref()
+            .is_some_and(|n| n.is_handshake_finished())
+    }
+
+    fn queue_reject(&mut self) {
+        let data = self.negotiator.reject_data();
+        push_sized(&mut self.out, &data);
+        push_sized(&mut self.out, &[]);
+    }
+
+    fn start_protocol(
+        &mut self,
+        protocol: Protocol,
+        noise_role: Role,
+        stage: Stage,
+        prologue: &[u8],
+    ) -> Result<()> {
+        let creds = self.negotiator.credentials(&protocol, noise_role, stage);
+        let config = |what: &str, e: snow::Error| Error::Config(format!("{protocol}: {what}: {e}"));
+        let mut builder = snow::Builder::new(protocol.params().clone())
+            .prologue(prologue)
+            .map_err(|e| config("prologue", e))?;
+        if protocol.needs_local_static(noise_role) {
+            let key = creds
+                .static_key
+                .as_ref()
+                .ok_or_else(|| Error::Config(format!("{protocol} needs a private key")))?;
+            builder = builder
+                .local_private_key(key.as_bytes())
+                .map_err(|e| config("key", e))?;
+        }
+        self.expected_remote = None;
+        if protocol.needs_remote_static(noise_role) {
+            let key = creds
+                .remote_static
+                .as_ref()
+                .ok_or_else(|| Error::Config(format!("{protocol} needs the peer's public key")))?;
+            builder = builder
+                .remote_public_key(key)
+                .map_err(|e| config("remote key", e))?;
+        } else {
+            self.expected_remote = creds.remote_static;
+        }
+        for (i, position) in protocol.psk_positions().into_iter().enumerate() {
+            let psk = creds
+                .psks
+                .get(i)
+                .or(creds.psks.last())
+                .ok_or_else(|| Error::Config(format!("{protocol} needs a psk")))?;
+            builder = builder
+                .psk(position, psk.as_bytes())
+                .map_err(|e| config("psk", e))?;
+        }
+        if let Some(e) = &creds.fixed_ephemeral {
+            builder = builder.fixed_ephemeral_key_for_testing_only(e.as_bytes());
+        }
+        let state = if noise_role.is_initiator() {
+            builder.build_initiator()
+        } else {
+            builder.build_responder()
+        }
+        .map_err(|e| config("build", e))?;
+        self.noise = Some(Box::new(state));
+        self.protocol = Some(protocol);
+        self.noise_role = noise_role;
+        self.index = 0;
+        self.stage = stage;
+        self.remote_checked = false;
+        Ok(())
+    }
+
+    /// Writes the next Noise message, framed with `neg`; returns the Noise message bytes.
+    fn write_message(&mut self, neg: &[u8]) -> Result<Vec<u8>> {
+        let (Some(noise), Some(protocol)) = (self.noise.as_mut(), self.protocol.as_ref()) else {
+            return Err(Error::Internal("no handshake state".into()));
+        };
+        let body = self.next_payload.take().unwrap_or_default();
+        let encrypted = protocol.payload_encrypted(self.index);
+        let framed = if encrypted {
+            if body.len() > MAX_BODY {
+                return Err(Error::Internal("handshake payload too large".into()));
+            }
+            let padded = payload::padded_len(body.len(), self.settings.padding);
+            let mut framed = vec![0u8; 2 + padded];
+            payload::encode(&body, padded, &mut framed);
+            framed
+        } else {
+            body
+        };
+        let mut msg = vec![0u8; (framed.len() + 256).min(MAX_MESSAGE)];
+        let n = noise
+            .write_message(&framed, &mut msg)
+            .map_err(|e| Error::Internal(format!("write handshake message: {e}")))?;
+        if noise.was_write_payload_encrypted() != encrypted {
+            return Err(Error::Internal(format!(
+                "payload encryption of message {} of {protocol} disagrees with snow",
+                self.index
+            )));
+        }
+        msg.truncate(n);
+        self.index += 1;
+        push_sized(&mut self.out, neg);
+        push_sized(&mut self.out, &msg);
+        Ok(msg)
+    }
+
+    fn read_noise(&mut self, message: &[u8]) -> Result<()> {
+        let (Some(noise), Some(protocol)) = (self.noise.as_mut(), self.protocol.as_ref()) else {
+            return Err(Error::Internal("no handshake state".into()));
+        };
+        if message.is_empty() {
+            return Err(Error::EmptyHandshakeMessage);
+        }
+        let encrypted = protocol.payload_encrypted(self.index);
+        let mut buf = vec![0u8; message.len()];
+        let n = noise.read_message(message, &mut buf).map_err(|e| match e {
+            snow::Error::Decrypt => Error::Decrypt("handshake message failed to authenticate"),
+            _ => Error::Decrypt("malformed handshake message"),
+        })?;
+        let body = if encrypted {
+            let range = payload::body_range(&buf[..n])?;
+            buf[range].to_vec()
+        } else {
+            buf.truncate(n);
+            buf
+        };
+        self.received.push(body);
+        self.index += 1;
+        Ok(())
+    }
+
+    fn check_remote(&mut self) -> Result<()> {
+        if self.remote_checked {
+            return Ok(());
+        }
+        let Some(key) = self.noise.as_ref().and_then(|n| n.get_remote_static()) else {
+            return Ok(());
+        };
+        let key: [u8; 32] = key
+            .try_into()
+            .map_err(|_| Error::Internal("remote static length".into()))?;
+        self.remote_checked = true;
+        let role = if self.role.is_initiator() {
+            "server"
+        } else {
+            "client"
+        };
+        if self.expected_remote.is_some_and(|k| k != key) {
+            return Err(Error::WrongRemoteKey { role, key });
+        }
+        if self
+            .settings
+            .trusted
+            .as_ref()
+            .is_some_and(|t| !t.contains(&key))
+        {
+            return Err(Error::UntrustedKey { role, key });
+        }
+        Ok(())
+    }
+}
+
+fn push_sized(out: &mut Vec<u8>, field: &[u8]) {
+    out.extend_from_slice(&(field.len() as u16).to_be_bytes());
+    out.extend_from_slice(field);
+}

@@ -1,0 +1,179 @@
+//! The built-in [`Negotiator`]: allowed protocols, one set of keys, one codec.
+//!
+//! As responder it accepts an offered protocol that is on its list (empty data means the
+//! first), asks for a retry with its first protocol when the offer is well-formed but not on
+//! the list (if retry is enabled), switches to a configured protocol when an accepted first
+//! message fails to process (IK with a stale server key), and rejects explicitly otherwise.
+//! As initiator it offers its first protocol and follows a switch or retry only to protocols
+//! on its list.
+
+use super::codec::{self, Codec, Offer, VIRGIL_REJECT};
+use super::{Credentials, Decision, Negotiator, Response, Stage};
+use crate::core::error::{Error, Result};
+use crate::core::protocol::{Protocol, Role};
+
+/// Allowed protocols plus keys; see the module doc.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    protocols: Vec<Protocol>,
+    codec: Codec,
+    credentials: Credentials,
+    retry: bool,
+    switch_on_failure: Option<Protocol>,
+    require_initiator_static: bool,
+}
+
+impl Policy {
+    /// `protocols` must not be empty; the first is offered (initiator) or the default
+    /// (responder, for empty negotiation data).
+    pub fn new(protocols: Vec<Protocol>, codec: Codec, credentials: Credentials) -> Result<Self> {
+        if protocols.is_empty() {
+            return Err(Error::Config("no protocol configured".into()));
+        }
+        Ok(Policy {
+            protocols,
+            codec,
+            credentials,
+            retry: true,
+            switch_on_failure: None,
+            require_initiator_static: false,
+        })
+    }
+
+    /// Responder: ask for a retry when the offered protocol is not on the list (default on).
+    pub fn with_retry(mut self, retry: bool) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Responder: switch to `protocol` when the first message of an accepted protocol fails.
+    pub fn with_switch_on_failure(mut self, protocol: Option<Protocol>) -> Self {
+        self.switch_on_failure = protocol;
+        self
+    }
+
+    /// Responder: refuse patterns in which the initiator has no static key (trusted keys).
+    pub fn with_initiator_static_required(mut self, required: bool) -> Self {
+        self.require_initiator_static = required;
+        self
+    }
+
+    pub fn protocols(&self) -> &[Protocol] {
+        &self.protocols
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Checks that every allowed protocol can run in `role` with the configured keys.
+    pub fn validate(&self, role: Role) -> Result<()> {
+        for p in &self.protocols {
+            if p.needs_local_static(role) && self.credentials.static_key.is_none() {
+                return Err(Error::Config(format!("{p} needs a private key")));
+            }
+            if p.needs_remote_static(role) && self.credentials.remote_static.is_none() {
+                return Err(Error::Config(format!(
+                    "{p} needs the peer's public key in advance"
+                )));
+            }
+            if p.has_psk() && self.credentials.psks.is_empty() {
+                return Err(Error::Config(format!("{p} needs a psk")));
+            }
+            if role == Role::Initiator && self.codec == Codec::Virgil {
+                codec::encode_virgil(p)?;
+            }
+        }
+        if let Some(p) = &self.switch_on_failure {
+            // After a switch the responder is the Noise initiator of `p`.
+            if p.needs_local_static(Role::Initiator) && self.credentials.static_key.is_none() {
+                return Err(Error::Config(format!("{p} needs a private key")));
+            }
+            if p.needs_remote_static(Role::Initiator) || p.has_psk() {
+                return Err(Error::Config(format!("cannot switch to {p}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn acceptable(&self, p: &Protocol) -> bool {
+        !(self.require_initiator_static && !p.needs_local_static(Role::Initiator))
+    }
+
+    fn allowed(&self, p: &Protocol) -> bool {
+        self.protocols.contains(p)
+    }
+}
+
+impl Negotiator for Policy {
+    fn initial(&self) -> Result<(Protocol, Vec<u8>)> {
+        let p = self.protocols[0].clone();
+        let data = self.codec.encode(&p)?;
+        Ok((p, data))
+    }
+
+    fn response(&self, data: &[u8], message_empty: bool) -> Result<Response> {
+        let Some(p) = codec::decode_response(data)? else {
+            return Ok(Response::Reject);
+        };
+        if !self.allowed(&p) {
+            return Err(Error::ProtocolNotAllowed(p.name().to_string()));
+        }
+        if message_empty {
+            let data = self.codec.encode(&p)?;
+            Ok(Response::Retry { protocol: p, data })
+        } else {
+            Ok(Response::Switch(p))
+        }
+    }
+
+    fn decide(&self, data: &[u8]) -> Decision {
+        let offer = codec::detect_offer(data);
+        let chosen = match &offer {
+            Offer::Default => self.protocols.first(),
+            Offer::Named(p) => self.protocols.iter().find(|q| *q == p),
+            Offer::Unknown | Offer::Unrecognised => None,
+        };
+        if let Some(p) = chosen.filter(|p| self.acceptable(p)) {
+            return Decision::Accept(p.clone());
+        }
+        if self.retry && matches!(offer, Offer::Named(_) | Offer::Unknown) {
+            let retry = self
+                .protocols
+                .iter()
+                .filter(|p| self.acceptable(p))
+                .find_map(|p| codec::encode_virgil(p).ok().map(|data| (p.clone(), data)));
+            if let Some((protocol, data)) = retry {
+                return Decision::Retry { protocol, data };
+            }
+        }
+        Decision::Reject {
+            data: self.reject_data(),
+        }
+    }
+
+    fn on_failure(&self, data: &[u8]) -> Option<Decision> {
+        let protocol = self.switch_on_failure.clone()?;
+        if !matches!(codec::detect_offer(data), Offer::Named(_)) {
+            return None;
+        }
+        let data = codec::encode_virgil(&protocol).ok()?;
+        Some(Decision::Switch { protocol, data })
+    }
+
+    fn check_retry(&self, data: &[u8], protocol: &Protocol) -> Result<()> {
+        match codec::detect_offer(data) {
+            Offer::Default => Ok(()),
+            Offer::Named(p) if &p == protocol => Ok(()),
+            _ => Err(Error::BadNegotiation(data.to_vec())),
+        }
+    }
+
+    fn reject_data(&self) -> Vec<u8> {
+        VIRGIL_REJECT.to_vec()
+    }
+
+    fn credentials(&self, _: &Protocol, _: Role, _: Stage) -> Credentials {
+        self.credentials.clone()
+    }
+}
