@@ -7,7 +7,7 @@
 
 use super::error::{Error, Result};
 use super::payload::MAX_FRAME;
-use super::transport::{Opened, Transport};
+use super::transport::{Opened, Opener};
 
 pub struct Deframer {
     buf: Box<[u8]>,
@@ -63,8 +63,8 @@ impl Deframer {
     }
 
     /// Opens the next whole frame, if there is one, and returns its body (possibly empty).
-    pub fn next(&mut self, transport: &mut Transport) -> Result<Option<&[u8]>> {
-        match transport.open(&mut self.buf[self.start..self.end])? {
+    pub fn next(&mut self, opener: &mut Opener) -> Result<Option<&[u8]>> {
+        match opener.open(&mut self.buf[self.start..self.end])? {
             Opened::Incomplete => Ok(None),
             Opened::Frame { consumed, body } => {
                 let base = self.start;

@@ -82,14 +82,24 @@ impl CipherState {
     }
 }
 
-/// Both directions of an established NoiseSocket session.
-pub struct Transport {
-    send: CipherState,
-    recv: CipherState,
+/// The sending direction: plaintext in, whole frames out.
+pub struct Sealer {
+    cipher: CipherState,
     pad_to: usize,
 }
 
-/// The result of [`Transport::open`].
+/// The receiving direction: frames opened in place.
+pub struct Opener {
+    cipher: CipherState,
+}
+
+/// Both directions of an established NoiseSocket session.
+pub struct Transport {
+    pub sealer: Sealer,
+    pub opener: Opener,
+}
+
+/// The result of [`Opener::open`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Opened {
     /// More ciphertext is needed for the frame at the start of the buffer.
@@ -101,9 +111,37 @@ pub enum Opened {
 
 impl Transport {
     pub fn new(send: CipherState, recv: CipherState, pad_to: usize) -> Self {
-        Transport { send, recv, pad_to }
+        Transport {
+            sealer: Sealer {
+                cipher: send,
+                pad_to,
+            },
+            opener: Opener { cipher: recv },
+        }
     }
 
+    /// See [`Sealer::seal`].
+    pub fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<(usize, usize)> {
+        self.sealer.seal(plaintext, out)
+    }
+
+    /// See [`Opener::open`].
+    pub fn open(&mut self, buf: &mut [u8]) -> Result<Opened> {
+        self.opener.open(buf)
+    }
+
+    /// The two directions, for callers that drive them from different threads.
+    pub fn into_halves(self) -> (Sealer, Opener) {
+        (self.sealer, self.opener)
+    }
+
+    /// Messages sent and received so far.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.sealer.cipher.nonce(), self.opener.cipher.nonce())
+    }
+}
+
+impl Sealer {
     /// Size of the frame that carries a body of `body` bytes.
     pub fn frame_len(&self, body: usize) -> usize {
         FRAME_OVERHEAD + payload::padded_len(body, self.pad_to)
@@ -134,14 +172,16 @@ impl Transport {
             let message_len = 2 + padded + TAG_LEN;
             frame[..2].copy_from_slice(&(message_len as u16).to_be_bytes());
             let pt_len = payload::encode(&plaintext[..body], padded, &mut frame[2..]);
-            self.send.seal_in_place(&mut frame[2..], pt_len)?;
+            self.cipher.seal_in_place(&mut frame[2..], pt_len)?;
             written += frame.len();
             consumed += body;
             plaintext = &plaintext[body..];
         }
         Ok((consumed, written))
     }
+}
 
+impl Opener {
     /// Opens the frame at the start of `buf` in place.
     pub fn open(&mut self, buf: &mut [u8]) -> Result<Opened> {
         match transport_frame(buf)? {
@@ -151,7 +191,7 @@ impl Transport {
                 body: 2..2,
             }),
             FrameStatus::Complete(len) => {
-                let pt_len = self.recv.open_in_place(&mut buf[2..len])?;
+                let pt_len = self.cipher.open_in_place(&mut buf[2..len])?;
                 let body = payload::body_range(&buf[2..2 + pt_len])?;
                 Ok(Opened::Frame {
                     consumed: len,
@@ -159,11 +199,6 @@ impl Transport {
                 })
             }
         }
-    }
-
-    /// Messages sent and received so far.
-    pub fn counters(&self) -> (u64, u64) {
-        (self.send.nonce(), self.recv.nonce())
     }
 }
 

@@ -1,1 +1,147 @@
-fn main() {}
+//! `noisesocket`: make keys and talk NoiseSocket by hand, the way `wg genkey` and
+//! `openssl s_client` are used. See `noisesocket --help`.
+//!
+//! Every failure exits non-zero with one line, `noisesocket: <what failed>`.
+
+mod options;
+mod relay;
+mod session;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+
+use nginx_noise::core::handshake::{Handshake, Settings};
+use nginx_noise::core::keys::{self, Secret};
+use nginx_noise::core::negotiation::Policy;
+use nginx_noise::core::protocol::Role;
+
+use options::{Options, USAGE};
+
+fn main() -> ExitCode {
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) if e == USAGE => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("noisesocket: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("noisesocket: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(o: &Options) -> Result<(), String> {
+    match o.command.as_str() {
+        "keygen" => {
+            let key = Secret::generate().map_err(|e| e.to_string())?;
+            println!("{}", keys::encode_key(key.as_bytes()));
+            Ok(())
+        }
+        "pubkey" => {
+            let mut data = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut data)
+                .map_err(|e| format!("stdin: {e}"))?;
+            let key = keys::parse_secret(std::path::Path::new("<stdin>"), &data)
+                .map_err(|e| e.to_string())?;
+            println!("{}", keys::encode_key(&key.public_key()));
+            Ok(())
+        }
+        "connect" => connect(o),
+        "listen" => listen(o),
+        other => Err(format!("unknown command {other}\n{USAGE}")),
+    }
+}
+
+fn address(o: &Options) -> Result<&str, String> {
+    o.address
+        .as_deref()
+        .ok_or_else(|| format!("{} needs an address", o.command))
+}
+
+fn report(o: &Options, info: &nginx_noise::core::handshake::HandshakeInfo) {
+    if o.verbose {
+        let _ = std::io::stderr().write_all(session::describe(info).as_bytes());
+    }
+}
+
+fn connect(o: &Options) -> Result<(), String> {
+    let (policy, settings) = o.session(Role::Initiator)?;
+    let addr = address(o)?;
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let hs =
+        Handshake::initiator(policy, settings).map_err(|e| format!("handshake failed: {e}"))?;
+    let session = session::handshake(&mut stream, hs)?;
+    report(o, &session.info);
+    relay::stdio(stream, session)
+}
+
+fn listen(o: &Options) -> Result<(), String> {
+    let (policy, settings) = o.session(Role::Responder)?;
+    let addr = address(o)?;
+    let addr = if addr.contains(':') {
+        addr.to_string()
+    } else {
+        format!("127.0.0.1:{addr}")
+    };
+    let listener = TcpListener::bind(&addr).map_err(|e| format!("listen {addr}: {e}"))?;
+    if let Some(path) = &o.ready_file {
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        std::fs::write(path, format!("{port}\n"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if !o.echo {
+        let (stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        return serve(o, stream, policy, settings, false);
+    }
+    let limit = o.count.unwrap_or(u64::MAX);
+    let mut workers = Vec::new();
+    for _ in 0..limit {
+        let (stream, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        let (policy, settings) = (policy.clone(), settings.clone());
+        let verbose = o.verbose;
+        workers.push(thread::spawn(move || {
+            let o = Options {
+                verbose,
+                ..Options::default()
+            };
+            if let Err(e) = serve(&o, stream, policy, settings, true) {
+                eprintln!("noisesocket: {peer}: {e}");
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
+}
+
+fn serve(
+    o: &Options,
+    mut stream: TcpStream,
+    policy: Arc<Policy>,
+    settings: Arc<Settings>,
+    echo: bool,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let hs = Handshake::responder(policy, settings);
+    let session = session::handshake(&mut stream, hs)?;
+    report(o, &session.info);
+    if echo {
+        relay::echo(stream, session)
+    } else {
+        relay::stdio(stream, session)
+    }
+}

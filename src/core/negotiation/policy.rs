@@ -97,7 +97,7 @@ impl Policy {
     }
 
     fn acceptable(&self, p: &Protocol) -> bool {
-        !(self.require_initiator_static && !p.needs_local_static(Role::Initiator))
+        !self.require_initiator_static || p.needs_local_static(Role::Initiator)
     }
 
     fn allowed(&self, p: &Protocol) -> bool {

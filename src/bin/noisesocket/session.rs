@@ -1,0 +1,83 @@
+//! A NoiseSocket session over a blocking `TcpStream`: the handshake, then frames.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use nginx_noise::core::deframer::Deframer;
+use nginx_noise::core::handshake::{Handshake, HandshakeInfo};
+use nginx_noise::core::keys::encode_key;
+use nginx_noise::core::transport::Transport;
+
+/// An established session: the transport, what the handshake learnt, and ciphertext that
+/// arrived with the last handshake message.
+pub struct Session {
+    pub transport: Transport,
+    pub info: HandshakeInfo,
+    pub input: Deframer,
+}
+
+/// Runs the handshake to completion. Errors are one line for the user.
+pub fn handshake(stream: &mut TcpStream, mut hs: Handshake) -> Result<Session, String> {
+    let mut input = Deframer::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        flush(stream, &mut hs)?;
+        if hs.is_done() {
+            break;
+        }
+        let n = stream
+            .read(&mut buf)
+            .map_err(|e| format!("handshake failed: {e}"))?;
+        if n == 0 {
+            return Err(format!("handshake failed: {}", hs.eof()));
+        }
+        match hs.read(&buf[..n]) {
+            Ok(used) => {
+                input.push(&buf[used..n]);
+            }
+            Err(e) => {
+                // An explicit reject may be pending; the peer deserves to see it.
+                let _ = flush(stream, &mut hs);
+                return Err(format!("handshake failed: {e}"));
+            }
+        }
+    }
+    let est = hs.finish().map_err(|e| format!("handshake failed: {e}"))?;
+    stream
+        .write_all(&est.pending)
+        .map_err(|e| format!("handshake failed: {e}"))?;
+    Ok(Session {
+        transport: est.transport,
+        info: est.info,
+        input,
+    })
+}
+
+fn flush(stream: &mut TcpStream, hs: &mut Handshake) -> Result<(), String> {
+    let out = hs.pending_output();
+    if !out.is_empty() {
+        let n = out.len();
+        stream
+            .write_all(out)
+            .map_err(|e| format!("handshake failed: {e}"))?;
+        hs.consume_output(n);
+    }
+    Ok(())
+}
+
+/// The `-v` report, one `name=value` per line.
+pub fn describe(info: &HandshakeInfo) -> String {
+    let hash: String = info
+        .handshake_hash
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "protocol={}\nremote_key={}\nhandshake_hash={}\n",
+        info.protocol,
+        info.remote_static
+            .map(|k| encode_key(&k))
+            .unwrap_or_default(),
+        hash
+    )
+}
