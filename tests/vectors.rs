@@ -120,36 +120,17 @@ impl Negotiator for VectorNegotiator {
 
 enum Side {
     Hs(Handshake),
-    Tr(Transport, Vec<u8>),
+    Tr(Box<Transport>, Vec<u8>),
+    Moving,
 }
 
 impl Side {
+    /// Moves a finished handshake, whose last message has been sent, into transport.
     fn finish(&mut self) {
-        if let Side::Hs(hs) = self {
-            if hs.is_done() && hs.pending_output().is_empty() {
-                let placeholder = Side::Tr(
-                    Transport::new(
-                        nginx_noise::core::transport::CipherState::new(
-                            snow::params::CipherChoice::AESGCM,
-                            &[0; 32],
-                        )
-                        .unwrap(),
-                        nginx_noise::core::transport::CipherState::new(
-                            snow::params::CipherChoice::AESGCM,
-                            &[0; 32],
-                        )
-                        .unwrap(),
-                        0,
-                    ),
-                    Vec::new(),
-                );
-                let Side::Hs(hs) = std::mem::replace(self, placeholder) else {
-                    unreachable!()
-                };
-                let est = hs.finish().unwrap();
-                assert!(est.pending.is_empty());
-                *self = Side::Tr(est.transport, est.info.handshake_hash);
-            }
+        if matches!(self, Side::Hs(hs) if hs.is_done() && hs.pending_output().is_empty()) {
+            let Side::Hs(hs) = std::mem::replace(self, Side::Moving) else { unreachable!() };
+            let est = hs.finish().unwrap();
+            *self = Side::Tr(Box::new(est.transport), est.info.handshake_hash);
         }
     }
 }
@@ -218,6 +199,7 @@ fn run_vector(index: usize, v: &Value) {
                 out.truncate(n);
                 out
             }
+            Side::Moving => unreachable!(),
         };
         assert_eq!(hex::encode(&got), hex::encode(&want), "{ctx}: message {i}");
         pending.extend(got);
@@ -250,6 +232,7 @@ fn run_vector(index: usize, v: &Value) {
                     Opened::Incomplete => panic!("{ctx}: incomplete frame {i}"),
                 }
             }
+            Side::Moving => unreachable!(),
         }
         for side in sides.iter_mut() {
             side.finish();
@@ -259,7 +242,7 @@ fn run_vector(index: usize, v: &Value) {
     for side in &sides {
         match side {
             Side::Tr(_, hash) => assert_eq!(hex::encode(hash), hex::encode(&want_hash), "{ctx}"),
-            Side::Hs(_) => panic!("{ctx}: handshake did not finish"),
+            _ => panic!("{ctx}: handshake did not finish"),
         }
     }
 }
