@@ -119,7 +119,7 @@ impl Negotiator for VectorNegotiator {
 }
 
 enum Side {
-    Hs(Handshake),
+    Hs(Box<Handshake>),
     Tr(Box<Transport>, Vec<u8>),
     Moving,
 }
@@ -178,7 +178,7 @@ fn run_vector(index: usize, v: &Value) {
         Handshake::initiator_with_payload(neg(true), settings("alice_prologue"), body(0))
             .unwrap_or_else(|e| panic!("{ctx}: {e}"));
     let bob_hs = Handshake::responder(neg(false), settings("bob_prologue"));
-    let mut sides = [Side::Hs(alice_hs), Side::Hs(bob_hs)];
+    let mut sides = [Side::Hs(Box::new(alice_hs)), Side::Hs(Box::new(bob_hs))];
     let mut pending: VecDeque<u8> = VecDeque::new();
     for (i, m) in messages.iter().enumerate() {
         let want = bytes(&m["message"]);
