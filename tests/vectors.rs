@@ -128,7 +128,9 @@ impl Side {
     /// Moves a finished handshake, whose last message has been sent, into transport.
     fn finish(&mut self) {
         if matches!(self, Side::Hs(hs) if hs.is_done() && hs.pending_output().is_empty()) {
-            let Side::Hs(hs) = std::mem::replace(self, Side::Moving) else { unreachable!() };
+            let Side::Hs(hs) = std::mem::replace(self, Side::Moving) else {
+                unreachable!()
+            };
             let est = hs.finish().unwrap();
             *self = Side::Tr(Box::new(est.transport), est.info.handshake_hash);
         }

@@ -14,6 +14,8 @@
 //!   ([`Protocol::payload_encrypted`]); after each write the table is checked against snow.
 //! * The peer's static key is checked (expected key, trusted keys) as soon as it is learnt,
 //!   before anything else is sent, so an initiator never reveals itself to an untrusted server.
+//!   A configured peer key is a pin for every stage, except that after a switch a trusted-key
+//!   list, when configured, decides instead (a stale IK key rescued by XX).
 //! * After an error, [`Handshake::pending_output`] may still hold an explicit reject: send it,
 //!   best effort, then close.
 
@@ -464,7 +466,9 @@ impl Handshake {
             builder = builder
                 .remote_public_key(key)
                 .map_err(|e| config("remote key", e))?;
-        } else {
+        } else if !(stage == Stage::Switch && self.settings.trusted.is_some()) {
+            // A pinned key holds through every stage; only after a switch (the responder saw
+            // our pin fail) may a trusted-key list vouch for a new key instead.
             self.expected_remote = creds.remote_static;
         }
         for (i, position) in protocol.psk_positions().into_iter().enumerate() {
