@@ -124,3 +124,4 @@ pub fn start(
         Handshake::responder(Arc::new(bob), b_set),
     )
 }
+pub mod process;
