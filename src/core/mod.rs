@@ -31,6 +31,7 @@ pub mod negotiation;
 pub mod payload;
 pub mod prologue;
 pub mod protocol;
+pub mod send_buffer;
 pub mod transport;
 
 pub use error::{Error, Result};

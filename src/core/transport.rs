@@ -17,6 +17,9 @@ use super::error::{Error, Result};
 use super::frame::{transport_frame, FrameStatus};
 use super::payload::{self, FRAME_OVERHEAD, MAX_BODY, TAG_LEN};
 
+/// Offset of the body within a transport frame (`u16 len | u16 body_len | body`).
+pub const BODY_OFFSET: usize = 4;
+
 /// One direction's cipher state.
 pub struct CipherState {
     key: LessSafeKey,
@@ -147,6 +150,34 @@ impl Sealer {
         FRAME_OVERHEAD + payload::padded_len(body, self.pad_to)
     }
 
+    /// The largest body that fits, with its padding, in a frame of at most `room` bytes.
+    pub fn max_body(&self, room: usize) -> usize {
+        if room <= FRAME_OVERHEAD {
+            return 0;
+        }
+        let body = (room - FRAME_OVERHEAD).min(MAX_BODY);
+        if self.pad_to > 1 && payload::padded_len(body, self.pad_to) > room - FRAME_OVERHEAD {
+            return body / self.pad_to * self.pad_to;
+        }
+        body
+    }
+
+    /// Seals a frame whose body the caller already placed at `frame[BODY_OFFSET..]`
+    /// (`body_len` bytes, at most 65517): writes the length fields and padding, encrypts in
+    /// place and returns the frame's length. `frame` must hold [`Sealer::frame_len`] bytes.
+    pub fn seal_prepared(&mut self, frame: &mut [u8], body_len: usize) -> Result<usize> {
+        let padded = payload::padded_len(body_len, self.pad_to);
+        let len = FRAME_OVERHEAD + padded;
+        if body_len == 0 || body_len > MAX_BODY || frame.len() < len {
+            return Err(Error::Internal(format!("cannot seal a body of {body_len} bytes")));
+        }
+        frame[..2].copy_from_slice(&((2 + padded + TAG_LEN) as u16).to_be_bytes());
+        frame[2..4].copy_from_slice(&(body_len as u16).to_be_bytes());
+        frame[BODY_OFFSET + body_len..BODY_OFFSET + padded].fill(0);
+        self.cipher.seal_in_place(&mut frame[2..len], 2 + padded)?;
+        Ok(len)
+    }
+
     /// Encrypts as much of `plaintext` as fits into `out` as whole frames (bodies up to
     /// 65517 bytes). Returns (plaintext bytes consumed, bytes written). Writes nothing when
     /// `plaintext` is empty or `out` cannot hold a frame with at least one byte of body.
@@ -154,26 +185,13 @@ impl Sealer {
         let mut consumed = 0;
         let mut written = 0;
         while !plaintext.is_empty() {
-            let room = out.len() - written;
-            if room <= FRAME_OVERHEAD {
+            let body = self.max_body(out.len() - written).min(plaintext.len());
+            if body == 0 {
                 break;
             }
-            let mut body = plaintext.len().min(MAX_BODY).min(room - FRAME_OVERHEAD);
-            let mut padded = payload::padded_len(body, self.pad_to);
-            if FRAME_OVERHEAD + padded > room {
-                // Only padding overflows: shrink the body to the last multiple that fits.
-                body = (room - FRAME_OVERHEAD) / self.pad_to * self.pad_to;
-                if body == 0 {
-                    break;
-                }
-                padded = body;
-            }
-            let frame = &mut out[written..written + FRAME_OVERHEAD + padded];
-            let message_len = 2 + padded + TAG_LEN;
-            frame[..2].copy_from_slice(&(message_len as u16).to_be_bytes());
-            let pt_len = payload::encode(&plaintext[..body], padded, &mut frame[2..]);
-            self.cipher.seal_in_place(&mut frame[2..], pt_len)?;
-            written += frame.len();
+            let frame = &mut out[written..];
+            frame[BODY_OFFSET..BODY_OFFSET + body].copy_from_slice(&plaintext[..body]);
+            written += self.seal_prepared(frame, body)?;
             consumed += body;
             plaintext = &plaintext[body..];
         }
