@@ -24,6 +24,8 @@ pub struct Deframer {
     start: usize,
     end: usize,
     plain: Range<usize>,
+    /// An error found after some plaintext was already copied out; reported next call.
+    failed: Option<Error>,
 }
 
 impl Deframer {
@@ -81,7 +83,7 @@ impl Deframer {
     /// Whether [`Deframer::read_plain`] can make progress without more input: plaintext is
     /// pending or a whole frame (or a framing error) is buffered.
     pub fn readable(&self) -> bool {
-        if !self.plain.is_empty() {
+        if !self.plain.is_empty() || self.failed.is_some() {
             return true;
         }
         let Some(buf) = &self.buf else { return false };
@@ -111,12 +113,24 @@ impl Deframer {
     }
 
     /// Copies up to `out.len()` bytes of plaintext, opening frames as needed; 0 means more
-    /// ciphertext is needed (or `out` is empty).
+    /// ciphertext is needed (or `out` is empty). A bad frame found after some bytes were
+    /// copied is reported on the next call, so no good plaintext is lost.
     pub fn read_plain(&mut self, opener: &mut Opener, out: &mut [u8]) -> Result<usize> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let mut done = 0;
         while done < out.len() {
-            if self.plain.is_empty() && !self.open_next(opener)? {
-                break;
+            if self.plain.is_empty() {
+                match self.open_next(opener) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) if done == 0 => return Err(e),
+                    Err(e) => {
+                        self.failed = Some(e);
+                        break;
+                    }
+                }
             }
             let Some(buf) = self.buf.as_deref() else { break };
             let n = self.plain.len().min(out.len() - done);
@@ -137,7 +151,7 @@ impl Deframer {
 
     /// Frees the buffer if nothing is pending; true if no buffer is held afterwards.
     pub fn release(&mut self) -> bool {
-        if self.plain.is_empty() && self.start == self.end {
+        if self.plain.is_empty() && self.start == self.end && self.failed.is_none() {
             self.buf = None;
             self.start = 0;
             self.end = 0;
@@ -185,6 +199,21 @@ mod tests {
         assert_eq!(got, data);
         assert!(d.check_eof().is_ok());
         assert!(d.release());
+    }
+
+    #[test]
+    fn plaintext_before_a_bad_frame_is_delivered_first() {
+        let (mut a, mut b) = pair();
+        let mut wire = [0u8; 128];
+        let (_, n1) = a.seal(b"good", &mut wire).unwrap();
+        let (_, n2) = a.seal(b"evil", &mut wire[n1..]).unwrap();
+        wire[n1 + 5] ^= 1;
+        let mut d = Deframer::new();
+        d.push(&wire[..n1 + n2]);
+        let mut out = [0u8; 64];
+        assert_eq!(d.read_plain(&mut b.opener, &mut out).unwrap(), 4);
+        assert!(d.readable());
+        assert!(matches!(d.read_plain(&mut b.opener, &mut out), Err(Error::Decrypt(_))));
     }
 
     #[test]
