@@ -1,0 +1,171 @@
+//! Per-connection NoiseSocket state and where nginx code finds it.
+//!
+//! State is not reachable through `c->data`: the stream proxy sets it to the session and
+//! `pass` clears it before handing the connection to `http`. Instead a per-worker side table
+//! is indexed by the connection's slot in `ngx_cycle->connections` and validated with
+//! `c->number`, which changes whenever nginx reuses the slot.
+//!
+//! Ownership: a [`NoiseConn`] is boxed and owned by a cleanup on the pool it was attached
+//! with (the connection's pool on the server side, the session pool for upstream
+//! connections, which may be replaced during retries). The cleanup zeroizes keys (by
+//! dropping them) and clears the slot if it still points at this state. nginx workers are
+//! single-threaded and none of our functions re-enters another, so at most one `&mut` to a
+//! state is live at a time.
+
+use std::cell::UnsafeCell;
+use std::ffi::c_void;
+use std::ptr;
+
+use nginx_sys::{ngx_atomic_uint_t, ngx_connection_t, ngx_cycle, ngx_pool_cleanup_add, ngx_pool_t};
+
+use crate::core::deframer::Deframer;
+use crate::core::handshake::{Handshake, HandshakeInfo};
+use crate::core::send_buffer::SendBuffer;
+use crate::core::transport::Transport;
+
+/// Ciphertext a connection may hold on its way out: a few largest frames.
+pub const SEND_CAPACITY: usize = 4 * crate::core::payload::MAX_FRAME;
+
+/// Where a connection is in its NoiseSocket life.
+pub enum Phase {
+    Handshake(Box<Handshake>),
+    Transport(Box<Transport>),
+    /// Failed or being moved between the two; every I/O call fails.
+    Closed,
+}
+
+/// The NoiseSocket state of one connection.
+pub struct NoiseConn {
+    number: ngx_atomic_uint_t,
+    slot: usize,
+    pub phase: Phase,
+    /// What the handshake established (for variables and logs), once it is done.
+    pub info: Option<Box<HandshakeInfo>>,
+    pub input: Deframer,
+    pub output: SendBuffer,
+    /// The peer closed its side (sticky; reported after buffered plaintext).
+    pub read_eof: bool,
+    /// A read-side failure (sticky; reported after buffered plaintext).
+    pub read_error: bool,
+    /// A write-side failure (sticky).
+    pub write_error: bool,
+}
+
+impl NoiseConn {
+    pub fn new(handshake: Handshake) -> Self {
+        NoiseConn {
+            number: 0,
+            slot: usize::MAX,
+            phase: Phase::Handshake(Box::new(handshake)),
+            info: None,
+            input: Deframer::new(),
+            output: SendBuffer::new(SEND_CAPACITY),
+            read_eof: false,
+            read_error: false,
+            write_error: false,
+        }
+    }
+
+    pub fn transport(&mut self) -> Option<&mut Transport> {
+        match &mut self.phase {
+            Phase::Transport(t) => Some(t),
+            Phase::Handshake(_) | Phase::Closed => None,
+        }
+    }
+}
+
+struct Table(UnsafeCell<Vec<*mut NoiseConn>>);
+
+// SAFETY: the table is only touched from the worker's single event-loop thread.
+unsafe impl Sync for Table {}
+
+static TABLE: Table = Table(UnsafeCell::new(Vec::new()));
+
+/// The slot of `c` in the worker's connection array.
+///
+/// # Safety
+/// `c` must be a live connection of the current cycle.
+unsafe fn slot_of(c: *const ngx_connection_t) -> Option<usize> {
+    // SAFETY: ngx_cycle is set for the whole life of a worker; connections/connection_n
+    // describe the array every ngx_connection_t comes from.
+    let (base, n) = unsafe { ((*ngx_cycle).connections, (*ngx_cycle).connection_n) };
+    let offset = (c as usize).checked_sub(base as usize)?;
+    let slot = offset / std::mem::size_of::<ngx_connection_t>();
+    (slot < n).then_some(slot)
+}
+
+/// The state of `c`, if it has one.
+///
+/// # Safety
+/// `c` must be a live connection; the returned reference must not outlive the current
+/// event handler and no other reference to the same state may be live.
+pub unsafe fn get<'a>(c: *mut ngx_connection_t) -> Option<&'a mut NoiseConn> {
+    // SAFETY: caller guarantees c is live.
+    let slot = unsafe { slot_of(c)? };
+    // SAFETY: single-threaded access, see the module doc.
+    let table = unsafe { &*TABLE.0.get() };
+    let p = *table.get(slot)?;
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: non-null slots point at boxes owned by a live pool cleanup; the number check
+    // rejects state left by an earlier user of the slot.
+    let state = unsafe { &mut *p };
+    // SAFETY: c is live.
+    (state.number == unsafe { (*c).number }).then_some(state)
+}
+
+/// Gives `c` its state, owned by a cleanup of `pool`. Returns it, or `None` when the
+/// cleanup could not be allocated (the state is then dropped).
+///
+/// # Safety
+/// `c` must be a live connection and `pool` must outlive every use of `c` with this state.
+pub unsafe fn attach<'a>(
+    c: *mut ngx_connection_t,
+    pool: *mut ngx_pool_t,
+    mut state: NoiseConn,
+) -> Option<&'a mut NoiseConn> {
+    // SAFETY: caller guarantees c is live.
+    let slot = unsafe { slot_of(c)? };
+    // SAFETY: pool is a live nginx pool.
+    let cleanup = unsafe { ngx_pool_cleanup_add(pool, 0) };
+    if cleanup.is_null() {
+        return None;
+    }
+    // SAFETY: c is live.
+    state.number = unsafe { (*c).number };
+    state.slot = slot;
+    let raw = Box::into_raw(Box::new(state));
+    // SAFETY: cleanup was just allocated; the handler frees `raw` exactly once.
+    unsafe {
+        (*cleanup).handler = Some(release);
+        (*cleanup).data = raw.cast::<c_void>();
+    }
+    // SAFETY: single-threaded access, see the module doc.
+    let table = unsafe { &mut *TABLE.0.get() };
+    if table.len() <= slot {
+        // SAFETY: ngx_cycle is valid in a worker.
+        let n = unsafe { (*ngx_cycle).connection_n };
+        table.resize(n.max(slot + 1), ptr::null_mut());
+    }
+    // An older state in this slot belongs to another pool's cleanup, which frees it.
+    table[slot] = raw;
+    // SAFETY: raw was just created from a Box and is owned by the cleanup.
+    Some(unsafe { &mut *raw })
+}
+
+/// Pool cleanup: drops the state (wiping keys) and clears its slot.
+unsafe extern "C" fn release(data: *mut c_void) {
+    let raw = data.cast::<NoiseConn>();
+    if raw.is_null() {
+        return;
+    }
+    // SAFETY: data came from Box::into_raw in attach and is released only here.
+    let state = unsafe { Box::from_raw(raw) };
+    // SAFETY: single-threaded access, see the module doc.
+    let table = unsafe { &mut *TABLE.0.get() };
+    if table.get(state.slot).is_some_and(|p| *p == raw) {
+        table[state.slot] = ptr::null_mut();
+    }
+    drop(state);
+}

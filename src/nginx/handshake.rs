@@ -1,0 +1,118 @@
+//! Drives a core [`crate::core::handshake::Handshake`] over a connection's socket, non-blocking and resumable, and
+//! switches the connection to NoiseSocket I/O when it completes.
+//!
+//! Used by both sides: the stream phase handler (responder) and the upstream peer wrapper
+//! (initiator). Handshake output is flushed before anything is read, so when the core says
+//! done nothing of the handshake is left to send. Bytes that arrive behind the last
+//! handshake message are kept as transport input.
+
+use nginx_sys::ngx_connection_t;
+
+use super::conn::{self, Phase};
+use super::io;
+use super::socket::{self, Io};
+use crate::core::Error;
+
+/// Where a handshake stands after [`drive`].
+#[derive(Debug)]
+pub enum Progress {
+    /// Established; the connection now speaks NoiseSocket through [`io`].
+    Done,
+    /// Waiting for the peer's bytes.
+    WantRead,
+    /// Waiting for room in the socket.
+    WantWrite,
+    /// Failed; the connection must be closed.
+    Failed(Failure),
+}
+
+/// Why a handshake failed.
+#[derive(Debug)]
+pub enum Failure {
+    Noise(Error),
+    Socket { doing: &'static str, errno: i32 },
+}
+
+/// Advances the handshake of `c` as far as the socket allows.
+///
+/// # Safety
+/// `c` must be a live connection with a [`conn::NoiseConn`] attached.
+pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
+    // SAFETY: caller guarantees c is live with state; the reference ends with this call.
+    let Some(st) = (unsafe { conn::get(c) }) else {
+        return Progress::Failed(Failure::Noise(Error::Internal(
+            "no connection state".into(),
+        )));
+    };
+    // SAFETY: c is live.
+    let fd = unsafe { (*c).fd };
+    let mut buf = [0u8; 4096];
+    loop {
+        let Phase::Handshake(hs) = &mut st.phase else {
+            return Progress::Done;
+        };
+        while !hs.pending_output().is_empty() {
+            match socket::send(fd, hs.pending_output()) {
+                Io::Done(n) => hs.consume_output(n),
+                Io::Again | Io::Eof => return Progress::WantWrite,
+                Io::Failed(errno) => {
+                    return Progress::Failed(Failure::Socket {
+                        doing: "send() failed",
+                        errno,
+                    })
+                }
+            }
+        }
+        if hs.is_done() {
+            // SAFETY: c is live and st is its state.
+            return match unsafe { establish(c, st) } {
+                Ok(()) => Progress::Done,
+                Err(e) => Progress::Failed(Failure::Noise(e)),
+            };
+        }
+        match socket::recv(fd, &mut buf) {
+            Io::Done(n) => match hs.read(&buf[..n]) {
+                Ok(used) => {
+                    // At most 4 KiB behind the last message: always fits the empty input.
+                    st.input.push(&buf[used..n]);
+                }
+                Err(e) => {
+                    // An explicit reject may be pending: one best-effort write.
+                    if !hs.pending_output().is_empty() {
+                        let _ = socket::send(fd, hs.pending_output());
+                    }
+                    return Progress::Failed(Failure::Noise(e));
+                }
+            },
+            Io::Eof => return Progress::Failed(Failure::Noise(hs.eof())),
+            Io::Again => return Progress::WantRead,
+            Io::Failed(errno) => {
+                return Progress::Failed(Failure::Socket {
+                    doing: "recv() failed",
+                    errno,
+                })
+            }
+        }
+    }
+}
+
+/// Moves the finished handshake into transport mode and installs the I/O functions.
+///
+/// # Safety
+/// `c` must be live and `st` its state.
+unsafe fn establish(c: *mut ngx_connection_t, st: &mut conn::NoiseConn) -> Result<(), Error> {
+    let Phase::Handshake(hs) = std::mem::replace(&mut st.phase, Phase::Closed) else {
+        return Err(Error::Internal("no handshake to finish".into()));
+    };
+    let est = hs.finish()?;
+    if !est.pending.is_empty() {
+        return Err(Error::Internal(
+            "handshake bytes left after completion".into(),
+        ));
+    }
+    st.phase = Phase::Transport(Box::new(est.transport));
+    st.info = Some(Box::new(est.info));
+    // SAFETY: c is live and now has an established state.
+    unsafe { io::install(c) };
+    Ok(())
+}

@@ -1,0 +1,385 @@
+//! The connection I/O functions that replace `c->recv`, `c->send`, `c->recv_chain` and
+//! `c->send_chain` once a NoiseSocket handshake is done, so every nginx handler above sees
+//! plaintext. They follow the rules of `ngx_event_openssl.c` (integration notes §C2):
+//!
+//! * Return bytes, 0 for EOF, `NGX_AGAIN` or `NGX_ERROR`; `send_chain` returns the unsent
+//!   chain, NULL when all of it was taken, or `NGX_CHAIN_ERROR`.
+//! * `ready` drops to 0 only when the kernel says EAGAIN; while plaintext or a whole frame
+//!   is buffered it stays 1, because an edge-triggered event will not come again.
+//! * EOF and errors are sticky and reported only after buffered plaintext is drained; EOF
+//!   inside a frame is truncation (an error).
+//! * Plaintext counts as sent once sealed; while ciphertext waits, the [`BUFFERED`] bit of
+//!   `c->buffered` (inside `NGX_LOWLEVEL_BUFFERED`) makes nginx's write filters call
+//!   `send_chain(c, NULL)` to flush it. `c->sent` counts plaintext, as SSL does.
+//! * File buffers (`sendfile` off is forced, but `http` may still pass `in_file` buffers)
+//!   are read with `pread` straight into the frame being sealed.
+
+use std::slice;
+
+use nginx_sys::{
+    ngx_buf_t, ngx_chain_t, ngx_connection_t, off_t, NGX_AGAIN, NGX_ERROR, NGX_MAX_SIZE_T_VALUE,
+};
+
+use super::conn::{self, NoiseConn};
+use super::log;
+use super::socket::{self, Io};
+
+/// Our bit of `c->buffered` while ciphertext waits (0x01 is SSL's, 0x02 HTTP/2's).
+pub const BUFFERED: u32 = 0x08;
+
+/// `NGX_CHAIN_ERROR`.
+fn chain_error() -> *mut ngx_chain_t {
+    NGX_ERROR as isize as *mut ngx_chain_t
+}
+
+/// Installs the four functions on `c` and turns `sendfile` off.
+///
+/// # Safety
+/// `c` must be a live connection with an established [`NoiseConn`].
+pub unsafe fn install(c: *mut ngx_connection_t) {
+    // SAFETY: c is live.
+    unsafe {
+        (*c).recv = Some(noise_recv);
+        (*c).send = Some(noise_send);
+        (*c).recv_chain = Some(noise_recv_chain);
+        (*c).send_chain = Some(noise_send_chain);
+        (*c).set_sendfile(0);
+    }
+}
+
+/// `c->recv`.
+///
+/// # Safety
+/// Called by nginx with a live connection and a buffer of `size` bytes.
+pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
+    // SAFETY: nginx passes a live connection; the state reference ends with this call.
+    let Some(st) = (unsafe { conn::get(c) }) else {
+        return NGX_ERROR as isize;
+    };
+    // SAFETY: c is live; its read event exists for its whole life.
+    let rev = unsafe { &mut *(*c).read };
+    if st.read_error {
+        rev.set_ready(0);
+        rev.set_error(1);
+        return NGX_ERROR as isize;
+    }
+    if size == 0 {
+        return 0;
+    }
+    // SAFETY: nginx gives a writable buffer of `size` bytes.
+    let out = unsafe { slice::from_raw_parts_mut(buf, size) };
+    // SAFETY: c is live.
+    let (fd, log) = unsafe { ((*c).fd, (*c).log) };
+    let mut got = 0;
+    loop {
+        if !st.read_error {
+            let NoiseConn {
+                phase: conn::Phase::Transport(tr),
+                input,
+                ..
+            } = &mut *st
+            else {
+                return NGX_ERROR as isize;
+            };
+            match input.read_plain(&mut tr.opener, &mut out[got..]) {
+                Ok(n) => got += n,
+                Err(e) => {
+                    // SAFETY: log belongs to the live connection.
+                    unsafe { log::error(log, "reading from peer", &e) };
+                    st.read_error = true;
+                }
+            }
+        }
+        if got == size {
+            rev.set_ready(1);
+            return got as isize;
+        }
+        if st.read_error || st.read_eof {
+            break;
+        }
+        match socket::recv(fd, st.input.spare()) {
+            Io::Done(n) => st.input.commit(n),
+            Io::Eof => {
+                st.read_eof = true;
+                if let Err(e) = st.input.check_eof() {
+                    // SAFETY: as above.
+                    unsafe { log::error(log, "peer closed the connection", &e) };
+                    st.read_error = true;
+                }
+            }
+            Io::Again => {
+                rev.set_ready(0);
+                if got == 0 {
+                    st.input.release();
+                    return NGX_AGAIN as isize;
+                }
+                return got as isize;
+            }
+            Io::Failed(errno) => {
+                // SAFETY: as above.
+                unsafe { log::errno(log, "recv() failed", errno) };
+                st.read_error = true;
+            }
+        }
+    }
+    if got > 0 {
+        // The EOF or error comes with the next call.
+        rev.set_ready(1);
+        return got as isize;
+    }
+    rev.set_ready(0);
+    if st.read_error {
+        rev.set_error(1);
+        return NGX_ERROR as isize;
+    }
+    rev.set_eof(1);
+    st.input.release();
+    0
+}
+
+/// `c->recv_chain`: fills `b->last..b->end` of each buffer within `limit`.
+///
+/// # Safety
+/// Called by nginx with a live connection and a valid chain.
+pub unsafe extern "C" fn noise_recv_chain(
+    c: *mut ngx_connection_t,
+    mut cl: *mut ngx_chain_t,
+    limit: off_t,
+) -> isize {
+    let limit = if limit <= 0 {
+        isize::MAX
+    } else {
+        limit as isize
+    };
+    let mut total: isize = 0;
+    while !cl.is_null() && total < limit {
+        // SAFETY: nginx gives a valid chain of valid buffers.
+        let b = unsafe { &mut *(*cl).buf };
+        let room = (b.end as usize - b.last as usize).min((limit - total) as usize);
+        if room == 0 {
+            // SAFETY: as above.
+            cl = unsafe { (*cl).next };
+            continue;
+        }
+        // SAFETY: b.last..b.end is writable buffer space.
+        let n = unsafe { noise_recv(c, b.last, room) };
+        if n > 0 {
+            // SAFETY: n <= room bytes were written at b.last.
+            b.last = unsafe { b.last.add(n as usize) };
+            total += n;
+            // SAFETY: c is live.
+            if (n as usize) < room && unsafe { (*(*c).read).ready() } == 0 {
+                break;
+            }
+            continue;
+        }
+        if total > 0 {
+            if n != NGX_AGAIN as isize {
+                // SAFETY: c is live; report the EOF or error on the next call.
+                unsafe { (*(*c).read).set_ready(1) };
+            }
+            return total;
+        }
+        return n;
+    }
+    total
+}
+
+/// `c->send`: seals what fits and reports it sent.
+///
+/// # Safety
+/// Called by nginx with a live connection and `size` readable bytes at `buf`.
+pub unsafe extern "C" fn noise_send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
+    // SAFETY: nginx passes a live connection; the state reference ends with this call.
+    let Some(st) = (unsafe { conn::get(c) }) else {
+        return NGX_ERROR as isize;
+    };
+    if st.write_error {
+        return NGX_ERROR as isize;
+    }
+    // SAFETY: nginx gives `size` readable bytes.
+    let data = unsafe { slice::from_raw_parts(buf, size) };
+    let mut taken = 0;
+    // SAFETY: c is live.
+    let result = unsafe {
+        seal_and_flush(c, st, |st| {
+            let NoiseConn {
+                phase: conn::Phase::Transport(tr),
+                output,
+                ..
+            } = st
+            else {
+                return Ok(false);
+            };
+            taken += output.seal(&mut tr.sealer, &data[taken..])?;
+            // Anything left did not fit: flush, then seal more.
+            Ok(taken < data.len())
+        })
+    };
+    match result {
+        Err(()) => NGX_ERROR as isize,
+        Ok(()) if taken == 0 && size > 0 => NGX_AGAIN as isize,
+        Ok(()) => {
+            // SAFETY: c is live.
+            unsafe { (*c).sent += taken as off_t };
+            taken as isize
+        }
+    }
+}
+
+/// `c->send_chain`.
+///
+/// # Safety
+/// Called by nginx with a live connection and a valid chain.
+pub unsafe extern "C" fn noise_send_chain(
+    c: *mut ngx_connection_t,
+    input: *mut ngx_chain_t,
+    limit: off_t,
+) -> *mut ngx_chain_t {
+    // SAFETY: nginx passes a live connection; the state reference ends with this call.
+    let Some(st) = (unsafe { conn::get(c) }) else {
+        return chain_error();
+    };
+    if st.write_error {
+        return chain_error();
+    }
+    let limit: i64 = if limit <= 0 || limit as u64 > NGX_MAX_SIZE_T_VALUE / 2 {
+        (NGX_MAX_SIZE_T_VALUE / 2) as i64
+    } else {
+        limit
+    };
+    let mut cl = input;
+    let mut sent: i64 = 0;
+    // SAFETY: c is live.
+    let log = unsafe { (*c).log };
+    // SAFETY: c is live; the closure walks nginx's valid chain.
+    let result = unsafe {
+        seal_and_flush(c, st, |st| {
+            let NoiseConn {
+                phase: conn::Phase::Transport(tr),
+                output,
+                ..
+            } = st
+            else {
+                return Ok(false);
+            };
+            while !cl.is_null() && sent < limit {
+                let b: &mut ngx_buf_t = &mut *(*cl).buf;
+                let budget = (limit - sent) as usize;
+                let in_memory = b.temporary() != 0 || b.memory() != 0 || b.mmap() != 0;
+                let n = if in_memory && b.pos < b.last {
+                    let len = (b.last as usize - b.pos as usize).min(budget);
+                    output.seal(&mut tr.sealer, slice::from_raw_parts(b.pos, len))?
+                } else if !in_memory && b.in_file() != 0 && b.file_pos < b.file_last {
+                    let want = ((b.file_last - b.file_pos) as usize).min(budget);
+                    let space = output.body_space(&tr.sealer, want);
+                    if space.is_empty() {
+                        0
+                    } else {
+                        let got = match socket::pread((*b.file).fd, space, b.file_pos) {
+                            Ok(0) => Err(crate::core::Error::Internal(
+                                "file shrank while sending".into(),
+                            )),
+                            Ok(n) => Ok(n),
+                            Err(errno) => {
+                                log::errno(log, "pread() of a file buffer failed", errno);
+                                Err(crate::core::Error::Internal("pread".into()))
+                            }
+                        }?;
+                        output.seal_body(&mut tr.sealer, got)?;
+                        got
+                    }
+                } else {
+                    // Empty or special buffer: nothing to send.
+                    cl = (*cl).next;
+                    continue;
+                };
+                if n == 0 {
+                    // The output buffer is full: flush, then come back.
+                    return Ok(true);
+                }
+                if in_memory {
+                    b.pos = b.pos.add(n);
+                }
+                if b.in_file() != 0 {
+                    b.file_pos += n as off_t;
+                }
+                sent += n as i64;
+                (*c).sent += n as off_t;
+            }
+            Ok(false)
+        })
+    };
+    match result {
+        Err(()) => chain_error(),
+        Ok(()) => cl,
+    }
+}
+
+/// Alternates `fill` (seal more plaintext into the output buffer; returns whether it has
+/// more to give once there is room) with writes, until the socket would block or nothing is
+/// left. Maintains `write.ready`, the [`BUFFERED`] bit and the sticky write error.
+///
+/// # Safety
+/// `c` must be live and `st` its state.
+unsafe fn seal_and_flush(
+    c: *mut ngx_connection_t,
+    st: &mut NoiseConn,
+    mut fill: impl FnMut(&mut NoiseConn) -> Result<bool, crate::core::Error>,
+) -> Result<(), ()> {
+    // SAFETY: c is live; its write event exists for its whole life.
+    let (fd, log, wev) = unsafe { ((*c).fd, (*c).log, &mut *(*c).write) };
+    let mut more = true;
+    loop {
+        if more {
+            more = match fill(st) {
+                Ok(more) => more,
+                Err(e) => {
+                    // SAFETY: log belongs to the live connection.
+                    unsafe { log::error(log, "sealing", &e) };
+                    st.write_error = true;
+                    wev.set_error(1);
+                    return Err(());
+                }
+            };
+        }
+        if st.output.is_empty() {
+            break;
+        }
+        match socket::send(fd, st.output.pending()) {
+            Io::Done(n) => {
+                let all = n == st.output.pending().len();
+                st.output.consume(n);
+                if !all {
+                    wev.set_ready(0);
+                    break;
+                }
+            }
+            Io::Again | Io::Eof => {
+                wev.set_ready(0);
+                break;
+            }
+            Io::Failed(errno) => {
+                // SAFETY: as above.
+                unsafe { log::errno(log, "send() failed", errno) };
+                st.write_error = true;
+                wev.set_error(1);
+                return Err(());
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    // SAFETY: c is live.
+    unsafe {
+        let buffered = (*c).buffered();
+        if st.output.is_empty() {
+            (*c).set_buffered(buffered & !BUFFERED);
+            st.output.release();
+        } else {
+            (*c).set_buffered(buffered | BUFFERED);
+        }
+    }
+    Ok(())
+}

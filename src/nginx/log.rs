@@ -1,0 +1,68 @@
+//! Error-log lines, and the one place where errors map to nginx log levels: the peer's
+//! fault is `info` (as nginx logs client-caused TLS failures), ours is `error`.
+
+use nginx_sys::{ngx_log_error_core, ngx_log_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO};
+
+use crate::core::Error;
+
+/// Log level for a core error.
+pub fn level_of(e: &Error) -> ngx_uint_t {
+    if e.is_peer_fault() {
+        NGX_LOG_INFO as ngx_uint_t
+    } else {
+        NGX_LOG_ERR as ngx_uint_t
+    }
+}
+
+/// Log level for a socket errno: resets and timeouts are the peer's doing.
+pub fn level_of_errno(errno: i32) -> ngx_uint_t {
+    match errno {
+        libc::ECONNRESET
+        | libc::EPIPE
+        | libc::ENOTCONN
+        | libc::ETIMEDOUT
+        | libc::ECONNREFUSED
+        | libc::EHOSTUNREACH
+        | libc::ENETUNREACH
+        | libc::ENETDOWN => NGX_LOG_INFO as ngx_uint_t,
+        _ => NGX_LOG_ERR as ngx_uint_t,
+    }
+}
+
+/// Writes `msg` to `log` at `level` (nginx appends the client/server context).
+///
+/// # Safety
+/// `log` must be null or a valid nginx log.
+pub unsafe fn write(log: *mut ngx_log_t, level: ngx_uint_t, msg: &str) {
+    // SAFETY: caller guarantees log is valid when non-null.
+    if log.is_null() || unsafe { (*log).log_level } < level {
+        return;
+    }
+    // SAFETY: "%*s" takes a size_t length and a u_char pointer, which we pass.
+    unsafe { ngx_log_error_core(level, log, 0, c"%*s".as_ptr(), msg.len(), msg.as_ptr()) };
+}
+
+/// Logs a core error with what we were doing, at the level of whose fault it is.
+///
+/// # Safety
+/// As [`write`].
+pub unsafe fn error(log: *mut ngx_log_t, doing: &str, e: &Error) {
+    // SAFETY: forwarded.
+    unsafe { write(log, level_of(e), &format!("noise: {doing}: {e}")) };
+}
+
+/// Logs a failed syscall.
+///
+/// # Safety
+/// As [`write`].
+pub unsafe fn errno(log: *mut ngx_log_t, doing: &str, errno: i32) {
+    let text = std::io::Error::from_raw_os_error(errno);
+    // SAFETY: forwarded.
+    unsafe {
+        write(
+            log,
+            level_of_errno(errno),
+            &format!("noise: {doing}: {text}"),
+        )
+    };
+}

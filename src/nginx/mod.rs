@@ -1,0 +1,14 @@
+//! The nginx layer: everything that touches nginx. All `unsafe` code of the project lives
+//! here, each block with a `// SAFETY:` line.
+//!
+//! * [`conn`]: per-connection NoiseSocket state, found by connection slot.
+//! * [`socket`]: raw non-blocking syscalls on a connection's fd.
+//! * [`handshake`]: drives a core handshake over a connection, then installs [`io`].
+//! * [`io`]: the replacement `recv`, `send`, `recv_chain`, `send_chain`.
+//! * [`log`]: error-log lines and the error-to-level mapping.
+
+pub mod conn;
+pub mod handshake;
+pub mod io;
+pub mod log;
+pub mod socket;
