@@ -5,12 +5,17 @@ use nginx_sys::{ngx_log_error_core, ngx_log_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_
 
 use crate::core::Error;
 
+/// `error` level.
+pub const ERR: ngx_uint_t = NGX_LOG_ERR as ngx_uint_t;
+/// `info` level.
+pub const INFO: ngx_uint_t = NGX_LOG_INFO as ngx_uint_t;
+
 /// Log level for a core error.
 pub fn level_of(e: &Error) -> ngx_uint_t {
     if e.is_peer_fault() {
-        NGX_LOG_INFO as ngx_uint_t
+        INFO
     } else {
-        NGX_LOG_ERR as ngx_uint_t
+        ERR
     }
 }
 

@@ -7,8 +7,11 @@
 //! * [`io`]: the replacement `recv`, `send`, `recv_chain`, `send_chain`.
 //! * [`log`]: error-log lines and the error-to-level mapping.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod conn;
 pub mod handshake;
 pub mod io;
 pub mod log;
+pub mod server;
 pub mod socket;

@@ -1,0 +1,140 @@
+//! The server side: the `NGX_STREAM_SSL_PHASE` work for a connection that arrived on a
+//! `noise_listen` socket. It runs the responder handshake, non-blocking and resumable, like
+//! `ngx_stream_ssl_init_connection` and its handshake handler:
+//!
+//! * first call: TCP_NODELAY, state attached to `c->pool`, the handshake timer on `c->read`,
+//!   and write events routed to the phase runner too;
+//! * every call: a timed-out read event ends it, otherwise the handshake is driven; NGX_AGAIN
+//!   suspends the phase until the next event;
+//! * done: the timer is deleted (the preread phase skips connections with a read timer),
+//!   both events are marked ready as `ngx_ssl_handshake` does, and the phase says NGX_OK;
+//! * failure: one log line (`info` for the peer's fault, `error` for ours) and status 400 or
+//!   500, which finalizes the session.
+
+use std::sync::Arc;
+
+use nginx_sys::{
+    ngx_add_timer, ngx_del_timer, ngx_handle_read_event, ngx_handle_write_event, ngx_int_t,
+    ngx_msec_t, ngx_stream_session_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_OK, NGX_STREAM_BAD_REQUEST,
+    NGX_STREAM_INTERNAL_SERVER_ERROR,
+};
+
+use super::conn::{self, NoiseConn, Phase};
+use super::handshake::{drive, Failure, Progress};
+use super::log;
+use crate::core::handshake::{Handshake, Settings};
+use crate::core::negotiation::Policy;
+
+/// What a `noise_listen` server needs at run time, built once per configuration.
+pub struct ServerSide {
+    pub policy: Arc<Policy>,
+    pub settings: Arc<Settings>,
+    pub handshake_timeout: ngx_msec_t,
+}
+
+const ERROR: ngx_int_t = NGX_STREAM_INTERNAL_SERVER_ERROR as ngx_int_t;
+
+/// Runs (or resumes) the server handshake of session `s`. Returns a phase handler result.
+///
+/// # Safety
+/// `s` must be a live stream session in its SSL phase, accepted on a NoiseSocket listener.
+pub unsafe fn handshake_phase(s: *mut ngx_stream_session_t, side: &ServerSide) -> ngx_int_t {
+    // SAFETY: s is live, so is its connection and the connection's events and log.
+    let (c, ssl) = unsafe { ((*s).connection, (*s).ssl() != 0) };
+    // SAFETY: as above.
+    let (rev, wev, log) = unsafe { ((*c).read, (*c).write, (*c).log) };
+    if ssl {
+        // SAFETY: log is live.
+        unsafe {
+            log::write(
+                log,
+                log::ERR,
+                "noise: a noise_listen socket cannot also be ssl",
+            )
+        };
+        return ERROR;
+    }
+    // SAFETY: c is live.
+    match unsafe { conn::get(c) } {
+        None => {
+            let hs = Handshake::responder(side.policy.clone(), side.settings.clone());
+            // SAFETY: c and its pool are live; the pool outlives every use of c.
+            if unsafe { conn::attach(c, (*c).pool, NoiseConn::new(hs)) }.is_none() {
+                return ERROR;
+            }
+            // SAFETY: c, its events and log are live.
+            unsafe {
+                if ngx_tcp_nodelay(c) != NGX_OK as ngx_int_t {
+                    return ERROR;
+                }
+                (*log).action = c"NoiseSocket handshaking".as_ptr().cast_mut();
+                (*wev).handler = (*rev).handler;
+                ngx_add_timer(rev, side.handshake_timeout);
+            }
+        }
+        Some(NoiseConn {
+            phase: Phase::Transport(_),
+            ..
+        }) => return NGX_OK as ngx_int_t,
+        Some(_) => {}
+    }
+    // SAFETY: rev is live.
+    if unsafe { (*rev).timedout() } != 0 {
+        // SAFETY: log is live.
+        unsafe { log::write(log, log::INFO, "noise: handshake timed out") };
+        return NGX_STREAM_BAD_REQUEST as ngx_int_t;
+    }
+    // SAFETY: c is live with state attached.
+    match unsafe { drive(c) } {
+        Progress::Done => {
+            // SAFETY: events are live; the timer is deleted only if set.
+            unsafe {
+                if (*rev).timer_set() != 0 {
+                    ngx_del_timer(rev);
+                }
+                (*rev).set_ready(1);
+                (*wev).set_ready(1);
+                (*log).action = std::ptr::null_mut();
+            }
+            NGX_OK as ngx_int_t
+        }
+        Progress::WantRead => {
+            // SAFETY: rev is live.
+            if unsafe { ngx_handle_read_event(rev, 0) } != NGX_OK as ngx_int_t {
+                return ERROR;
+            }
+            NGX_AGAIN as ngx_int_t
+        }
+        Progress::WantWrite => {
+            // SAFETY: wev is live.
+            if unsafe { ngx_handle_write_event(wev, 0) } != NGX_OK as ngx_int_t {
+                return ERROR;
+            }
+            NGX_AGAIN as ngx_int_t
+        }
+        Progress::Failed(failure) => {
+            // SAFETY: log is live.
+            unsafe { report(log, &failure) };
+            match failure {
+                Failure::Noise(e) if !e.is_peer_fault() => ERROR,
+                _ => NGX_STREAM_BAD_REQUEST as ngx_int_t,
+            }
+        }
+    }
+}
+
+/// Logs a handshake failure once, at the level of whose fault it is.
+///
+/// # Safety
+/// `log` must be a live nginx log.
+pub unsafe fn report(log: *mut nginx_sys::ngx_log_t, failure: &Failure) {
+    // SAFETY: forwarded.
+    unsafe {
+        match failure {
+            Failure::Noise(e) => log::error(log, "handshake failed", e),
+            Failure::Socket { doing, errno } => {
+                log::errno(log, &format!("handshake: {doing}"), *errno)
+            }
+        }
+    }
+}
