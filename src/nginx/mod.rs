@@ -6,12 +6,21 @@
 //! * [`handshake`]: drives a core handshake over a connection, then installs [`io`].
 //! * [`io`]: the replacement `recv`, `send`, `recv_chain`, `send_chain`.
 //! * [`log`]: error-log lines and the error-to-level mapping.
+//! * [`module`]: the `extern "C"` entry points of the C glue; [`conf`] and [`listen`]: the
+//!   directives; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
+//!   [`upstream`]: NoiseSocket to upstream servers.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod conf;
 pub mod conn;
 pub mod handshake;
 pub mod io;
+pub mod listen;
 pub mod log;
+pub mod module;
 pub mod server;
 pub mod socket;
+pub mod upstream;
+pub mod upstream_side;
+pub mod variables;

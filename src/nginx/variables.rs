@@ -1,0 +1,119 @@
+//! Stream variables: `$noise_protocol`, `$noise_client_key` (base64, empty when none),
+//! `$noise_handshake_hash` (hex), `$noise_negotiation` (hex of the initial negotiation data),
+//! `$noise_upstream_protocol` and `$noise_upstream_server_key`.
+//!
+//! Like the `$ssl_*` variables they are "not found" on connections that did not speak
+//! NoiseSocket, and are never cached (a value may appear once the handshake is done).
+
+use nginx_sys::{
+    ngx_conf_t, ngx_int_t, ngx_pnalloc, ngx_str_t, ngx_stream_add_variable, ngx_stream_session_t,
+    ngx_stream_variable_value_t, NGX_ERROR, NGX_OK, NGX_STREAM_VAR_NOCACHEABLE,
+};
+
+use super::{conn, upstream};
+use crate::core::handshake::HandshakeInfo;
+use crate::core::keys::encode_key;
+
+#[derive(Clone, Copy)]
+enum Which {
+    Protocol,
+    ClientKey,
+    HandshakeHash,
+    Negotiation,
+    UpstreamProtocol,
+    UpstreamServerKey,
+}
+
+const VARIABLES: [(&str, Which); 6] = [
+    ("noise_protocol", Which::Protocol),
+    ("noise_client_key", Which::ClientKey),
+    ("noise_handshake_hash", Which::HandshakeHash),
+    ("noise_negotiation", Which::Negotiation),
+    ("noise_upstream_protocol", Which::UpstreamProtocol),
+    ("noise_upstream_server_key", Which::UpstreamServerKey),
+];
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn value(info: &HandshakeInfo, which: Which) -> String {
+    match which {
+        Which::Protocol | Which::UpstreamProtocol => info.protocol.name().to_string(),
+        Which::ClientKey | Which::UpstreamServerKey => info
+            .remote_static
+            .map(|k| encode_key(&k))
+            .unwrap_or_default(),
+        Which::HandshakeHash => hex(&info.handshake_hash),
+        Which::Negotiation => hex(&info.initial_negotiation),
+    }
+}
+
+/// Registers the variables (preconfiguration).
+///
+/// # Safety
+/// `cf` must be the stream configuration being parsed.
+pub unsafe fn add(cf: *mut ngx_conf_t) -> ngx_int_t {
+    for (index, (name, _)) in VARIABLES.iter().enumerate() {
+        let mut name = ngx_str_t {
+            len: name.len(),
+            data: name.as_ptr().cast_mut(),
+        };
+        // SAFETY: cf is live; nginx copies the name.
+        let v =
+            unsafe { ngx_stream_add_variable(cf, &mut name, NGX_STREAM_VAR_NOCACHEABLE as usize) };
+        if v.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        // SAFETY: v was just returned by nginx.
+        unsafe {
+            (*v).get_handler = Some(get);
+            (*v).data = index;
+        }
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// The getter of every variable; `data` is its index in [`VARIABLES`].
+unsafe extern "C" fn get(
+    s: *mut ngx_stream_session_t,
+    v: *mut ngx_stream_variable_value_t,
+    data: usize,
+) -> ngx_int_t {
+    let Some((_, which)) = VARIABLES.get(data) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    // SAFETY: nginx calls getters with a live session.
+    let c = unsafe { (*s).connection };
+    let text = match which {
+        Which::UpstreamProtocol | Which::UpstreamServerKey => {
+            // SAFETY: s is live.
+            unsafe { upstream::session_info(s) }.map(|info| value(info, *which))
+        }
+        _ => {
+            // SAFETY: c is live; the reference ends before we return.
+            unsafe { conn::get(c) }
+                .and_then(|st| st.info.as_deref())
+                .map(|info| value(info, *which))
+        }
+    };
+    // SAFETY: v is the value slot nginx gave us.
+    let v = unsafe { &mut *v };
+    let Some(text) = text else {
+        v.set_not_found(1);
+        return NGX_OK as ngx_int_t;
+    };
+    // SAFETY: c->pool lives as long as the session that reads the value.
+    let p = unsafe { ngx_pnalloc((*c).pool, text.len().max(1)) } as *mut u8;
+    if p.is_null() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    // SAFETY: p has room for text.len() bytes.
+    unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), p, text.len()) };
+    v.data = p;
+    v.set_len(text.len() as u32);
+    v.set_valid(1);
+    v.set_no_cacheable(0);
+    v.set_not_found(0);
+    NGX_OK as ngx_int_t
+}
