@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one test command: builds everything, then runs the core/CLI tests (cargo), the
+# Python interop tests and the nginx suites (prove t/) against the real nginx + module.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+scripts/build.sh
+scripts/python-env.sh
+export NOISE_PYTHON="$repo/build/venv/bin/python"
+echo "== cargo test"
+log=$repo/build/cargo-test.log
+if ! cargo test --release >"$log" 2>&1; then
+    grep -E "panicked|^---- |FAILED|error(\[|:)" "$log" | head -40
+    tail -20 "$log"
+    exit 1
+fi
+grep -E "^test result" "$log" | awk '{p+=$4; f+=$6} END {print "cargo test: " p " passed, " f " failed"}' 
+echo "== prove t/"
+prove -r -I t/lib t/
