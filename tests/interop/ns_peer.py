@@ -149,7 +149,7 @@ class Peer:
     def read(self, msg):
         state = self.noise.noise_protocol.handshake_state
         payload = bytes(self.noise.read_message(msg))
-        if state.rs is not None:
+        if getattr(state.rs, "public_bytes", None):
             self.remote = state.rs.public_bytes
         if self.encrypted() and len(payload) >= 2:
             n = struct.unpack(">H", payload[:2])[0]
