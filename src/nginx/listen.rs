@@ -10,7 +10,8 @@ use std::ffi::c_char;
 
 use nginx_sys::{
     ngx_array_t, ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_listening_t, ngx_parse_url, ngx_str_t,
-    ngx_stream_conf_ctx_t, ngx_stream_core_module, ngx_url_t, NGX_OK,
+    ngx_stream_conf_ctx_t, ngx_stream_core_module, ngx_stream_core_srv_conf_t,
+    ngx_stream_in6_addr_t, ngx_stream_in_addr_t, ngx_stream_port_t, ngx_url_t, NGX_OK,
 };
 
 /// One recorded `noise_listen` address.
@@ -132,11 +133,40 @@ pub unsafe fn parse(cf: *mut ngx_conf_t, main: &mut MainConf, at: &str) -> Resul
     Ok(())
 }
 
+/// Whether every address served by socket `ls` belongs to a server with `noise_listen`
+/// (`is_noise_server` is asked about each address's default server).
+///
+/// # Safety
+/// `ls` must be a stream listening socket of the cycle being initialised.
+unsafe fn only_noise_servers(
+    ls: &ngx_listening_t,
+    is_noise_server: &dyn Fn(*mut ngx_stream_core_srv_conf_t) -> bool,
+) -> bool {
+    // SAFETY: for stream sockets ls->servers is an ngx_stream_port_t whose addrs array
+    // holds naddrs in_addr or in6_addr entries, by the socket's family.
+    unsafe {
+        let port = &*(ls.servers as *const ngx_stream_port_t);
+        let family = i32::from((*ls.sockaddr).sa_family);
+        (0..port.naddrs).all(|i| {
+            let conf = if family == libc::AF_INET6 {
+                &(*(port.addrs as *const ngx_stream_in6_addr_t).add(i)).conf
+            } else {
+                &(*(port.addrs as *const ngx_stream_in_addr_t).add(i)).conf
+            };
+            is_noise_server(conf.default_server)
+        })
+    }
+}
+
 /// Finds the sockets of the recorded addresses. Errors name the directive's position.
 ///
 /// # Safety
 /// `cycle` must be the cycle being initialised.
-pub unsafe fn resolve(cycle: *mut ngx_cycle_t, main: &mut MainConf) -> Result<(), String> {
+pub unsafe fn resolve(
+    cycle: *mut ngx_cycle_t,
+    main: &mut MainConf,
+    is_noise_server: &dyn Fn(*mut ngx_stream_core_srv_conf_t) -> bool,
+) -> Result<(), String> {
     // SAFETY: cycle->listening is an array of ngx_listening_t.
     let listening = unsafe {
         let a = &(*cycle).listening;
@@ -152,7 +182,16 @@ pub unsafe fn resolve(cycle: *mut ngx_cycle_t, main: &mut MainConf) -> Result<()
             same_address(raw, &addr.sockaddr)
         });
         match found {
-            Some(ls) => main.listeners.push(ls as *const ngx_listening_t),
+            // SAFETY: ls is a stream socket of this cycle.
+            Some(ls) if unsafe { only_noise_servers(ls, is_noise_server) } => {
+                main.listeners.push(ls as *const ngx_listening_t)
+            }
+            Some(_) => {
+                return Err(format!(
+                    "\"noise_listen {}\" in {} shares its socket with a plain \"listen\" of the same port; add the \"bind\" parameter to the plain one",
+                    addr.text, addr.at
+                ))
+            }
             None => {
                 return Err(format!(
                     "\"noise_listen {}\" in {} shares a wildcard socket with a plain \"listen\"; add the \"bind\" parameter to it",

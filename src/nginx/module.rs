@@ -437,8 +437,15 @@ pub unsafe extern "C" fn ngx_stream_noise_init_module(cycle: *mut ngx_cycle_t) -
         }
         &mut *(*(*ctx).main_conf.add(ngx_stream_noise_module.ctx_index) as *mut MainConf)
     };
+    // SAFETY: default servers of this cycle's stream sockets carry our SrvConf.
+    let is_noise_server = |cscf: *mut nginx_sys::ngx_stream_core_srv_conf_t| unsafe {
+        let conf = *(*(*cscf).ctx)
+            .srv_conf
+            .add(ngx_stream_noise_module.ctx_index) as *const SrvConf;
+        (*conf).listen_at.is_some()
+    };
     // SAFETY: cycle is the one being initialised.
-    match unsafe { listen::resolve(cycle, main) } {
+    match unsafe { listen::resolve(cycle, main, &is_noise_server) } {
         Ok(()) => NGX_OK as ngx_int_t,
         Err(msg) => {
             // SAFETY: cycle->log is live.

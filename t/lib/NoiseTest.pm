@@ -1,0 +1,329 @@
+package NoiseTest;
+
+# A small harness in the style of nginx's Test::Nginx (which is not installable here):
+# a temp dir per test file, a config template with free ports, start/stop/reload of the
+# real nginx binary with our module, and helpers for keys, the CLI, the Python peer,
+# plain backends, worker pids and open fds.
+#
+# Environment: TEST_NGINX_BINARY (default build/sbin/nginx), TEST_NGINX_MODULE (default
+# build/modules/ngx_stream_noise_module.so), TEST_NGINX_CLI (build/bin/noisesocket),
+# TEST_NGINX_PYTHON (build/venv/bin/python), TEST_NGINX_LEAVE=1 keeps the temp dir.
+#
+# Template substitutions: %%TESTDIR%%, %%PORT_<name>%% (a free 127.0.0.1 port per name).
+# The globals (load_module, pid, error_log at info, one worker) are prepended.
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use POSIX qw(:sys_wait_h);
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+my $repo = abs_path(dirname(__FILE__) . '/../..');
+
+sub new {
+    my ($class) = @_;
+    my $dir = tempdir('nginx-noise-t-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+    mkdir "$dir/logs";
+    my $self = bless {
+        dir => $dir,
+        ports => {},
+        children => [],
+        nginx => $ENV{TEST_NGINX_BINARY} || "$repo/build/sbin/nginx",
+        module => $ENV{TEST_NGINX_MODULE} || "$repo/build/modules/ngx_stream_noise_module.so",
+        cli => $ENV{TEST_NGINX_CLI} || "$repo/build/bin/noisesocket",
+        python => $ENV{TEST_NGINX_PYTHON} || $ENV{NOISE_PYTHON} || "$repo/build/venv/bin/python",
+        peer => "$repo/tests/interop/ns_peer.py",
+        repo => $repo,
+    }, $class;
+    diag("test dir $dir (kept)") if $ENV{TEST_NGINX_LEAVE};
+    for my $bin (qw(nginx module cli)) {
+        BAIL_OUT("$self->{$bin} not found: run scripts/build.sh") unless -e $self->{$bin};
+    }
+    return $self;
+}
+
+sub dir { $_[0]{dir} }
+sub cli { $_[0]{cli} }
+sub repo { $_[0]{repo} }
+
+# A free port on 127.0.0.1, stable per name for this test file.
+sub port {
+    my ($self, $name) = @_;
+    return $self->{ports}{$name} //= do {
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1,
+            ReuseAddr => 1) or die "no free port: $!";
+        my $p = $s->sockport;
+        close $s;
+        $p;
+    };
+}
+
+sub write_file {
+    my ($self, $name, $content, $mode) = @_;
+    my $path = "$self->{dir}/$name";
+    open my $fh, '>', $path or die "$path: $!";
+    binmode $fh;
+    print $fh $content;
+    close $fh;
+    chmod($mode // 0600, $path);
+    return $path;
+}
+
+sub read_file {
+    my ($self, $name) = @_;
+    my $path = $name =~ m{^/} ? $name : "$self->{dir}/$name";
+    open my $fh, '<', $path or return '';
+    binmode $fh;
+    local $/;
+    my $c = <$fh>;
+    return $c // '';
+}
+
+# Makes <name>.key (mode 0600) and <name>.pub with the CLI; returns the public key.
+sub keygen {
+    my ($self, $name) = @_;
+    my $key = `$self->{cli} keygen`;
+    die "keygen failed" if $?;
+    $self->write_file("$name.key", $key);
+    my $pub = $self->run_cmd([$self->{cli}, 'pubkey'], $key)->{out};
+    chomp $pub;
+    $self->write_file("$name.pub", "$pub\n", 0644);
+    return $pub;
+}
+
+sub substitute {
+    my ($self, $text) = @_;
+    $text =~ s/%%TESTDIR%%/$self->{dir}/g;
+    $text =~ s/%%PORT_(\w+)%%/$self->port($1)/ge;
+    return $text;
+}
+
+sub write_config {
+    my ($self, $template, $name) = @_;
+    $name //= 'nginx.conf';
+    my $conf = <<"END" . $self->substitute($template);
+load_module $self->{module};
+daemon on;
+master_process on;
+worker_processes 1;
+pid $self->{dir}/logs/nginx.pid;
+error_log $self->{dir}/logs/error.log info;
+events { worker_connections 1024; }
+END
+    $self->write_file($name, $conf, 0644);
+    return $self;
+}
+
+# `nginx -t`: returns (exit code, output).
+sub test_config {
+    my ($self, $name) = @_;
+    $name //= 'nginx.conf';
+    my $r = $self->run_cmd([$self->{nginx}, '-p', "$self->{dir}/", '-c', "$self->{dir}/$name", '-t']);
+    return ($r->{rc}, $r->{err} . $r->{out});
+}
+
+sub run {
+    my ($self) = @_;
+    my ($rc, $out) = $self->test_config;
+    die "nginx -t failed: $out" if $rc;
+    my $r = $self->run_cmd([$self->{nginx}, '-p', "$self->{dir}/", '-c', "$self->{dir}/nginx.conf"]);
+    die "nginx failed to start: $r->{err}" if $r->{rc};
+    $self->{running} = 1;
+    for (1 .. 100) {
+        last if -s "$self->{dir}/logs/nginx.pid" && $self->worker_pids;
+        sleep 0.05;
+    }
+    for my $p (values %{$self->{ports}}) { $self->wait_port($p) }
+    return $self;
+}
+
+sub master_pid {
+    my ($self) = @_;
+    my $pid = $self->read_file('logs/nginx.pid');
+    chomp $pid;
+    return $pid;
+}
+
+sub worker_pids {
+    my ($self) = @_;
+    my $master = $self->master_pid or return ();
+    my @pids = map { s/\s+//gr } `ps -o pid= --ppid $master 2>/dev/null`;
+    return grep { length } @pids;
+}
+
+sub fd_count {
+    my ($self, $pid) = @_;
+    opendir my $d, "/proc/$pid/fd" or return -1;
+    my @fds = grep { !/^\./ } readdir $d;
+    return scalar @fds;
+}
+
+sub rss_kb {
+    my ($self, $pid) = @_;
+    my ($line) = grep { /^VmRSS/ } split /\n/, $self->read_file("/proc/$pid/status");
+    return $line =~ /(\d+)/ ? $1 : -1;
+}
+
+sub wait_port {
+    my ($self, $port) = @_;
+    for (1 .. 100) {
+        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 1);
+        return 1 if $s;
+        sleep 0.05;
+    }
+    return 0;
+}
+
+sub reload {
+    my ($self) = @_;
+    my %old = map { $_ => 1 } $self->worker_pids;
+    my $r = $self->run_cmd([$self->{nginx}, '-p', "$self->{dir}/", '-c', "$self->{dir}/nginx.conf", '-s', 'reload']);
+    die "reload failed: $r->{err}" if $r->{rc};
+    for (1 .. 200) {
+        my @new = grep { !$old{$_} } $self->worker_pids;
+        return @new if @new;
+        sleep 0.05;
+    }
+    die "no new worker after reload";
+}
+
+sub stop {
+    my ($self) = @_;
+    return unless $self->{running};
+    my $pid = $self->master_pid;
+    if ($pid) {
+        kill 'QUIT', $pid;
+        for (1 .. 100) { last unless kill 0, $pid; sleep 0.05 }
+        kill 'TERM', $pid if kill 0, $pid;
+    }
+    $self->{running} = 0;
+}
+
+sub error_log { $_[0]->read_file('logs/error.log') }
+
+# Error-log lines after a mark (a byte offset from error_log_mark).
+sub error_log_mark { length $_[0]->error_log }
+sub error_log_since { substr($_[0]->error_log, $_[1]) }
+
+# Runs a command with optional stdin bytes; returns {rc, out, err}. Killed after $timeout s.
+sub run_cmd {
+    my ($self, $cmd, $input, $timeout) = @_;
+    $timeout //= 60;
+    my $n = ++$self->{n};
+    my $base = "$self->{dir}/cmd$n";
+    $self->write_file("cmd$n.in", $input // '');
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open STDIN, '<', "$base.in" or die;
+        open STDOUT, '>', "$base.out" or die;
+        open STDERR, '>', "$base.err" or die;
+        exec @$cmd or die "exec $cmd->[0]: $!";
+    }
+    my $deadline = time + $timeout;
+    my $done;
+    while (time < $deadline) {
+        $done = waitpid($pid, WNOHANG);
+        last if $done == $pid;
+        sleep 0.02;
+    }
+    if (!$done || $done != $pid) {
+        kill 'KILL', $pid;
+        waitpid($pid, 0);
+        return {rc => -1, out => $self->read_file("$base.out"), err => "timeout\n" . $self->read_file("$base.err")};
+    }
+    return {rc => $? >> 8, out => $self->read_file("$base.out"), err => $self->read_file("$base.err")};
+}
+
+# The CLI as a NoiseSocket client: returns {rc, out, err}.
+sub noise_client {
+    my ($self, $port, $input, @opts) = @_;
+    return $self->run_cmd([$self->{cli}, 'connect', "127.0.0.1:$port", @opts], $input);
+}
+
+# The Python noiseprotocol peer as a client: returns {rc, out, err}.
+sub python_client {
+    my ($self, $port, $input, @opts) = @_;
+    return $self->run_cmd([$self->{python}, $self->{peer}, 'connect', "127.0.0.1:$port", @opts], $input);
+}
+
+# Starts a background process; it is killed when the test ends.
+sub spawn {
+    my ($self, @cmd) = @_;
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>>', "$self->{dir}/spawned.err";
+        exec @cmd or die "exec: $!";
+    }
+    push @{$self->{children}}, $pid;
+    return $pid;
+}
+
+# A plain TCP echo backend on the named port (half-close aware).
+sub echo_backend {
+    my ($self, $name) = @_;
+    my $port = $self->port($name);
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        my $l = IO::Socket::INET->new(LocalAddr => "127.0.0.1:$port", Listen => 512, ReuseAddr => 1)
+            or die "echo backend: $!";
+        $SIG{CHLD} = 'IGNORE';
+        while (my $c = $l->accept) {
+            next if fork;
+            my $buf;
+            while (sysread($c, $buf, 65536)) {
+                my $off = 0;
+                while ($off < length $buf) {
+                    my $w = syswrite($c, $buf, length($buf) - $off, $off) // exit 0;
+                    $off += $w;
+                }
+            }
+            shutdown($c, 1);
+            exit 0;
+        }
+        exit 0;
+    }
+    push @{$self->{children}}, $pid;
+    $self->wait_port($port);
+    return $port;
+}
+
+# A raw TCP client: sends bytes, optionally half-closes, then reads until EOF or timeout.
+# Returns (bytes read, closed by peer).
+sub raw_exchange {
+    my ($self, $port, $bytes, %o) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 5) or die "connect: $!";
+    binmode $s;
+    syswrite($s, $bytes) if length $bytes;
+    shutdown($s, 1) if $o{half_close};
+    my ($got, $buf, $closed) = ('', '', 0);
+    my $deadline = time + ($o{timeout} // 5);
+    my $rin = '';
+    vec($rin, fileno($s), 1) = 1;
+    while (time < $deadline) {
+        my $n = select(my $rout = $rin, undef, undef, 0.1);
+        next unless $n;
+        my $r = sysread($s, $buf, 65536);
+        if (!$r) { $closed = 1; last }
+        $got .= $buf;
+    }
+    close $s;
+    return ($got, $closed);
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    $self->stop;
+    for my $pid (@{$self->{children}}) {
+        kill 'KILL', $pid;
+        waitpid($pid, 0);
+    }
+}
+
+1;
