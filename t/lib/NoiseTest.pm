@@ -39,6 +39,7 @@ sub new {
         python => $ENV{TEST_NGINX_PYTHON} || $ENV{NOISE_PYTHON} || "$repo/build/venv/bin/python",
         peer => "$repo/tests/interop/ns_peer.py",
         repo => $repo,
+        owner => $$,
     }, $class;
     diag("test dir $dir (kept)") if $ENV{TEST_NGINX_LEAVE};
     for my $bin (qw(nginx module cli)) {
@@ -134,11 +135,13 @@ sub run {
     my $r = $self->run_cmd([$self->{nginx}, '-p', "$self->{dir}/", '-c', "$self->{dir}/nginx.conf"]);
     die "nginx failed to start: $r->{err}" if $r->{rc};
     $self->{running} = 1;
-    for (1 .. 100) {
+    # The master binds every socket before it writes the pid file and forks workers, so
+    # no probe connection is needed (one would count as a failed handshake).
+    for (1 .. 200) {
         last if -s "$self->{dir}/logs/nginx.pid" && $self->worker_pids;
         sleep 0.05;
     }
-    for my $p (values %{$self->{ports}}) { $self->wait_port($p) }
+    die "nginx did not start" unless $self->worker_pids;
     return $self;
 }
 
@@ -215,8 +218,8 @@ sub run_cmd {
     my ($self, $cmd, $input, $timeout) = @_;
     $timeout //= 60;
     my $n = ++$self->{n};
-    my $base = "$self->{dir}/cmd$n";
-    $self->write_file("cmd$n.in", $input // '');
+    my $base = "$self->{dir}/cmd$$-$n";
+    $self->write_file("cmd$$-$n.in", $input // '');
     my $pid = fork // die "fork: $!";
     if (!$pid) {
         open STDIN, '<', "$base.in" or die;
@@ -319,6 +322,8 @@ sub raw_exchange {
 
 sub DESTROY {
     my ($self) = @_;
+    # Forked helpers inherit the object; only the process that made it cleans up.
+    return if $$ != $self->{owner};
     $self->stop;
     for my $pid (@{$self->{children}}) {
         kill 'KILL', $pid;
