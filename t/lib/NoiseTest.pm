@@ -297,6 +297,41 @@ sub echo_backend {
     return $port;
 }
 
+# A plain TCP backend that writes without end to whoever connects.
+sub source_backend {
+    my ($self, $name) = @_;
+    my $port = $self->port($name);
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        my $l = IO::Socket::INET->new(LocalAddr => "127.0.0.1:$port", Listen => 64, ReuseAddr => 1)
+            or die "source backend: $!";
+        $SIG{CHLD} = 'IGNORE';
+        $SIG{PIPE} = 'IGNORE';
+        my $chunk = 'z' x 65536;
+        while (my $c = $l->accept) {
+            next if fork;
+            while (defined syswrite($c, $chunk)) { }
+            exit 0;
+        }
+        exit 0;
+    }
+    push @{$self->{children}}, $pid;
+    $self->wait_port($port);
+    return $port;
+}
+
+# Waits until `check` is true (polling for up to `secs`); returns its last value.
+sub wait_for {
+    my ($self, $secs, $check) = @_;
+    my $deadline = time + $secs;
+    my $v;
+    while (1) {
+        $v = $check->();
+        return $v if $v || time > $deadline;
+        sleep 0.05;
+    }
+}
+
 # A raw TCP client: sends bytes, optionally half-closes, then reads until EOF or timeout.
 # Returns (bytes read, closed by peer).
 sub raw_exchange {
@@ -324,6 +359,7 @@ sub DESTROY {
     my ($self) = @_;
     # Forked helpers inherit the object; only the process that made it cleans up.
     return if $$ != $self->{owner};
+    local $?;    # waitpid below must not become the test's exit status
     $self->stop;
     for my $pid (@{$self->{children}}) {
         kill 'KILL', $pid;

@@ -269,7 +269,8 @@ def relay(sock, o, p, wire):
         if o["truncate"]:
             f = frames(p, b"tail")[0]
             sock.sendall(f[: len(f) // 2])
-        sock.shutdown(socket.SHUT_WR)
+        if not o["no_read"]:
+            sock.shutdown(socket.SHUT_WR)
 
     t = threading.Thread(target=writer, daemon=True)
     t.start()

@@ -1,0 +1,146 @@
+#!/usr/bin/perl
+# Bad input on noise_listen: garbage, oversize lengths, a bad MAC mid-stream, untrusted and
+# wrong keys, a client that stalls mid-handshake, a FIN inside a frame, a client that stops
+# reading. Each gets a clean close and one `noise:` log line at info; the worker survives
+# (same pid) and its open fds return to the baseline; memory stays bounded.
+
+use strict;
+use warnings;
+use Test::More;
+use lib 't/lib';
+use NoiseTest;
+
+my $t = NoiseTest->new;
+$t->keygen('server');
+my $client_pub = $t->keygen('client');
+$t->keygen('other');
+my $other_pub = $t->read_file('other.pub');
+$t->write_file('trusted', $other_pub);
+$t->echo_backend('echo');
+$t->source_backend('source');
+
+$t->write_config(<<'END');
+stream {
+    noise_private_key %%TESTDIR%%/server.key;
+    noise_handshake_timeout 1s;
+    server {
+        noise_listen 127.0.0.1:%%PORT_main%%;
+        proxy_pass 127.0.0.1:%%PORT_echo%%;
+        proxy_half_close on;
+    }
+    server {
+        noise_listen 127.0.0.1:%%PORT_trusted%%;
+        noise_trusted_keys %%TESTDIR%%/trusted;
+        proxy_pass 127.0.0.1:%%PORT_echo%%;
+    }
+    server {
+        noise_listen 127.0.0.1:%%PORT_flood%%;
+        proxy_pass 127.0.0.1:%%PORT_source%%;
+    }
+}
+END
+$t->run;
+
+my ($worker) = $t->worker_pids;
+my $dir = $t->dir;
+my @key = ('--key', "$dir/client.key", '--remote-key', "$dir/server.pub");
+my ($main, $trusted, $flood) = map { $t->port($_) } qw(main trusted flood);
+my $baseline = $t->fd_count($worker);
+ok($baseline > 0, "worker $worker has $baseline fds");
+
+# Runs $code, then checks the aftermath: one `noise:` info line matching $re, the same
+# worker, fds back to the baseline, no error-level lines.
+sub bad_input {
+    my ($name, $re, $code) = @_;
+    my $mark = $t->error_log_mark;
+    $code->();
+    my $lines = $t->wait_for(3, sub {
+        my @l = grep { /noise:/ } split /\n/, $t->error_log_since($mark);
+        @l ? \@l : undef;
+    }) || [];
+    is(scalar @$lines, 1, "$name: one log line") or diag(join "\n", @$lines);
+    like($lines->[0] // '', qr/\[info\] .*$re.*client: 127\.0\.0\.1/, "$name: info line says what happened");
+    unlike($t->error_log_since($mark), qr/\[(error|crit|alert|emerg)\]/, "$name: nothing at error level");
+    is(($t->worker_pids)[0], $worker, "$name: worker survives");
+    my $fds = $t->wait_for(3, sub { $t->fd_count($worker) == $baseline });
+    ok($fds, "$name: worker fds back to baseline") or diag($t->fd_count($worker) . " vs $baseline");
+}
+
+bad_input('garbage negotiation data', qr/noise: handshake failed: refused negotiation data 6a756e6b/, sub {
+    my ($got, $closed) = $t->raw_exchange($main, "\x00\x04junk\x00\x20" . ("\x01" x 32));
+    is(unpack('H*', $got), '000300' . '01ff0000', 'garbage: explicit reject 00 03 00 01 ff 00 00');
+    ok($closed, 'garbage: closed');
+});
+
+bad_input('garbage then FIN', qr/noise: handshake failed: connection closed inside a frame/, sub {
+    my (undef, $closed) = $t->raw_exchange($main, "GET / HTTP/1.0\r\n\r\n", half_close => 1);
+    ok($closed, 'http garbage + FIN: closed');
+});
+
+bad_input('oversize lengths', qr/noise: handshake failed: refused negotiation data/, sub {
+    my ($got, $closed) = $t->raw_exchange($main, "\xff\xff" . ("A" x 65535) . "\xff\xff" . ("B" x 65535));
+    ok($closed, 'oversize: closed');
+});
+
+bad_input('stalled handshake', qr/noise: handshake timed out/, sub {
+    my $pid = $t->spawn($t->{python}, $t->{peer}, 'connect', "127.0.0.1:$main", '--stall', @key);
+    # Python takes a moment to start; the 1 s timer starts at its connect.
+    sleep 3;
+    kill 'KILL', $pid;
+});
+
+bad_input('bad MAC mid-stream', qr/noise: reading from peer: decryption failed \(bad MAC in transport message\)/, sub {
+    my $r = $t->python_client($main, 'd' x 300_000, '--corrupt-frame', 3, @key);
+    isnt($r->{rc}, 0, 'bad MAC: the connection is cut');
+});
+
+bad_input('FIN inside a frame', qr/noise: peer closed the connection: connection closed inside a frame/, sub {
+    my $r = $t->python_client($main, 'hello', '--truncate', @key);
+});
+
+bad_input('wrong server key', qr/noise: handshake failed: decryption failed/, sub {
+    my $r = $t->noise_client($main, 'x', '--protocol', 'Noise_IK_25519_AESGCM_SHA256',
+        '--key', "$dir/client.key", '--remote-key', "$dir/other.pub");
+    isnt($r->{rc}, 0, 'wrong key: client fails');
+});
+
+bad_input('untrusted key, XX', qr/noise: handshake failed: client key not in trusted keys: \Q$client_pub\E/, sub {
+    # XX reveals the client key in its last message, after which NoiseSocket allows no
+    # explicit reject: the client just sees the connection close, with nothing echoed.
+    my $r = $t->noise_client($trusted, 'x', @key);
+    is($r->{out}, '', 'untrusted XX: nothing gets through');
+});
+
+bad_input('untrusted key, IK', qr/noise: handshake failed: client key not in trusted keys: \Q$client_pub\E/, sub {
+    my $r = $t->noise_client($trusted, 'x', '--protocol', 'Noise_IK_25519_ChaChaPoly_BLAKE2s', @key);
+    like($r->{err}, qr/rejected by peer \(negotiation data 0001ff\)/, 'untrusted IK: explicit reject');
+});
+
+bad_input('no client key with trusted keys', qr/noise: handshake failed: connection closed during the handshake/, sub {
+    # NN carries no client key: the server asks for a retry with XX, which this client
+    # does not allow, so it gives up.
+    my $r = $t->noise_client($trusted, 'x', '--protocol', 'Noise_NN_25519_ChaChaPoly_BLAKE2s');
+    like($r->{err}, qr/handshake failed: protocol Noise_XX_25519_ChaChaPoly_BLAKE2s not allowed/,
+        'NN against trusted keys: only a retry with XX is offered');
+    is($r->{out}, '', 'NN against trusted keys: nothing gets through');
+});
+
+# A client that stops reading while the backend floods: memory stays bounded.
+{
+    my $rss0 = $t->rss_kb($worker);
+    my $pid = $t->spawn($t->{python}, $t->{peer}, 'connect', "127.0.0.1:$flood", '--no-read', @key);
+    sleep 3;
+    ok($t->fd_count($worker) >= $baseline + 2, 'backpressure: the session is alive, backend connected');
+    my $rss1 = $t->rss_kb($worker);
+    ok($rss1 - $rss0 < 8 * 1024, "backpressure: worker RSS grew by " . ($rss1 - $rss0) . " KiB (< 8 MiB)");
+    kill 'KILL', $pid;
+    waitpid($pid, 0);
+    my $fds = $t->wait_for(3, sub { $t->fd_count($worker) == $baseline });
+    ok($fds, 'backpressure: fds back to baseline after the client goes');
+}
+
+# And after all that, a good client still works.
+my $r = $t->noise_client($main, "still fine\n", @key);
+is($r->{out}, "still fine\n", 'good client after bad ones');
+is(($t->worker_pids)[0], $worker, 'same worker throughout');
+done_testing;
