@@ -187,12 +187,18 @@ sub reload {
     my %old = map { $_ => 1 } $self->worker_pids;
     my $r = $self->run_cmd([$self->{nginx}, '-p', "$self->{dir}/", '-c', "$self->{dir}/nginx.conf", '-s', 'reload']);
     die "reload failed: $r->{err}" if $r->{rc};
+    my @new;
     for (1 .. 200) {
-        my @new = grep { !$old{$_} } $self->worker_pids;
-        return @new if @new;
+        @new = grep { !$old{$_} } $self->worker_pids;
+        last if @new;
         sleep 0.05;
     }
-    die "no new worker after reload";
+    die "no new worker after reload" unless @new;
+    # Old workers accept until they act on the signal; wait until they stopped listening.
+    for my $pid (keys %old) {
+        $self->wait_for(5, sub { $self->error_log =~ /$pid#\d+: gracefully shutting down/ || !kill 0, $pid });
+    }
+    return @new;
 }
 
 sub stop {

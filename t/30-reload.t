@@ -1,0 +1,66 @@
+#!/usr/bin/perl
+# `nginx -s reload` with open NoiseSocket connections: they finish on the old worker with
+# the old session; new connections get the new configuration (a new server key).
+
+use strict;
+use warnings;
+use Test::More;
+use lib 't/lib';
+use NoiseTest;
+
+my $t = NoiseTest->new;
+my $old_pub = $t->keygen('old');
+my $new_pub = $t->keygen('new');
+$t->keygen('client');
+$t->echo_backend('echo');
+my $dir = $t->dir;
+
+my $conf = <<'END';
+stream {
+    server {
+        noise_listen 127.0.0.1:%%PORT_main%%;
+        noise_private_key %%TESTDIR%%/KEY.key;
+        proxy_pass 127.0.0.1:%%PORT_echo%%;
+        proxy_half_close on;
+    }
+}
+END
+$t->write_config($conf =~ s/KEY/old/r);
+$t->run;
+my $port = $t->port('main');
+my @client = ($t->cli, 'connect', "127.0.0.1:$port", '--key', "$dir/client.key", '-v');
+
+my $r = $t->noise_client($port, "before\n", '--key', "$dir/client.key", '-v');
+like($r->{err}, qr/^remote_key=\Q$old_pub\E$/m, 'before reload: old key');
+
+# A long-lived connection: writes, waits across the reload, writes again.
+my $fifo = "$dir/slow.out";
+my $pid = fork // die;
+if (!$pid) {
+    open STDOUT, '>', $fifo or die;
+    open STDERR, '>', "$fifo.err" or die;
+    open my $in, '|-', @client or die;
+    $in->autoflush(1);
+    print $in "first\n";
+    sleep 2;
+    print $in "second\n";
+    close $in;
+    exit($? >> 8);
+}
+sleep 0.7;
+my ($old_worker) = $t->worker_pids;
+$t->write_config($conf =~ s/KEY/new/r);
+my @new = $t->reload;
+ok(@new, 'reloaded: new worker ' . join(',', @new));
+
+$r = $t->noise_client($port, "after\n", '--key', "$dir/client.key", '-v');
+like($r->{err}, qr/^remote_key=\Q$new_pub\E$/m, 'after reload: new connections use the new key');
+is($r->{out}, "after\n", 'after reload: data flows');
+
+waitpid($pid, 0);
+is($? >> 8, 0, 'open connection finished cleanly across the reload');
+is($t->read_file($fifo), "first\nsecond\n", 'open connection kept its data flowing');
+like($t->read_file("$fifo.err"), qr/^remote_key=\Q$old_pub\E$/m, 'open connection used the old key');
+ok($t->wait_for(5, sub { !kill 0, $old_worker }), 'old worker exits once its connection is done');
+unlike($t->error_log, qr/\[(error|crit|alert|emerg)\]/, 'no errors');
+done_testing;
