@@ -28,6 +28,8 @@ pub struct NoiseAddress {
 pub struct MainConf {
     pub addresses: Vec<NoiseAddress>,
     pub listeners: Vec<*const ngx_listening_t>,
+    /// The original `peer.init` of each upstream group, by the group's address.
+    pub init_peers: Vec<(usize, super::upstream::InitPeer)>,
 }
 
 impl MainConf {
