@@ -93,6 +93,12 @@ my @bad = (
     ['psk upstream protocol with virgil negotiation',
      'server { listen 127.0.0.1:%%PORT_a%%; noise_upstream on; noise_upstream_protocol Noise_NNpsk0_25519_AESGCM_SHA256; noise_upstream_psk %%TESTDIR%%/psk; proxy_pass 127.0.0.1:1; }',
      qr/cannot be named in virgil negotiation data; set "noise_upstream_negotiation empty"/],
+    ['upstream IK without any server key',
+     'server { listen 127.0.0.1:%%PORT_a%%; noise_upstream on; noise_upstream_private_key %%TESTDIR%%/server.key; noise_upstream_protocol Noise_IK_25519_ChaChaPoly_BLAKE2s; proxy_pass 127.0.0.1:1; }',
+     qr/"noise_upstream_server_key" is required by "Noise_IK_25519_ChaChaPoly_BLAKE2s"/],
+    ['server key without a port',
+     'noise_upstream_server_key 127.0.0.1 %%TESTDIR%%/server.pub;',
+     qr/"noise_upstream_server_key": no port in "127\.0\.0\.1"/],
     ['server key with a bad key',
      'noise_upstream_server_key 127.0.0.1:9 AAAA;',
      qr/"noise_upstream_server_key": \S*AAAA: No such file or directory/],
@@ -112,5 +118,26 @@ like($out, qr/\[warn\].*"noise_private_key": \S+loose\.key is readable by group 
 ($rc, $out) = conf_t('server { noise_listen %%PORT_w%%; noise_private_key %%TESTDIR%%/server.key; return "x"; } '
     . 'server { listen 127.0.0.1:%%PORT_w%%; return "y"; }');
 isnt($rc, 0, 'noise address merged into another socket fails');
+like($out, qr/"noise_listen 0\.0\.0\.0:\d+" in \S+nginx\.conf:\d+ shares its socket with a plain "listen" of the same port; add the "bind" parameter to the plain one/,
+    'merged socket: message names the noise_listen and the fix');
+
+($rc, $out) = conf_t('server { noise_listen 127.0.0.1:%%PORT_v%%; noise_private_key %%TESTDIR%%/server.key; return "x"; } '
+    . 'server { listen %%PORT_v%%; return "y"; }');
+isnt($rc, 0, 'noise address inside a plain wildcard socket fails');
+like($out, qr/"noise_listen 127\.0\.0\.1:\d+" in \S+nginx\.conf:\d+ shares a wildcard socket with a plain "listen" of the same port; add the "bind" parameter to this "noise_listen"/,
+    'wildcard socket: message names the noise_listen and the fix');
+
+($rc, $out) = conf_t('server { noise_listen 127.0.0.1:%%PORT_v%% bind; noise_private_key %%TESTDIR%%/server.key; return "x"; } '
+    . 'server { listen %%PORT_v%%; return "y"; }');
+is($rc, 0, 'with "bind" the noise address gets its own socket') or diag($out);
+
+($rc, $out) = conf_t('noise_private_key %%TESTDIR%%/server.key; noise_upstream_private_key %%TESTDIR%%/server.key; '
+    . 'noise_padding 0; noise_upstream on; noise_upstream_padding 65517; noise_upstream_negotiation empty; '
+    . 'noise_upstream_handshake_timeout 1m; noise_upstream_prologue "x y"; noise_upstream_trusted_keys %%TESTDIR%%/trusted; '
+    . 'noise_upstream_psk %%TESTDIR%%/psk; noise_psk %%TESTDIR%%/psk; '
+    . 'noise_upstream_server_key 127.0.0.1:%%PORT_a%% %%TESTDIR%%/server.pub; '
+    . 'server { noise_listen 127.0.0.1:%%PORT_a%%; noise_protocol Noise_NN_25519_AESGCM_SHA256 Noise_XXpsk3_25519_ChaChaPoly_SHA512; return "x"; } '
+    . 'server { listen 127.0.0.1:%%PORT_b%%; noise_upstream_protocol Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s; proxy_pass 127.0.0.1:%%PORT_a%%; }');
+is($rc, 0, 'every directive at stream level, inherited by servers') or diag($out);
 
 done_testing;

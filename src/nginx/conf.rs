@@ -196,6 +196,11 @@ impl SrvConf {
                 "\"noise_upstream_psk\" is required by \"{protocol}\""
             ));
         }
+        if protocol.needs_remote_static(Role::Initiator) && self.upstream_server_keys.is_empty() {
+            return Err(format!(
+                "\"noise_upstream_server_key\" is required by \"{protocol}\" (nginx must know the server's key before the handshake)"
+            ));
+        }
         let codec = self.upstream_negotiation.unwrap_or_default();
         if codec == Codec::Virgil && protocol.noise_c_ids().is_none() {
             return Err(format!(

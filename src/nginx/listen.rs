@@ -196,7 +196,7 @@ pub unsafe fn resolve(
             }
             None => {
                 return Err(format!(
-                    "\"noise_listen {}\" in {} shares a wildcard socket with a plain \"listen\"; add the \"bind\" parameter to it",
+                    "\"noise_listen {}\" in {} shares a wildcard socket with a plain \"listen\" of the same port; add the \"bind\" parameter to this \"noise_listen\"",
                     addr.text, addr.at
                 ))
             }

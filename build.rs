@@ -1,0 +1,43 @@
+//! Build script. Without the `nginx` feature (core, CLI, tests) it does nothing but tell cargo
+//! when to rerun. With it, it checks the nginx that `nginx-sys` generated bindings for
+//! (`NGINX_BUILD_DIR`, a configured `objs/` dir) before rustc starts:
+//!
+//! * the nginx must be configured `--with-stream` (otherwise the stream types do not exist
+//!   and rustc would print hundreds of unrelated errors);
+//! * nginx-sys's `ngx_feature` / `ngx_os` cfgs are forwarded (they only reach nginx-sys
+//!   itself), so `src/nginx` may write `#[cfg(ngx_feature = "debug")]` and the like.
+
+use std::env;
+
+fn main() {
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=NGINX_BUILD_DIR");
+    if env::var_os("CARGO_FEATURE_NGINX").is_none() {
+        println!("cargo::rustc-check-cfg=cfg(ngx_feature, values(any()))");
+        println!("cargo::rustc-check-cfg=cfg(ngx_os, values(any()))");
+        return;
+    }
+    // Set by nginx-sys (links = "nginx") for its direct dependents.
+    let features = env::var("DEP_NGINX_FEATURES").unwrap_or_default();
+    if let Ok(check) = env::var("DEP_NGINX_FEATURES_CHECK") {
+        println!("cargo::rustc-check-cfg=cfg(ngx_feature, values({check}))");
+    }
+    if let Ok(check) = env::var("DEP_NGINX_OS_CHECK") {
+        println!("cargo::rustc-check-cfg=cfg(ngx_os, values({check}))");
+    }
+    for feature in features.split(',').filter(|f| !f.is_empty()) {
+        println!("cargo::rustc-cfg=ngx_feature=\"{feature}\"");
+    }
+    if let Ok(os) = env::var("DEP_NGINX_OS") {
+        println!("cargo::rustc-cfg=ngx_os=\"{os}\"");
+    }
+    if !features.split(',').any(|f| f == "stream") {
+        let dir = env::var("DEP_NGINX_BUILD_DIR").unwrap_or_else(|_| "(unknown)".into());
+        eprintln!(
+            "error: the nginx configured in {dir} has no stream module; \
+             ngx_stream_noise_module needs nginx configured --with-stream \
+             (scripts/build.sh does this; set NGINX_BUILD_DIR to its objs/ dir)"
+        );
+        std::process::exit(1);
+    }
+}
