@@ -367,17 +367,12 @@ unsafe fn step(w: &mut PeerWrap) {
             if (*wev).ready() == 0 {
                 return;
             }
-            let mut err: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            let rc = libc::getsockopt(
-                (*c).fd,
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&raw mut err).cast(),
-                &mut len,
-            );
-            if rc == -1 || err != 0 {
-                return hand_back(w, false); // the proxy's test_connect reports it
+            match tcp_state((*c).fd) {
+                Some(TCP_SYN_SENT) => return,
+                Some(TCP_ESTABLISHED) => {}
+                // Failed: SO_ERROR is still pending, so the proxy's test_connect reports
+                // and counts it exactly as for any upstream.
+                _ => return hand_back(w, false),
             }
             w.connected = true;
             if (*wev).timer_set() != 0 {
@@ -413,6 +408,28 @@ unsafe fn step(w: &mut PeerWrap) {
                 hand_back(w, true);
             }
         }
+    }
+}
+
+/// Linux TCP states (include/net/tcp_states.h), which libc does not export.
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+
+/// The kernel's TCP state of a socket. Unlike `SO_ERROR` it does not consume a pending
+/// connect error, which nginx's own `test_connect` must still see.
+fn tcp_state(fd: i32) -> Option<i32> {
+    // SAFETY: tcp_info is a plain C struct; getsockopt writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        );
+        (rc == 0).then_some(i32::from(info.tcpi_state))
     }
 }
 
