@@ -25,6 +25,12 @@ use Time::HiRes qw(sleep time);
 
 my $repo = abs_path(dirname(__FILE__) . '/../..');
 
+# An interrupted test (prove killed, ^C) must still stop its nginx and helpers: exiting
+# runs DESTROY, a default signal death does not.
+for my $sig (qw(INT TERM HUP)) {
+    $SIG{$sig} = sub { diag("caught SIG$sig, cleaning up"); exit 1 } unless ref $SIG{$sig};
+}
+
 sub new {
     my ($class) = @_;
     my $dir = tempdir('nginx-noise-t-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
@@ -52,16 +58,33 @@ sub dir { $_[0]{dir} }
 sub cli { $_[0]{cli} }
 sub repo { $_[0]{repo} }
 
-# A free port on 127.0.0.1, stable per name for this test file.
+# A free port on 127.0.0.1, stable per name and distinct from every other name's.
+# All probe sockets stay open until the allocation is done, so the kernel cannot hand the
+# same number out twice.
 sub port {
     my ($self, $name) = @_;
     return $self->{ports}{$name} //= do {
-        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1,
-            ReuseAddr => 1) or die "no free port: $!";
-        my $p = $s->sockport;
-        close $s;
+        my %taken = map { $_ => 1 } grep { defined } values %{$self->{ports}};
+        my (@held, $p);
+        for (1 .. 100) {
+            my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1)
+                or die "no free port: $!";
+            push @held, $s;
+            $p = $s->sockport;
+            last unless $taken{$p};
+        }
+        close $_ for @held;
         $p;
     };
+}
+
+# A port where connections are refused: a bound socket that never listens, held open.
+sub refused_port {
+    my ($self, $name) = @_;
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp')
+        or die "bind: $!";
+    push @{$self->{held}}, $s;
+    return $self->{ports}{$name} = $s->sockport;
 }
 
 sub write_file {
@@ -113,7 +136,7 @@ daemon on;
 master_process on;
 worker_processes 1;
 pid $self->{dir}/logs/nginx.pid;
-error_log $self->{dir}/logs/error.log info;
+error_log $self->{dir}/logs/error.log ${\($ENV{TEST_NGINX_LOG_LEVEL} // "info")};
 events { worker_connections 1024; }
 END
     $self->write_file($name, $conf, 0644);
@@ -142,6 +165,8 @@ sub run {
         sleep 0.05;
     }
     die "nginx did not start" unless $self->worker_pids;
+    # Kept in case the pid file is gone when we stop (temp dir removed first at exit).
+    $self->{master} = $self->master_pid;
     return $self;
 }
 
@@ -204,7 +229,7 @@ sub reload {
 sub stop {
     my ($self) = @_;
     return unless $self->{running};
-    my $pid = $self->master_pid;
+    my $pid = $self->master_pid || $self->{master};
     if ($pid) {
         kill 'QUIT', $pid;
         for (1 .. 100) { last unless kill 0, $pid; sleep 0.05 }
@@ -263,22 +288,34 @@ sub python_client {
 # Starts a background process; it is killed when the test ends.
 sub spawn {
     my ($self, @cmd) = @_;
+    my $pid = $self->fork_helper;
+    if (!$pid) {
+        exec @cmd or die "exec: $!";
+    }
+    return $pid;
+}
+
+# A plain TCP echo backend on the named port (half-close aware).
+# Forks a helper process in its own process group with stdio detached from the test's
+# (so prove never waits on it); the group is killed when the test ends.
+sub fork_helper {
+    my ($self) = @_;
     my $pid = fork // die "fork: $!";
     if (!$pid) {
+        setpgrp(0, 0);
         open STDIN, '<', '/dev/null';
         open STDOUT, '>', '/dev/null';
-        open STDERR, '>>', "$self->{dir}/spawned.err";
-        exec @cmd or die "exec: $!";
+        open STDERR, '>>', "$self->{dir}/helpers.err";
+        return 0;
     }
     push @{$self->{children}}, $pid;
     return $pid;
 }
 
-# A plain TCP echo backend on the named port (half-close aware).
 sub echo_backend {
     my ($self, $name) = @_;
     my $port = $self->port($name);
-    my $pid = fork // die "fork: $!";
+    my $pid = $self->fork_helper;
     if (!$pid) {
         my $l = IO::Socket::INET->new(LocalAddr => "127.0.0.1:$port", Listen => 512, ReuseAddr => 1)
             or die "echo backend: $!";
@@ -298,7 +335,6 @@ sub echo_backend {
         }
         exit 0;
     }
-    push @{$self->{children}}, $pid;
     $self->wait_port($port);
     return $port;
 }
@@ -307,7 +343,7 @@ sub echo_backend {
 sub source_backend {
     my ($self, $name) = @_;
     my $port = $self->port($name);
-    my $pid = fork // die "fork: $!";
+    my $pid = $self->fork_helper;
     if (!$pid) {
         my $l = IO::Socket::INET->new(LocalAddr => "127.0.0.1:$port", Listen => 64, ReuseAddr => 1)
             or die "source backend: $!";
@@ -321,7 +357,6 @@ sub source_backend {
         }
         exit 0;
     }
-    push @{$self->{children}}, $pid;
     $self->wait_port($port);
     return $port;
 }
@@ -336,6 +371,75 @@ sub wait_for {
         return $v if $v || time > $deadline;
         sleep 0.05;
     }
+}
+
+# A plain TCP client that writes $data (then half-closes unless keep_open) while reading
+# whatever comes back, until EOF or timeout. Returns (bytes read, closed by peer).
+sub plain_exchange {
+    my ($self, $port, $data, %o) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 5) or die "connect: $!";
+    binmode $s;
+    $s->blocking(0);
+    my ($got, $off, $closed, $shut) = ('', 0, 0, 0);
+    my $deadline = time + ($o{timeout} // 30);
+    while (time < $deadline) {
+        my ($rin, $win) = ('', '');
+        vec($rin, fileno($s), 1) = 1;
+        vec($win, fileno($s), 1) = 1 if $off < length $data;
+        select(my $rout = $rin, my $wout = $win, undef, 0.1) or next;
+        if ($off < length $data && vec($wout, fileno($s), 1)) {
+            my $w = syswrite($s, $data, 65536, $off);
+            $off += $w if $w;
+        }
+        if (!$shut && $off >= length $data && !$o{keep_open}) {
+            shutdown($s, 1);
+            $shut = 1;
+        }
+        if (vec($rout, fileno($s), 1)) {
+            my $r = sysread($s, my $buf, 65536);
+            if (defined $r && $r == 0) { $closed = 1; last }
+            if (!defined $r) { next if $!{EAGAIN}; $closed = 1; last }
+            $got .= $buf;
+        }
+    }
+    close $s;
+    return ($got, $closed);
+}
+
+# A TCP backend that answers every connection with $reply (bytes) and then, per $after,
+# closes ('close'), stays silent ('stall') or keeps reading. Counts connections in a file.
+sub scripted_backend {
+    my ($self, $name, $reply, $after) = @_;
+    my $port = $self->port($name);
+    my $count = "$self->{dir}/$name.count";
+    my $pid = $self->fork_helper;
+    if (!$pid) {
+        my $l = IO::Socket::INET->new(LocalAddr => "127.0.0.1:$port", Listen => 64, ReuseAddr => 1)
+            or die "scripted backend: $!";
+        $SIG{CHLD} = 'IGNORE';
+        $SIG{PIPE} = 'IGNORE';
+        while (my $c = $l->accept) {
+            open my $fh, '>>', $count; print $fh "x\n"; close $fh;
+            next if fork;
+            syswrite($c, $reply) if length $reply;
+            if (($after // '') eq 'stall') { sleep 3600 }
+            if (($after // '') eq 'close') { exit 0 }
+            my $buf;
+            while (sysread($c, $buf, 65536)) {
+                open my $rec, '>>', "$self->{dir}/$name.received"; print $rec $buf; close $rec;
+            }
+            exit 0;
+        }
+        exit 0;
+    }
+    $self->wait_port($port);
+    return $port;
+}
+
+sub count_of {
+    my ($self, $name) = @_;
+    my $c = $self->read_file("$name.count");
+    return scalar(() = $c =~ /x/g);
 }
 
 # A raw TCP client: sends bytes, optionally half-closes, then reads until EOF or timeout.
@@ -368,7 +472,7 @@ sub DESTROY {
     local $?;    # waitpid below must not become the test's exit status
     $self->stop;
     for my $pid (@{$self->{children}}) {
-        kill 'KILL', $pid;
+        kill 'KILL', -$pid;    # the helper's whole process group
         waitpid($pid, 0);
     }
 }

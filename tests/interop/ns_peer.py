@@ -9,9 +9,10 @@ module against a second Noise stack, and to send crafted bad input.
 
 Options: --protocol NAME, --key FILE, --remote-key BASE64|FILE, --negotiation virgil|empty,
 --prologue STRING, --psk FILE, --echo, --count N, --ready-file PATH, -v.
-Bad-input knobs (connect only): --corrupt-frame N (flip a ciphertext bit in the N-th
-transport frame), --truncate (send half of the last frame, then FIN), --stall (send half of
-message 1 and wait), --no-read (never read after the handshake, keep sending).
+Bad-input knobs: --corrupt-frame N (flip a ciphertext bit in the N-th transport frame sent),
+--truncate (end with half a frame, then FIN), --no-read (never read after the handshake),
+and for connect only --stall (send half of message 1 and wait). With listen they apply to
+the echo.
 
 Wire format (2018-05-01 NoiseSocket): handshake message `u16 neg_len | neg | u16 len | noise`,
 transport `u16 len | ciphertext`, encrypted payload `u16 body_len | body | padding`;
@@ -282,8 +283,22 @@ def relay(sock, o, p, wire):
     t.join()
 
 
-def echo(sock, p, wire):
-    receive(p, wire, lambda b: [sock.sendall(f) for f in frames(p, b)])
+def echo(sock, o, p, wire):
+    sent = [0]
+
+    def send(body):
+        for f in frames(p, body):
+            sent[0] += 1
+            if o["corrupt"] and sent[0] == o["corrupt"]:
+                f = f[:-1] + bytes([f[-1] ^ 1])
+            sock.sendall(f)
+
+    if o["no_read"]:
+        threading.Event().wait(3600)
+    receive(p, wire, send)
+    if o["truncate"]:
+        f = frames(p, b"tail")[0]
+        sock.sendall(f[: len(f) // 2])
     sock.shutdown(socket.SHUT_WR)
 
 
@@ -336,12 +351,18 @@ def main():
                     f.write("%d\n" % srv.getsockname()[1])
             for _ in range(o["count"] if o["echo"] else 1):
                 sock, _ = srv.accept()
-                p, wire = handshake_responder(sock, o)
-                report(o, p)
-                if o["echo"]:
-                    echo(sock, p, wire)
-                else:
-                    relay(sock, o, p, wire)
+                try:
+                    p, wire = handshake_responder(sock, o)
+                    report(o, p)
+                    if o["echo"]:
+                        echo(sock, o, p, wire)
+                    else:
+                        relay(sock, o, p, wire)
+                except (Fail, OSError, Exception) as e:
+                    # An echo server outlives a bad connection; a stdio one reports it.
+                    if not o["echo"]:
+                        raise
+                    sys.stderr.write("ns_peer: %s\n" % e)
                 sock.close()
         else:
             raise Fail("unknown command %s" % o["command"])
