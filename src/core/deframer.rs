@@ -35,8 +35,14 @@ impl Deframer {
 
     /// Space to receive ciphertext into (never empty).
     pub fn spare(&mut self) -> &mut [u8] {
-        let keep_from = if self.plain.is_empty() { self.start } else { self.plain.start };
-        let buf = self.buf.get_or_insert_with(|| vec![0u8; MAX_FRAME].into_boxed_slice());
+        let keep_from = if self.plain.is_empty() {
+            self.start
+        } else {
+            self.plain.start
+        };
+        let buf = self
+            .buf
+            .get_or_insert_with(|| vec![0u8; MAX_FRAME].into_boxed_slice());
         if keep_from == self.end {
             self.start = 0;
             self.end = 0;
@@ -87,12 +93,17 @@ impl Deframer {
             return true;
         }
         let Some(buf) = &self.buf else { return false };
-        !matches!(transport_frame(&buf[self.start..self.end]), Ok(FrameStatus::Incomplete(_)))
+        !matches!(
+            transport_frame(&buf[self.start..self.end]),
+            Ok(FrameStatus::Incomplete(_))
+        )
     }
 
     /// Opens the frame at `start`; false when it is incomplete.
     fn open_next(&mut self, opener: &mut Opener) -> Result<bool> {
-        let Some(buf) = self.buf.as_mut() else { return Ok(false) };
+        let Some(buf) = self.buf.as_mut() else {
+            return Ok(false);
+        };
         match opener.open(&mut buf[self.start..self.end])? {
             Opened::Incomplete => Ok(false),
             Opened::Frame { consumed, body } => {
@@ -132,7 +143,9 @@ impl Deframer {
                     }
                 }
             }
-            let Some(buf) = self.buf.as_deref() else { break };
+            let Some(buf) = self.buf.as_deref() else {
+                break;
+            };
             let n = self.plain.len().min(out.len() - done);
             out[done..done + n].copy_from_slice(&buf[self.plain.start..self.plain.start + n]);
             self.plain.start += n;
@@ -213,7 +226,10 @@ mod tests {
         let mut out = [0u8; 64];
         assert_eq!(d.read_plain(&mut b.opener, &mut out).unwrap(), 4);
         assert!(d.readable());
-        assert!(matches!(d.read_plain(&mut b.opener, &mut out), Err(Error::Decrypt(_))));
+        assert!(matches!(
+            d.read_plain(&mut b.opener, &mut out),
+            Err(Error::Decrypt(_))
+        ));
     }
 
     #[test]

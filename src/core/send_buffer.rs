@@ -23,7 +23,12 @@ impl SendBuffer {
     /// A buffer that holds at most `capacity` bytes of ciphertext (at least one byte of body
     /// per frame must fit: `capacity > 20`).
     pub fn new(capacity: usize) -> Self {
-        SendBuffer { buf: None, start: 0, end: 0, capacity: capacity.max(FRAME_OVERHEAD + 1) }
+        SendBuffer {
+            buf: None,
+            start: 0,
+            end: 0,
+            capacity: capacity.max(FRAME_OVERHEAD + 1),
+        }
     }
 
     /// Ciphertext waiting for the socket.
@@ -49,7 +54,8 @@ impl SendBuffer {
 
     fn buffer(&mut self) -> &mut [u8] {
         let capacity = self.capacity;
-        self.buf.get_or_insert_with(|| vec![0u8; capacity].into_boxed_slice())
+        self.buf
+            .get_or_insert_with(|| vec![0u8; capacity].into_boxed_slice())
     }
 
     /// Room left for new frames, after moving a partly written tail to the front.
@@ -108,7 +114,10 @@ mod tests {
 
     fn pair(pad: usize) -> (Transport, Transport) {
         let c = |k: u8| CipherState::new(CipherChoice::AESGCM, &[k; 32]).unwrap();
-        (Transport::new(c(1), c(2), pad), Transport::new(c(2), c(1), pad))
+        (
+            Transport::new(c(1), c(2), pad),
+            Transport::new(c(2), c(1), pad),
+        )
     }
 
     #[test]
@@ -159,6 +168,10 @@ mod tests {
         let mut out = SendBuffer::new(1500);
         assert_eq!(out.seal(&mut a.sealer, &[1u8; 5000]).unwrap(), 1000);
         assert_eq!(out.pending().len(), 1020);
-        assert_eq!(out.seal(&mut a.sealer, &[1u8; 5000]).unwrap(), 0, "480 bytes of room");
+        assert_eq!(
+            out.seal(&mut a.sealer, &[1u8; 5000]).unwrap(),
+            0,
+            "480 bytes of room"
+        );
     }
 }

@@ -169,7 +169,9 @@ impl Sealer {
         let padded = payload::padded_len(body_len, self.pad_to);
         let len = FRAME_OVERHEAD + padded;
         if body_len == 0 || body_len > MAX_BODY || frame.len() < len {
-            return Err(Error::Internal(format!("cannot seal a body of {body_len} bytes")));
+            return Err(Error::Internal(format!(
+                "cannot seal a body of {body_len} bytes"
+            )));
         }
         frame[..2].copy_from_slice(&((2 + padded + TAG_LEN) as u16).to_be_bytes());
         frame[2..4].copy_from_slice(&(body_len as u16).to_be_bytes());
