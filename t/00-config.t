@@ -56,7 +56,7 @@ my @bad = (
      qr/fallback patterns are not supported/],
     ['K pattern on a server',
      'server { noise_listen 127.0.0.1:%%PORT_a%%; noise_private_key %%TESTDIR%%/server.key; noise_protocol Noise_KK_25519_AESGCM_SHA256; return "x"; }',
-     qr/needs the client's key before the handshake/],
+     qr/needs the client's key before the handshake; set "noise_trusted_keys"/],
     ['psk pattern without psk',
      'server { noise_listen 127.0.0.1:%%PORT_a%%; noise_private_key %%TESTDIR%%/server.key; noise_protocol Noise_XXpsk3_25519_AESGCM_SHA256; return "x"; }',
      qr/"noise_psk" is required by "Noise_XXpsk3_25519_AESGCM_SHA256"/],

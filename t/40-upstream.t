@@ -17,6 +17,8 @@ use NoiseTest;
 my $t = NoiseTest->new;
 my %pub = map { $_ => $t->keygen($_) } qw(b1 b2 b3 other gw);
 $t->write_file('servers.pub', join("\n", @pub{qw(b1 b2 b3)}) . "\n", 0644);
+# KK back end: the client key is not sent, so the server tries its trusted keys in turn.
+$t->write_file('gateways.pub', join("\n", @pub{qw(b2 gw b3)}) . "\n", 0644);
 $t->echo_backend('echo');
 my $dir = $t->dir;
 
@@ -46,6 +48,7 @@ my @gw = map { "    server { listen 127.0.0.1:%%PORT_g_$_->[0]%%; $_->[1] proxy_
     ['xx', 'proxy_half_close on;', '127.0.0.1:%%PORT_b1%%'],
     ['ik', 'proxy_half_close on; noise_upstream_protocol Noise_IK_25519_ChaChaPoly_BLAKE2s;', '127.0.0.1:%%PORT_b1%%'],
     ['nk', 'proxy_half_close on; noise_upstream_protocol Noise_NK_25519_AESGCM_SHA256;', '127.0.0.1:%%PORT_b1%%'],
+    ['kk', 'proxy_half_close on; noise_upstream_protocol Noise_KK_25519_ChaChaPoly_BLAKE2s;', '127.0.0.1:%%PORT_bkk%%'],
     ['cli', 'proxy_half_close on;', '127.0.0.1:%%PORT_cli%%'],
     ['py', 'proxy_half_close on; noise_upstream_protocol Noise_IK_25519_ChaChaPoly_BLAKE2s;', '127.0.0.1:%%PORT_py%%'],
     ['rr', 'noise_upstream_trusted_keys %%TESTDIR%%/servers.pub;', 'rr'],
@@ -74,6 +77,9 @@ stream {
                    Noise_NK_25519_AESGCM_SHA256;
     server { noise_listen 127.0.0.1:%%PORT_b1%%; noise_private_key %%TESTDIR%%/b1.key;
              noise_upstream off; proxy_pass 127.0.0.1:%%PORT_echo%%; proxy_half_close on; }
+    server { noise_listen 127.0.0.1:%%PORT_bkk%%; noise_private_key %%TESTDIR%%/b1.key;
+             noise_protocol Noise_KK_25519_ChaChaPoly_BLAKE2s; noise_trusted_keys %%TESTDIR%%/gateways.pub;
+             noise_upstream off; proxy_pass 127.0.0.1:%%PORT_echo%%; proxy_half_close on; }
     server { noise_listen 127.0.0.1:%%PORT_r1%%; noise_private_key %%TESTDIR%%/b1.key; return "b1\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_r2%%; noise_private_key %%TESTDIR%%/b2.key; return "b2\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_r3%%; noise_private_key %%TESTDIR%%/b3.key; return "b3\\n"; }
@@ -97,6 +103,7 @@ stream {
     noise_upstream on;
     noise_upstream_private_key %%TESTDIR%%/gw.key;
     noise_upstream_server_key 127.0.0.1:%%PORT_b1%% %%TESTDIR%%/b1.pub;
+    noise_upstream_server_key 127.0.0.1:%%PORT_bkk%% %%TESTDIR%%/b1.pub;
     noise_upstream_server_key 127.0.0.1:%%PORT_py%% $pub{b2};
     noise_upstream_server_key 127.0.0.1:%%PORT_wrong%% %%TESTDIR%%/b1.pub;
 @gw}
@@ -108,7 +115,7 @@ sub g { $t->port("g_$_[0]") }
 # Chains with 10 MiB each way.
 my $big = '';
 $big .= md5_hex($_) x 64 for 1 .. 5120;
-for my $chain (qw(xx ik nk)) {
+for my $chain (qw(xx ik nk kk)) {
     my ($got) = $t->plain_exchange(g($chain), $big);
     is(length $got, length $big, "$chain chain: 10 MiB back");
     is(md5_hex($got), md5_hex($big), "$chain chain: checksum matches");

@@ -249,3 +249,46 @@ fn at_most_one_protocol_change() {
     // A second retry request instead of message 2:
     assert!(matches!(a.read(&retry), Err(Error::LateNegotiation(6))));
 }
+
+#[test]
+fn k_patterns_take_the_initiator_key_from_trusted_keys() {
+    let kk = "KK_25519_ChaChaPoly_BLAKE2s";
+    // KK: the right key among several is found by authenticating message 1.
+    let (a, b) = start(
+        policy(&[kk], Codec::Virgil, creds(Some(1), Some(public(2)))),
+        policy(&[kk], Codec::Virgil, creds(Some(2), None)).with_initiator_static_required(true),
+        settings(None),
+        settings(Some(vec![public(5), public(1), public(6)])),
+    );
+    let out = pump(a, b, 9);
+    let bob = out.bob.unwrap();
+    assert_eq!(bob.info.remote_static, Some(public(1)));
+    assert_eq!(
+        out.alice.unwrap().info.handshake_hash,
+        bob.info.handshake_hash
+    );
+    // KK with an unlisted client: no key authenticates.
+    let (a, b) = start(
+        policy(&[kk], Codec::Virgil, creds(Some(7), Some(public(2)))),
+        policy(&[kk], Codec::Virgil, creds(Some(2), None)).with_initiator_static_required(true),
+        settings(None),
+        settings(Some(vec![public(5), public(1)])),
+    );
+    assert!(matches!(pump(a, b, 9).bob, Err(Error::Decrypt(_))));
+    // KN: message 1 is cleartext, so only a single trusted key can be assumed.
+    let kn = "KN_25519_ChaChaPoly_BLAKE2s";
+    let (a, b) = start(
+        policy(&[kn], Codec::Virgil, creds(Some(1), None)),
+        policy(&[kn], Codec::Virgil, creds(Some(2), None)).with_initiator_static_required(true),
+        settings(None),
+        settings(Some(vec![public(1)])),
+    );
+    assert!(pump(a, b, 9).bob.is_ok());
+    let (a, b) = start(
+        policy(&[kn], Codec::Virgil, creds(Some(1), None)),
+        policy(&[kn], Codec::Virgil, creds(Some(2), None)).with_initiator_static_required(true),
+        settings(None),
+        settings(Some(vec![public(1), public(5)])),
+    );
+    assert!(matches!(pump(a, b, 9).bob, Err(Error::Config(_))));
+}

@@ -96,6 +96,8 @@ pub struct Handshake {
     neg_b1: Vec<u8>,
     next_payload: Option<Vec<u8>>,
     received: Vec<Vec<u8>>,
+    /// While trying trusted keys as the initiator's (K patterns), the key being tried.
+    remote_override: Option<[u8; 32]>,
 }
 
 impl Handshake {
@@ -123,6 +125,7 @@ impl Handshake {
             neg_b1: Vec::new(),
             next_payload: None,
             received: Vec::new(),
+            remote_override: None,
         }
     }
 
@@ -291,9 +294,23 @@ impl Handshake {
         match decision {
             Decision::Accept(protocol) => {
                 let prologue = prologue::init1(&self.neg_a1, &self.settings.app_prologue);
-                self.start_protocol(protocol, Role::Responder, Stage::Initial, &prologue)?;
                 let msg = std::mem::take(&mut self.msg_a1);
-                let read = self.read_noise(&msg);
+                let mut read = Err(Error::Internal("no candidate key".into()));
+                for candidate in self.initiator_key_candidates(&protocol)? {
+                    self.remote_override = candidate;
+                    let started = self.start_protocol(
+                        protocol.clone(),
+                        Role::Responder,
+                        Stage::Initial,
+                        &prologue,
+                    );
+                    self.remote_override = None;
+                    started?;
+                    read = self.read_noise(&msg);
+                    if read.is_ok() {
+                        break;
+                    }
+                }
                 self.msg_a1 = msg;
                 match read {
                     Ok(()) => {}
@@ -344,6 +361,35 @@ impl Handshake {
                 Err(Error::Refused(self.neg_a1.clone()))
             }
         }
+    }
+
+    /// Responder keys to try for a pattern in which the responder knows the initiator's key
+    /// in advance (KN, KK, KX): from the credentials if given, else from the trusted keys.
+    /// An encrypted first message (KK) tells the right one by authenticating; a cleartext one
+    /// (KN, KX) cannot, so it needs exactly one trusted key. `[None]` means "as configured".
+    fn initiator_key_candidates(&self, protocol: &Protocol) -> Result<Vec<Option<[u8; 32]>>> {
+        let creds = self
+            .negotiator
+            .credentials(protocol, Role::Responder, Stage::Initial);
+        if !protocol.needs_remote_static(Role::Responder) || creds.remote_static.is_some() {
+            return Ok(vec![None]);
+        }
+        let keys: Vec<[u8; 32]> = match &self.settings.trusted {
+            Some(trusted) => trusted.iter().copied().collect(),
+            None => Vec::new(),
+        };
+        if keys.is_empty() {
+            return Err(Error::Config(format!(
+                "{protocol} needs the initiator's key: set trusted keys"
+            )));
+        }
+        if !protocol.payload_encrypted(0) && keys.len() != 1 {
+            return Err(Error::Config(format!(
+                "{protocol} can take the initiator's key from exactly one trusted key, not {}",
+                keys.len()
+            )));
+        }
+        Ok(keys.into_iter().map(Some).collect())
     }
 
     /// Initiator: the responder's first message.
@@ -443,7 +489,10 @@ impl Handshake {
         stage: Stage,
         prologue: &[u8],
     ) -> Result<()> {
-        let creds = self.negotiator.credentials(&protocol, noise_role, stage);
+        let mut creds = self.negotiator.credentials(&protocol, noise_role, stage);
+        if let Some(key) = self.remote_override {
+            creds.remote_static = Some(key);
+        }
         let config = |what: &str, e: snow::Error| Error::Config(format!("{protocol}: {what}: {e}"));
         let mut builder = snow::Builder::new(protocol.params().clone())
             .prologue(prologue)

@@ -79,6 +79,10 @@ impl KeySet {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8; KEY_LEN]> {
+        self.keys.iter()
+    }
 }
 
 /// A key file that could not be used.

@@ -34,6 +34,9 @@ pub fn default_protocols() -> Vec<Protocol> {
     out
 }
 
+/// Trusted keys a K-pattern server may try per handshake (each try costs two DH).
+pub const MAX_K_PATTERN_KEYS: usize = 32;
+
 pub const DEFAULT_UPSTREAM_PROTOCOL: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 pub const DEFAULT_HANDSHAKE_TIMEOUT: ngx_msec_t = 60_000;
 
@@ -158,9 +161,25 @@ impl SrvConf {
                 return Err(format!("\"noise_private_key\" is required by \"{p}\""));
             }
             if p.needs_remote_static(Role::Responder) {
-                return Err(format!(
-                    "\"{p}\" needs the client's key before the handshake, which a server cannot know; remove it from \"noise_protocol\""
-                ));
+                // The client's key must be known before message 1: it comes from the
+                // trusted keys, tried in turn when message 1 is encrypted (KK), or the only
+                // one listed when it is not (KN, KX).
+                let trusted = side.trusted_keys.as_ref().map_or(0, |k| k.value.len());
+                if trusted == 0 {
+                    return Err(format!(
+                        "\"{p}\" needs the client's key before the handshake; set \"noise_trusted_keys\""
+                    ));
+                }
+                if !p.payload_encrypted(0) && trusted != 1 {
+                    return Err(format!(
+                        "\"{p}\" can take the client's key only from exactly one \"noise_trusted_keys\" entry, not {trusted}"
+                    ));
+                }
+                if trusted > MAX_K_PATTERN_KEYS {
+                    return Err(format!(
+                        "\"{p}\" tries each trusted key in turn; list at most {MAX_K_PATTERN_KEYS}, not {trusted}"
+                    ));
+                }
             }
             if p.has_psk() && side.psk.is_none() {
                 return Err(format!("\"noise_psk\" is required by \"{p}\""));

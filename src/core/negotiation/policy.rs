@@ -72,7 +72,12 @@ impl Policy {
             if p.needs_local_static(role) && self.credentials.static_key.is_none() {
                 return Err(Error::Config(format!("{p} needs a private key")));
             }
-            if p.needs_remote_static(role) && self.credentials.remote_static.is_none() {
+            // A responder may take the initiator's key from its trusted keys (K patterns).
+            let from_trusted = role == Role::Responder && self.require_initiator_static;
+            if p.needs_remote_static(role)
+                && self.credentials.remote_static.is_none()
+                && !from_trusted
+            {
                 return Err(Error::Config(format!(
                     "{p} needs the peer's public key in advance"
                 )));
