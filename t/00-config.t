@@ -110,6 +110,24 @@ for my $case (@bad) {
     like($out, $re, "$name: message") or diag($out);
 }
 
+$t->keygen('gw');
+my $server_pub = $t->read_file('server.pub') =~ s/\s+//gr;
+($rc, $out) = conf_t(qq{upstream two { server 127.0.0.1:%%PORT_u1%%; server 127.0.0.1:%%PORT_u2%%; }
+    server { listen 127.0.0.1:%%PORT_a%%; noise_upstream on; noise_upstream_private_key %%TESTDIR%%/gw.key;
+             noise_upstream_protocol Noise_IK_25519_ChaChaPoly_BLAKE2s;
+             noise_upstream_server_key 127.0.0.1:%%PORT_u1%% $server_pub; proxy_pass two; }});
+isnt($rc, 0, 'IK group with a server lacking a key: nginx -t fails');
+my $u2 = $t->port('u2');
+like($out, qr/no "noise_upstream_server_key" for 127\.0\.0\.1:$u2 of upstream "two", which "Noise_IK_25519_ChaChaPoly_BLAKE2s" needs \(server at \S+nginx\.conf:\d+\)/,
+    'names the server, the group and the protocol') or diag($out);
+
+($rc, $out) = conf_t(qq{map \$remote_addr \$target { default 127.0.0.1:%%PORT_u1%%; }
+    server { listen 127.0.0.1:%%PORT_a%%; noise_upstream on; noise_upstream_private_key %%TESTDIR%%/gw.key;
+             proxy_pass \$target; }});
+is($rc, 0, 'proxy_pass to a variable: nginx -t passes');
+like($out, qr/\[warn\].*"noise_upstream on" with "proxy_pass" to a variable in the server at \S+nginx\.conf:\d+: targets that are not upstream groups will be refused/,
+    'proxy_pass to a variable: warns that bare addresses are refused') or diag($out);
+
 ($rc, $out) = conf_t('server { noise_listen 127.0.0.1:%%PORT_a%%; noise_private_key %%TESTDIR%%/loose.key; return "x"; }');
 is($rc, 0, 'group-readable key still loads');
 like($out, qr/\[warn\].*"noise_private_key": \S+loose\.key is readable by group or others \(mode 0644\); chmod 600 it/,

@@ -7,6 +7,10 @@ use crate::core::Error;
 
 /// `error` level.
 pub const ERR: ngx_uint_t = NGX_LOG_ERR as ngx_uint_t;
+/// `emerg` level (configuration errors outside a directive).
+pub const EMERG: ngx_uint_t = nginx_sys::NGX_LOG_EMERG as ngx_uint_t;
+/// `warn` level.
+pub const WARN: ngx_uint_t = nginx_sys::NGX_LOG_WARN as ngx_uint_t;
 /// `info` level.
 pub const INFO: ngx_uint_t = NGX_LOG_INFO as ngx_uint_t;
 

@@ -29,17 +29,18 @@ use nginx_sys::{
     ngx_delete_posted_event, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_handler_pt,
     ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_int_t, ngx_peer_connection_t,
     ngx_pool_cleanup_add, ngx_post_event, ngx_posted_events, ngx_stream_conf_ctx_t,
+    ngx_stream_core_main_conf_t, ngx_stream_core_module, ngx_stream_core_srv_conf_t,
     ngx_stream_filter_pt, ngx_stream_session_t, ngx_stream_top_filter,
-    ngx_stream_upstream_main_conf_t, ngx_stream_upstream_module, ngx_stream_upstream_srv_conf_t,
-    ngx_uint_t, NGX_AGAIN, NGX_DECLINED, NGX_ERROR, NGX_OK,
+    ngx_stream_upstream_main_conf_t, ngx_stream_upstream_module, ngx_stream_upstream_rr_peers_t,
+    ngx_stream_upstream_srv_conf_t, ngx_uint_t, NGX_AGAIN, NGX_DECLINED, NGX_ERROR, NGX_OK,
 };
 
 use super::conf::SrvConf;
 use super::conn::{self, NoiseConn};
 use super::handshake::{drive, Failure, Progress};
 use super::listen::MainConf;
-use super::log;
 use super::upstream_side::UpstreamSide;
+use super::{log, proxy_conf};
 use crate::core::handshake::{Handshake, HandshakeInfo};
 
 extern "C" {
@@ -117,8 +118,77 @@ pub unsafe fn install(cf: *mut ngx_conf_t) -> ngx_int_t {
         }
         NEXT_FILTER = ngx_stream_top_filter;
         ngx_stream_top_filter = Some(fail_closed_filter);
+        let cmcf = *(*ctx).main_conf.add(ngx_stream_core_module.ctx_index)
+            as *mut ngx_stream_core_main_conf_t;
+        let servers = std::slice::from_raw_parts(
+            (*cmcf).servers.elts as *const *mut ngx_stream_core_srv_conf_t,
+            (*cmcf).servers.nelts,
+        );
+        for &cscf in servers {
+            if let Err(msg) = check_server(cf, cscf, groups) {
+                log::write((*cf).log, log::EMERG, &msg);
+                return NGX_ERROR as ngx_int_t;
+            }
+        }
     }
     NGX_OK as ngx_int_t
+}
+
+/// Configuration-time checks of a `noise_upstream on` server against its `proxy_pass`:
+/// every server of its group must have a key when the pattern needs one, and a variable
+/// target gets a warning (targets that are not groups are refused at run time).
+///
+/// # Safety
+/// `cf` and `cscf` must belong to the stream configuration being finished.
+unsafe fn check_server(
+    cf: *mut ngx_conf_t,
+    cscf: *mut ngx_stream_core_srv_conf_t,
+    groups: &[*mut ngx_stream_upstream_srv_conf_t],
+) -> Result<(), String> {
+    // SAFETY: cscf->ctx is the server's conf context; ours sits at our ctx_index.
+    unsafe {
+        let ctx = (*cscf).ctx;
+        let conf = &*(*(*ctx).srv_conf.add(ngx_stream_noise_module.ctx_index) as *const SrvConf);
+        let Some(side) = conf.upstream_side.as_ref() else {
+            return Ok(());
+        };
+        let at = format!(
+            "{}:{}",
+            std::ffi::CStr::from_ptr((*cscf).file_name.cast()).to_string_lossy(),
+            (*cscf).line
+        );
+        match proxy_conf::target(ctx, groups) {
+            proxy_conf::Target::Variable => log::write(
+                (*cf).log,
+                log::WARN,
+                &format!(
+                    "\"noise_upstream on\" with \"proxy_pass\" to a variable in the server at {at}: targets that are not upstream groups will be refused"
+                ),
+            ),
+            proxy_conf::Target::Group(uscf) if side.needs_server_key() => {
+                let peers = (*uscf).peer.data as *const ngx_stream_upstream_rr_peers_t;
+                let mut list = peers;
+                while !list.is_null() {
+                    let mut peer = (*list).peer;
+                    while !peer.is_null() {
+                        let raw = std::slice::from_raw_parts((*peer).sockaddr as *const u8, (*peer).socklen as usize);
+                        if side.server_key(raw).is_none() {
+                            return Err(format!(
+                                "no \"noise_upstream_server_key\" for {} of upstream \"{}\", which \"{}\" needs (server at {at})",
+                                String::from_utf8_lossy((*peer).name.as_bytes()),
+                                String::from_utf8_lossy((*uscf).host.as_bytes()),
+                                side.protocol
+                            ));
+                        }
+                        peer = (*peer).next;
+                    }
+                    list = (*list).next;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The wrapped `peer.init`: the original, then our functions for noise sessions.
