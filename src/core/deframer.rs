@@ -7,12 +7,13 @@
 //! delivered body.
 //!
 //! Invariants: `plain` lies before `start`, `start <= end <= capacity`; at most one frame's
-//! worth (65537 bytes) of ciphertext is ever held; the buffer is allocated on first use and
-//! can be given back with [`Deframer::release`] while nothing is pending (idle connections
-//! then cost no buffer, as `SSL_MODE_RELEASE_BUFFERS` does for OpenSSL).
+//! worth (65537 bytes) of ciphertext is ever held; the buffer is taken from the [`buffer_pool`] on first
+//! use and can be given back with [`Deframer::release`] while nothing is pending (idle
+//! connections then cost no buffer, as `SSL_MODE_RELEASE_BUFFERS` does for OpenSSL).
 
 use std::ops::Range;
 
+use super::buffer_pool;
 use super::error::{Error, Result};
 use super::frame::{transport_frame, FrameStatus};
 use super::payload::MAX_FRAME;
@@ -165,7 +166,9 @@ impl Deframer {
     /// Frees the buffer if nothing is pending; true if no buffer is held afterwards.
     pub fn release(&mut self) -> bool {
         if self.plain.is_empty() && self.start == self.end && self.failed.is_none() {
-            self.buf = None;
+            if let Some(buf) = self.buf.take() {
+                buffer_pool::give(buf);
+            }
             self.start = 0;
             self.end = 0;
             self.plain = 0..0;

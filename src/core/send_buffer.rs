@@ -8,6 +8,7 @@
 //! Invariant: `start <= end <= capacity`; `pending()` is always whole frames or the tail of
 //! a partly written frame, never a partial frame that is still being sealed.
 
+use super::buffer_pool;
 use super::error::Result;
 use super::payload::FRAME_OVERHEAD;
 use super::transport::{Sealer, BODY_OFFSET};
@@ -99,7 +100,9 @@ impl SendBuffer {
     /// Frees the buffer if nothing is pending; true if none is held afterwards.
     pub fn release(&mut self) -> bool {
         if self.is_empty() {
-            self.buf = None;
+            if let Some(buf) = self.buf.take() {
+                buffer_pool::give(buf);
+            }
         }
         self.buf.is_none()
     }
