@@ -17,6 +17,8 @@ use NoiseTest;
 my $t = NoiseTest->new;
 my %pub = map { $_ => $t->keygen($_) } qw(b1 b2 b3 other gw);
 $t->write_file('servers.pub', join("\n", @pub{qw(b1 b2 b3)}) . "\n", 0644);
+$t->write_file('psk', "c3VwZXItc2VjcmV0LXNoYXJlZC1rZXktZm9yLXRlc3Q=\n");
+$t->write_file('psk2', "b3RoZXItc2VjcmV0LXNoYXJlZC1rZXktZm9yLXRlc3Q=\n");
 # KK back end: the client key is not sent, so the server tries its trusted keys in turn.
 $t->write_file('gateways.pub', join("\n", @pub{qw(b2 gw b3)}) . "\n", 0644);
 $t->echo_backend('echo');
@@ -49,6 +51,10 @@ my @gw = map { "    server { listen 127.0.0.1:%%PORT_g_$_->[0]%%; $_->[1] proxy_
     ['ik', 'proxy_half_close on; noise_upstream_protocol Noise_IK_25519_ChaChaPoly_BLAKE2s;', '127.0.0.1:%%PORT_b1%%'],
     ['nk', 'proxy_half_close on; noise_upstream_protocol Noise_NK_25519_AESGCM_SHA256;', '127.0.0.1:%%PORT_b1%%'],
     ['kk', 'proxy_half_close on; noise_upstream_protocol Noise_KK_25519_ChaChaPoly_BLAKE2s;', '127.0.0.1:%%PORT_bkk%%'],
+    ['psk', 'proxy_half_close on; noise_upstream_protocol Noise_XXpsk3_25519_AESGCM_SHA512; noise_upstream_negotiation empty; '
+        . 'noise_upstream_psk %%TESTDIR%%/psk; noise_upstream_prologue "chain v1"; noise_upstream_padding 256;', '127.0.0.1:%%PORT_bpsk%%'],
+    ['badpsk', 'noise_upstream_protocol Noise_XXpsk3_25519_AESGCM_SHA512; noise_upstream_negotiation empty; '
+        . 'noise_upstream_psk %%TESTDIR%%/psk2; noise_upstream_prologue "chain v1";', '127.0.0.1:%%PORT_bpsk%%'],
     ['cli', 'proxy_half_close on;', '127.0.0.1:%%PORT_cli%%'],
     ['py', 'proxy_half_close on; noise_upstream_protocol Noise_IK_25519_ChaChaPoly_BLAKE2s;', '127.0.0.1:%%PORT_py%%'],
     ['rr', 'noise_upstream_trusted_keys %%TESTDIR%%/servers.pub;', 'rr'],
@@ -79,6 +85,10 @@ stream {
              noise_upstream off; proxy_pass 127.0.0.1:%%PORT_echo%%; proxy_half_close on; }
     server { noise_listen 127.0.0.1:%%PORT_bkk%%; noise_private_key %%TESTDIR%%/b1.key;
              noise_protocol Noise_KK_25519_ChaChaPoly_BLAKE2s; noise_trusted_keys %%TESTDIR%%/gateways.pub;
+             noise_upstream off; proxy_pass 127.0.0.1:%%PORT_echo%%; proxy_half_close on; }
+    server { noise_listen 127.0.0.1:%%PORT_bpsk%%; noise_private_key %%TESTDIR%%/b1.key;
+             noise_protocol Noise_XXpsk3_25519_AESGCM_SHA512; noise_psk %%TESTDIR%%/psk;
+             noise_prologue "chain v1"; noise_padding 256;
              noise_upstream off; proxy_pass 127.0.0.1:%%PORT_echo%%; proxy_half_close on; }
     server { noise_listen 127.0.0.1:%%PORT_r1%%; noise_private_key %%TESTDIR%%/b1.key; return "b1\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_r2%%; noise_private_key %%TESTDIR%%/b2.key; return "b2\\n"; }
@@ -115,6 +125,16 @@ sub g { $t->port("g_$_[0]") }
 # Chains with 10 MiB each way.
 my $big = '';
 $big .= md5_hex($_) x 64 for 1 .. 5120;
+{
+    # psk, application prologue, padding and empty negotiation data on both sides.
+    my ($got) = $t->plain_exchange(g('psk'), 'p' x 100_000);
+    is($got, 'p' x 100_000, 'psk + prologue + padding + empty negotiation chain');
+    my $mark = $t->error_log_mark;
+    ($got) = $t->plain_exchange(g('badpsk'), "x\n", timeout => 5);
+    is($got, '', 'wrong psk: nothing gets through');
+    # psk3 enters at message 3, the initiator's last: only the back end can tell, and does.
+    like($t->error_log_since($mark), qr/\[info\].*noise: handshake failed: decryption failed/, 'wrong psk: the back end refuses message 3');
+}
 for my $chain (qw(xx ik nk kk)) {
     my ($got) = $t->plain_exchange(g($chain), $big);
     is(length $got, length $big, "$chain chain: 10 MiB back");
