@@ -42,6 +42,7 @@ http {
     server {
         listen 127.0.0.1:%%PORT_http%%;
         location / { return 200 "hello http, $request_uri\n"; }
+        location /files/ { root %%TESTDIR%%; sendfile on; }
     }
 }
 END
@@ -97,6 +98,17 @@ is($failed, 0, '200 concurrent clients all round-trip');
 $r = $t->noise_client($pass, "GET /over/noise HTTP/1.0\r\nHost: x\r\n\r\n", @key);
 is($r->{rc}, 0, 'pass: client ok') or diag($r->{err});
 like($r->{out}, qr{^HTTP/1\.1 200 OK\r\n.*\r\n\r\nhello http, /over/noise\n\z}s, 'pass: http response');
+
+# A static file with sendfile on: file buffers reach our send_chain and are read into frames.
+chmod 0755, $t->dir;    # workers run as nobody
+mkdir $t->dir . '/files';
+my $file = join '', map { md5_hex("f$_") } 1 .. 100_000;    # 3.2 MB
+$t->write_file('files/big.txt', $file, 0644);
+$r = $t->noise_client($pass, "GET /files/big.txt HTTP/1.0\r\nHost: x\r\n\r\n", @key);
+my ($head, $body) = split /\r\n\r\n/, $r->{out}, 2;
+like($head // '', qr{^HTTP/1\.1 200 OK}, 'pass + sendfile: 200');
+is(length($body // ''), length $file, 'pass + sendfile: whole file');
+is(md5_hex($body // ''), md5_hex($file), 'pass + sendfile: file intact');
 
 # The plain listen of the same server still works.
 my ($got) = $t->raw_exchange($t->port('plain'), "plain\n", half_close => 1);

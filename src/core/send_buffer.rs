@@ -10,7 +10,7 @@
 
 use super::buffer_pool;
 use super::error::Result;
-use super::payload::FRAME_OVERHEAD;
+use super::payload::{FRAME_OVERHEAD, MAX_FRAME};
 use super::transport::{Sealer, BODY_OFFSET};
 
 pub struct SendBuffer {
@@ -59,9 +59,10 @@ impl SendBuffer {
             .get_or_insert_with(|| vec![0u8; capacity].into_boxed_slice())
     }
 
-    /// Room left for new frames, after moving a partly written tail to the front.
+    /// Room left for new frames, after moving a partly written tail to the front when the
+    /// space behind it cannot take a full frame.
     fn room(&mut self) -> usize {
-        if self.start > 0 && self.end == self.capacity {
+        if self.start > 0 && self.capacity - self.end < MAX_FRAME {
             let (start, end) = (self.start, self.end);
             self.buffer().copy_within(start..end, 0);
             self.end -= self.start;
@@ -85,6 +86,9 @@ impl SendBuffer {
     /// `want` bytes; finish with [`SendBuffer::seal_body`]. Empty when there is no room.
     pub fn body_space(&mut self, sealer: &Sealer, want: usize) -> &mut [u8] {
         let body = sealer.max_body(self.room()).min(want);
+        if body == 0 {
+            return &mut [];
+        }
         let end = self.end;
         &mut self.buffer()[end + BODY_OFFSET..end + BODY_OFFSET + body]
     }
@@ -163,6 +167,21 @@ mod tests {
             }
         }
         assert_eq!(got, data);
+    }
+
+    #[test]
+    fn a_full_buffer_offers_no_body_space() {
+        let (mut a, _) = pair(0);
+        let mut out = SendBuffer::new(2 * 65537);
+        assert_eq!(out.seal(&mut a.sealer, &[1u8; 200_000]).unwrap(), 2 * 65517);
+        assert!(out.body_space(&a.sealer, 1000).is_empty());
+        out.consume(10);
+        assert!(
+            out.body_space(&a.sealer, 1000).is_empty(),
+            "10 bytes free is less than a frame"
+        );
+        out.consume(100);
+        assert_eq!(out.body_space(&a.sealer, 1000).len(), 90);
     }
 
     #[test]
