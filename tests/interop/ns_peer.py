@@ -11,7 +11,8 @@ Options: --protocol NAME, --key FILE, --remote-key BASE64|FILE, --negotiation vi
 --prologue STRING, --psk FILE, --echo, --count N, --ready-file PATH, -v.
 Bad-input knobs: --corrupt-frame N (flip a ciphertext bit in the N-th transport frame sent),
 --truncate (end with half a frame, then FIN), --no-read (never read after the handshake),
-and for connect only --stall (send half of message 1 and wait). With listen they apply to
+and for connect only --stall (send half of message 1 and wait) and --keep-open (no FIN
+after stdin ends: for peers such as HTTP servers that take a FIN as an abort). With listen they apply to
 the echo.
 
 Wire format (2018-05-01 NoiseSocket): handshake message `u16 neg_len | neg | u16 len | noise`,
@@ -270,7 +271,7 @@ def relay(sock, o, p, wire):
         if o["truncate"]:
             f = frames(p, b"tail")[0]
             sock.sendall(f[: len(f) // 2])
-        if not o["no_read"]:
+        if not o["no_read"] and not o["keep_open"]:
             sock.shutdown(socket.SHUT_WR)
 
     t = threading.Thread(target=writer, daemon=True)
@@ -306,7 +307,7 @@ def parse(argv):
     o = {"protocol": "Noise_XX_25519_ChaChaPoly_BLAKE2s", "key": None, "remote": None,
          "negotiation": "virgil", "prologue": b"", "psk": None, "echo": False, "count": 1,
          "ready": None, "verbose": False, "corrupt": 0, "truncate": False, "stall": False,
-         "no_read": False}
+         "no_read": False, "keep_open": False}
     if len(argv) < 2:
         raise Fail(__doc__.strip().splitlines()[3])
     o["command"], o["address"] = argv[0], argv[1]
@@ -326,6 +327,7 @@ def parse(argv):
         elif a == "--truncate": o["truncate"] = True
         elif a == "--stall": o["stall"] = True
         elif a == "--no-read": o["no_read"] = True
+        elif a == "--keep-open": o["keep_open"] = True
         else: raise Fail("unknown option %s" % a)
     return o
 
