@@ -90,8 +90,10 @@ bad_input('stalled handshake', qr/noise: handshake timed out/, sub {
 });
 
 bad_input('bad MAC mid-stream', qr/noise: reading from peer: decryption failed \(bad MAC in transport message\)/, sub {
+    # Frame 3 of 5 is corrupt: nothing from it on reaches the backend and echoes back.
+    # (Whether the client then sees an error or a plain close depends on timing.)
     my $r = $t->python_client($main, 'd' x 300_000, '--corrupt-frame', 3, @key);
-    isnt($r->{rc}, 0, 'bad MAC: the connection is cut');
+    ok(length $r->{out} <= 2 * 65517, 'bad MAC: the stream stops before the corrupt frame');
 });
 
 bad_input('FIN inside a frame', qr/noise: peer closed the connection: connection closed inside a frame/, sub {
