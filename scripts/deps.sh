@@ -3,8 +3,9 @@
 # Idempotent; uses sudo when not root. Refreshes the package index first when installing,
 # because a stale index can pin -dev packages to versions older than their installed
 # runtime libraries (libpcre2-dev vs a security-updated libpcre2-8-0).
+#   scripts/deps.sh [EXTRA_PACKAGE...]     (the benchmark adds wrk, gnuplot-nox, ...)
 set -euo pipefail
-packages=(libclang-dev libpcre2-dev libssl-dev zlib1g-dev pkg-config make perl python3-venv)
+packages=(libclang-dev libpcre2-dev libssl-dev zlib1g-dev pkg-config make perl python3-venv "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -41,9 +41,7 @@ impl Deframer {
         } else {
             self.plain.start
         };
-        let buf = self
-            .buf
-            .get_or_insert_with(|| vec![0u8; MAX_FRAME].into_boxed_slice());
+        let buf = self.buf.get_or_insert_with(|| buffer_pool::take(MAX_FRAME));
         if keep_from == self.end {
             self.start = 0;
             self.end = 0;

@@ -55,8 +55,7 @@ impl SendBuffer {
 
     fn buffer(&mut self) -> &mut [u8] {
         let capacity = self.capacity;
-        self.buf
-            .get_or_insert_with(|| vec![0u8; capacity].into_boxed_slice())
+        self.buf.get_or_insert_with(|| buffer_pool::take(capacity))
     }
 
     /// Room left for new frames, after moving a partly written tail to the front when the

@@ -17,7 +17,8 @@
 use std::slice;
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_connection_t, off_t, NGX_AGAIN, NGX_ERROR, NGX_MAX_SIZE_T_VALUE,
+    ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_event_flags, ngx_event_t, ngx_uint_t,
+    ngx_use_epoll_rdhup, off_t, NGX_AGAIN, NGX_ERROR, NGX_MAX_SIZE_T_VALUE, NGX_USE_EPOLL_EVENT,
 };
 
 use super::conn::{self, NoiseConn};
@@ -71,6 +72,7 @@ pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size
     // SAFETY: c is live.
     let (fd, log) = unsafe { ((*c).fd, (*c).log) };
     let mut got = 0;
+    let mut drained = false;
     loop {
         if !st.read_error {
             let NoiseConn {
@@ -97,8 +99,24 @@ pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size
         if st.read_error || st.read_eof {
             break;
         }
-        match socket::recv(fd, st.input.spare()) {
-            Io::Done(n) => st.input.commit(n),
+        if drained {
+            // The last read emptied the socket: stop here, as ngx_unix_recv does, instead
+            // of paying a recv() that can only say EAGAIN. The next data is a new edge.
+            rev.set_ready(0);
+            st.input.release();
+            return if got == 0 {
+                NGX_AGAIN as isize
+            } else {
+                got as isize
+            };
+        }
+        let spare = st.input.spare();
+        let room = spare.len();
+        match socket::recv(fd, spare) {
+            Io::Done(n) => {
+                st.input.commit(n);
+                drained = n < room && short_read_drains(rev);
+            }
             Io::Eof => {
                 st.read_eof = true;
                 if let Err(e) = st.input.check_eof() {
@@ -109,8 +127,10 @@ pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size
             }
             Io::Again => {
                 rev.set_ready(0);
+                // Idle until the next event: give the receive buffer back unless part of a
+                // frame or of a body is still in it.
+                st.input.release();
                 if got == 0 {
-                    st.input.release();
                     return NGX_AGAIN as isize;
                 }
                 return got as isize;
@@ -135,6 +155,16 @@ pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size
     rev.set_eof(1);
     st.input.release();
     0
+}
+
+/// Whether a short read means the socket is empty, so that the next data comes with a new
+/// event: with epoll and `EPOLLRDHUP`, unless the peer's FIN is pending (then nginx reads on
+/// until recv() returns 0), as in `ngx_unix_recv`.
+fn short_read_drains(rev: &ngx_event_t) -> bool {
+    // SAFETY: plain reads of two globals that nginx sets once at event-module init, in
+    // this same (single-threaded) worker.
+    let (flags, rdhup) = unsafe { (ngx_event_flags, ngx_use_epoll_rdhup) };
+    flags & NGX_USE_EPOLL_EVENT as ngx_uint_t != 0 && rdhup != 0 && rev.pending_eof() == 0
 }
 
 /// `c->recv_chain`: fills `b->last..b->end` of each buffer within `limit`.
