@@ -12,8 +12,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use nginx_noise::core::crypto::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use nginx_noise::core::transport::{CipherState, Opened, Transport};
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use snow::params::CipherChoice;
 
 /// MB/s of `ours` and of `raw`, run in alternating batches so that both see the same

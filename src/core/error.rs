@@ -54,6 +54,9 @@ pub enum Error {
     /// The peer's static key is not in the trusted keys.
     #[error("{} key not in trusted keys: {}", .role, crate::core::keys::encode_key(.key))]
     UntrustedKey { role: &'static str, key: [u8; 32] },
+    /// A DH with a key the peer sent gave all zeros (a low-order point: no shared secret).
+    #[error("peer sent a low-order public key")]
+    WeakPeerKey,
     /// The peer's static key differs from the one configured for it.
     #[error("{} key mismatch: got {}", .role, crate::core::keys::encode_key(.key))]
     WrongRemoteKey { role: &'static str, key: [u8; 32] },

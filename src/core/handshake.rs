@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use super::crypto::Resolver;
 use super::error::{Error, Result};
 use super::frame::HandshakeReader;
 use super::keys::KeySet;
@@ -494,9 +495,10 @@ impl Handshake {
             creds.remote_static = Some(key);
         }
         let config = |what: &str, e: snow::Error| Error::Config(format!("{protocol}: {what}: {e}"));
-        let mut builder = snow::Builder::new(protocol.params().clone())
-            .prologue(prologue)
-            .map_err(|e| config("prologue", e))?;
+        let mut builder =
+            snow::Builder::with_resolver(protocol.params().clone(), Box::new(Resolver))
+                .prologue(prologue)
+                .map_err(|e| config("prologue", e))?;
         if protocol.needs_local_static(noise_role) {
             let key = creds
                 .static_key
@@ -569,7 +571,10 @@ impl Handshake {
         let mut msg = vec![0u8; (framed.len() + 256).min(MAX_MESSAGE)];
         let n = noise
             .write_message(&framed, &mut msg)
-            .map_err(|e| Error::Internal(format!("write handshake message: {e}")))?;
+            .map_err(|e| match e {
+                snow::Error::Dh => Error::WeakPeerKey,
+                e => Error::Internal(format!("write handshake message: {e}")),
+            })?;
         if noise.was_write_payload_encrypted() != encrypted {
             return Err(Error::Internal(format!(
                 "payload encryption of message {} of {protocol} disagrees with snow",
@@ -594,6 +599,7 @@ impl Handshake {
         let mut buf = vec![0u8; message.len()];
         let n = noise.read_message(message, &mut buf).map_err(|e| match e {
             snow::Error::Decrypt => Error::Decrypt("handshake message failed to authenticate"),
+            snow::Error::Dh => Error::WeakPeerKey,
             _ => Error::Decrypt("malformed handshake message"),
         })?;
         let body = if encrypted {

@@ -1,0 +1,97 @@
+//! Whole NoiseSocket handshakes in memory, both sides in one thread, per protocol; beside
+//! them the cost of one X25519 operation, which bounds what a handshake can cost (XX and IK
+//! do four DH operations per side plus one key generation). `cargo bench --bench handshake`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nginx_noise::core::handshake::{Handshake, Settings};
+use nginx_noise::core::keys::Secret;
+use nginx_noise::core::negotiation::codec::Codec;
+use nginx_noise::core::negotiation::{Credentials, Policy};
+use nginx_noise::core::protocol::Protocol;
+
+/// Median microseconds per call of `f` over several trials.
+fn micros(mut f: impl FnMut()) -> f64 {
+    for _ in 0..20 {
+        f();
+    }
+    let mut trials = Vec::new();
+    for _ in 0..7 {
+        let mut n = 0u32;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(200) {
+            f();
+            n += 1;
+        }
+        trials.push(start.elapsed().as_secs_f64() * 1e6 / f64::from(n));
+    }
+    trials.sort_by(|a, b| a.total_cmp(b));
+    trials[trials.len() / 2]
+}
+
+fn handshake(proto: &Protocol, client: &Arc<Policy>, server: &Arc<Policy>, s: &Arc<Settings>) {
+    let mut a = Handshake::initiator(client.clone(), s.clone()).unwrap();
+    let mut b = Handshake::responder(server.clone(), s.clone());
+    while !(a.is_done() && b.is_done()) {
+        let out = a.pending_output().to_vec();
+        a.consume_output(out.len());
+        b.read(&out).unwrap();
+        let out = b.pending_output().to_vec();
+        b.consume_output(out.len());
+        a.read(&out).unwrap();
+    }
+    let (ea, eb) = (a.finish().unwrap(), b.finish().unwrap());
+    assert_eq!(ea.info.protocol.name(), proto.name());
+    black_box((ea, eb));
+}
+
+fn main() {
+    let server_key = Secret::from_bytes([2; 32]);
+    let server_pub = server_key.public_key();
+    let settings = Arc::new(Settings {
+        app_prologue: Vec::new(),
+        padding: 0,
+        trusted: None,
+    });
+    println!("| protocol | µs per handshake (both sides) |");
+    println!("|---|---|");
+    for name in [
+        "Noise_NN_25519_ChaChaPoly_BLAKE2s",
+        "Noise_XX_25519_ChaChaPoly_BLAKE2s",
+        "Noise_XX_25519_AESGCM_SHA256",
+        "Noise_IK_25519_ChaChaPoly_BLAKE2s",
+    ] {
+        let proto = Protocol::parse(name).unwrap();
+        let creds = |key: Option<Secret>, remote| Credentials {
+            static_key: key,
+            remote_static: remote,
+            psks: Vec::new(),
+            fixed_ephemeral: None,
+        };
+        let client = Arc::new(
+            Policy::new(
+                vec![proto.clone()],
+                Codec::Virgil,
+                creds(Some(Secret::from_bytes([1; 32])), Some(server_pub)),
+            )
+            .unwrap(),
+        );
+        let server = Arc::new(
+            Policy::new(
+                vec![proto.clone()],
+                Codec::Virgil,
+                creds(Some(Secret::from_bytes([2; 32])), None),
+            )
+            .unwrap(),
+        );
+        let us = micros(|| handshake(&proto, &client, &server, &settings));
+        println!("| {name} | {us:.1} |");
+    }
+    let key = Secret::from_bytes([3; 32]);
+    let us = micros(|| {
+        black_box(key.public_key());
+    });
+    println!("\nOne X25519 scalar multiplication (public key from secret): {us:.1} µs");
+}
