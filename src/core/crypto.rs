@@ -105,7 +105,7 @@ impl Dh for Dh25519 {
         // aws-lc refuses an all-zero result (a low-order peer point).
         agreement::agree(
             key,
-            &UnparsedPublicKey::new(&X25519, peer),
+            UnparsedPublicKey::new(&X25519, peer),
             snow::Error::Dh,
             |shared| {
                 out[..32].copy_from_slice(shared);
