@@ -9,6 +9,9 @@
 //! Invariant: a DH whose output is all zeros (the peer sent a low-order point) fails instead
 //! of yielding a predictable secret; the handshake reports it as the peer's fault.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
@@ -42,25 +45,74 @@ impl CryptoResolver for Resolver {
     }
 }
 
-/// An X25519 key pair on aws-lc-rs. snow hands us raw private bytes (`set`) or asks for a
-/// fresh pair (`generate`); either way the aws-lc key is built once and reused for every
-/// DH of the handshake.
+/// An X25519 key pair on aws-lc-rs. snow hands us raw private bytes (`set`, for static
+/// keys) or asks for a fresh pair (`generate`, for ephemeral keys); either way the aws-lc
+/// key is built once and reused for every DH of the handshake.
 #[derive(Default)]
 struct Dh25519 {
     private: Zeroizing<[u8; 32]>,
     public: [u8; 32],
-    key: Option<PrivateKey>,
+    key: Option<Arc<PrivateKey>>,
+}
+
+/// Static keys already loaded on this thread: building an aws-lc key computes its public
+/// key (a base-point multiplication, a tenth of a handshake), and a server sets the same
+/// static key for every handshake. Bounded; the evicted key's bytes are wiped. (The lookup
+/// compares our own keys with each other, in memory: nothing a peer can time.)
+struct LoadedKey {
+    private: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+    key: Arc<PrivateKey>,
+}
+
+const LOADED_KEYS: usize = 8;
+
+thread_local! {
+    static LOADED: RefCell<Vec<LoadedKey>> = const { RefCell::new(Vec::new()) };
+}
+
+fn load(private: &[u8; 32]) -> Option<(Arc<PrivateKey>, [u8; 32])> {
+    let key = PrivateKey::from_private_key(&X25519, private).ok()?;
+    let public = key.compute_public_key().ok()?;
+    let public: [u8; 32] = public.as_ref().try_into().ok()?;
+    Some((Arc::new(key), public))
 }
 
 impl Dh25519 {
-    fn load(&mut self) {
-        self.key = PrivateKey::from_private_key(&X25519, &self.private[..]).ok();
-        self.public = [0; 32];
-        if let Some(public) = self.key.as_ref().and_then(|k| k.compute_public_key().ok()) {
-            if public.as_ref().len() == 32 {
-                self.public.copy_from_slice(public.as_ref());
-            }
+    fn install(&mut self, loaded: Option<(Arc<PrivateKey>, [u8; 32])>) {
+        (self.key, self.public) = match loaded {
+            Some((key, public)) => (Some(key), public),
+            None => (None, [0; 32]),
+        };
+    }
+
+    /// Loads a static key, from the thread's cache when it was loaded before.
+    fn load_static(&mut self) {
+        let cached = LOADED.with(|loaded| {
+            let loaded = loaded.borrow();
+            loaded
+                .iter()
+                .find(|k| *k.private == *self.private)
+                .map(|k| (k.key.clone(), k.public))
+        });
+        if cached.is_some() {
+            return self.install(cached);
         }
+        let fresh = load(&self.private);
+        if let Some((key, public)) = &fresh {
+            LOADED.with(|loaded| {
+                let mut loaded = loaded.borrow_mut();
+                if loaded.len() == LOADED_KEYS {
+                    loaded.remove(0);
+                }
+                loaded.push(LoadedKey {
+                    private: self.private.clone(),
+                    public: *public,
+                    key: key.clone(),
+                });
+            });
+        }
+        self.install(fresh);
     }
 }
 
@@ -81,12 +133,13 @@ impl Dh for Dh25519 {
         let n = privkey.len().min(32);
         self.private.fill(0);
         self.private[..n].copy_from_slice(&privkey[..n]);
-        self.load();
+        self.load_static();
     }
 
     fn generate(&mut self, rng: &mut dyn Random) -> Result<(), snow::Error> {
         rng.try_fill_bytes(&mut self.private[..])?;
-        self.load();
+        let fresh = load(&self.private);
+        self.install(fresh);
         Ok(())
     }
 
@@ -99,7 +152,9 @@ impl Dh for Dh25519 {
     }
 
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
-        let (Some(key), Some(peer), true) = (&self.key, pubkey.get(..32), out.len() >= 32) else {
+        let (Some(key), Some(peer), true) =
+            (self.key.as_deref(), pubkey.get(..32), out.len() >= 32)
+        else {
             return Err(snow::Error::Dh);
         };
         // aws-lc refuses an all-zero result (a low-order peer point).
@@ -149,6 +204,30 @@ mod tests {
         assert_eq!(
             hex::encode(k1),
             "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+        );
+    }
+
+    #[test]
+    fn static_keys_are_loaded_once_and_the_cache_is_bounded() {
+        let first = pair([11; 32]);
+        let again = pair([11; 32]);
+        assert!(Arc::ptr_eq(
+            first.key.as_ref().unwrap(),
+            again.key.as_ref().unwrap()
+        ));
+        assert_eq!(first.pubkey(), Secret::from_bytes([11; 32]).public_key());
+        for b in 100..100 + LOADED_KEYS as u8 + 3 {
+            let dh = pair([b; 32]);
+            assert_eq!(dh.pubkey(), Secret::from_bytes([b; 32]).public_key());
+        }
+        assert_eq!(LOADED.with(|l| l.borrow().len()), LOADED_KEYS);
+        let mut fresh = Dh25519::default();
+        fresh
+            .generate(&mut *DefaultResolver.resolve_rng().unwrap())
+            .unwrap();
+        assert_eq!(
+            fresh.pubkey(),
+            Secret::from_bytes(fresh.privkey().try_into().unwrap()).public_key()
         );
     }
 

@@ -47,6 +47,7 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
     // SAFETY: c is live.
     let fd = unsafe { (*c).fd };
     let mut buf = [0u8; 4096];
+    let mut drained = false;
     loop {
         let Phase::Handshake(hs) = &mut st.phase else {
             return Progress::Done;
@@ -70,9 +71,18 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
                 Err(e) => Progress::Failed(Failure::Noise(e)),
             };
         }
+        if drained {
+            // The last read emptied the socket (see io::short_read_drains): the next
+            // message comes with a new event, so skip the recv() that would say EAGAIN.
+            // SAFETY: c is live; its read event exists for its whole life.
+            unsafe { (*(*c).read).set_ready(0) };
+            return Progress::WantRead;
+        }
         match socket::recv(fd, &mut buf) {
             Io::Done(n) => match hs.read(&buf[..n]) {
                 Ok(used) => {
+                    // SAFETY: c is live; its read event exists for its whole life.
+                    drained = n < buf.len() && io::short_read_drains(unsafe { &*(*c).read });
                     // At most 4 KiB behind the last message: always fits the empty input.
                     st.input.push(&buf[used..n]);
                 }

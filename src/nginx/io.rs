@@ -160,7 +160,7 @@ pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size
 /// Whether a short read means the socket is empty, so that the next data comes with a new
 /// event: with epoll and `EPOLLRDHUP`, unless the peer's FIN is pending (then nginx reads on
 /// until recv() returns 0), as in `ngx_unix_recv`.
-fn short_read_drains(rev: &ngx_event_t) -> bool {
+pub fn short_read_drains(rev: &ngx_event_t) -> bool {
     // SAFETY: plain reads of two globals that nginx sets once at event-module init, in
     // this same (single-threaded) worker.
     let (flags, rdhup) = unsafe { (ngx_event_flags, ngx_use_epoll_rdhup) };
