@@ -82,6 +82,13 @@ bad_input('oversize lengths', qr/noise: handshake failed: refused negotiation da
     ok($closed, 'oversize: closed');
 });
 
+bad_input('low-order ephemeral key', qr/noise: handshake failed: peer sent a low-order public key/, sub {
+    # Empty negotiation data (the default XX), then an XX message 1 whose e is the zero point.
+    my ($got, $closed) = $t->raw_exchange($main, "\x00\x00\x00\x20" . ("\x00" x 32));
+    is($got, '', 'low-order e: no answer');
+    ok($closed, 'low-order e: closed');
+});
+
 bad_input('stalled handshake', qr/noise: handshake timed out/, sub {
     my $pid = $t->spawn($t->{python}, $t->{peer}, 'connect', "127.0.0.1:$main", '--stall', @key);
     # Python takes a moment to start; the 1 s timer starts at its connect.

@@ -36,6 +36,8 @@ $t->wait_port($py_port);
 $t->scripted_backend('garbage', "HTTP/1.0 200 OK\r\n\r\nnot noise at all\n", 'close');
 $t->scripted_backend('oversize', "\xff\xff" . ("\x00" x 70000), 'stall');
 $t->scripted_backend('stall', '', 'stall');
+# An XX message 2 (accept, no negotiation data) whose e is the zero point.
+$t->scripted_backend('loworder', "\x00\x00\x00\x60" . ("\x00" x 96), 'stall');
 $t->scripted_backend('rec', '', 'read');
 my $badmac = $t->port('badmac');
 $t->spawn($t->{python}, $t->{peer}, 'listen', $badmac, '--echo', '--count', 100, '--key', "$dir/b1.key", '--corrupt-frame', 1);
@@ -67,6 +69,7 @@ my @gw = map { "    server { listen 127.0.0.1:%%PORT_g_$_->[0]%%; $_->[1] proxy_
     ['var', '', '$target'],
     ['garbage', '', '127.0.0.1:%%PORT_garbage%%'],
     ['oversize', 'noise_upstream_handshake_timeout 2s;', '127.0.0.1:%%PORT_oversize%%'],
+    ['loworder', '', '127.0.0.1:%%PORT_loworder%%'],
     ['badmac', 'proxy_half_close on;', '127.0.0.1:%%PORT_badmac%%'],
     ['trunc', 'proxy_half_close on;', '127.0.0.1:%%PORT_trunc%%'],
     ['noread', 'proxy_timeout 2s;', '127.0.0.1:%%PORT_noread%%'],
@@ -215,6 +218,7 @@ for my $case (
     ['garbage', qr/noise: upstream handshake(: recv\(\) failed| failed: )/],
     ['oversize', qr/noise: upstream handshake (failed|timed out)/],
     ['wrongkey', qr/noise: upstream handshake failed: connection closed during the handshake/],
+    ['loworder', qr/noise: upstream handshake failed: peer sent a low-order public key/],
     ['badmac', qr/noise: reading from peer: decryption failed \(bad MAC in transport message\)/],
     ['trunc', qr/noise: peer closed the connection: connection closed inside a frame/],
 ) {

@@ -1,7 +1,8 @@
 //! Negative tests for every pitfall of notes §6.2, plus the tolerances for deployed peers:
 //! oversize lengths, body_len beyond the payload, short transport frames, late negotiation
 //! data, EOF inside a frame, tampered ciphertext, wrong remote key; a cleartext `00 00`
-//! first payload, an encrypted handshake payload without body_len, a bare `00 00` frame.
+//! first payload, an encrypted handshake payload without body_len, a bare `00 00` frame;
+//! and a low-order ephemeral key.
 
 mod support;
 
@@ -260,4 +261,21 @@ fn transport_parsed_one_byte_at_a_time() {
     assert_eq!(got, data);
     assert!(input.check_eof().is_ok());
     let _ = Opened::Incomplete;
+}
+
+#[test]
+fn low_order_ephemeral_key_is_the_peers_fault() {
+    // XX message 1 with its ephemeral key replaced by a low-order point (zero, then one):
+    // the responder's ee DH would give all zeros, so it must fail instead of answering.
+    for low_order in [0u8, 1] {
+        let (mut a, mut b) = xx_pair();
+        let mut msg = take(&mut a);
+        let neg_len = u16::from_be_bytes([msg[0], msg[1]]) as usize;
+        let e = 2 + neg_len + 2;
+        msg[e..e + 32].fill(0);
+        msg[e] = low_order;
+        let err = b.read(&msg).unwrap_err();
+        assert!(matches!(err, Error::WeakPeerKey), "{err}");
+        assert!(err.is_peer_fault());
+    }
 }

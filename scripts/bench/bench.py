@@ -16,12 +16,15 @@ Each variant of the A->B link has its own pair of ports in the same three nginx 
 Figures, measured round after round with the variants alternating, medians reported:
     new conn/s      wrk, every request on a fresh connection (Connection: close), small file
     keep-alive      wrk, persistent connections, small file
-    bulk MB/s       curl fetching the 256 MiB file
+    bulk MB/s       curl fetching the 256 MiB file (the better of two fetches per round)
+    CPU µs per op   utime + stime of the A and B workers over the same wrk runs, divided
+                    by the requests done: steadier than rates when neighbours steal cycles
     latency         wrk -c1 on fresh connections: p50/p99 of a whole first request; the
                     difference from plain is what the A->B handshake costs
     idle KiB/conn   RSS of the A and B workers with N idle connections open (each did one
                     request), minus before, divided by N; fresh instances per variant
-The core's `cargo bench --bench transport` runs last and its table is included.
+The core's `cargo bench --bench transport` and `--bench handshake` run last; their tables
+are included.
 
 Writes bench-results/results.md, results.json and chart.png (gnuplot), plus raw logs.
 Needs wrk, curl, openssl and gnuplot (scripts/bench/run.sh installs them).
@@ -138,6 +141,15 @@ class Nginx:
         path = f"/proc/{self.master}/task/{self.master}/children"
         with open(path) as f:
             return [int(p) for p in f.read().split()]
+
+    def cpu_seconds(self):
+        """utime + stime of the workers so far."""
+        total = 0
+        for pid in self.workers():
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_kib(self):
         total = 0
@@ -262,6 +274,10 @@ class Chain:
             wait_listening(self.a_port[n])
             wait_listening(self.b_port[n])
 
+    def cpu_seconds(self):
+        """CPU used so far by the workers of A and B, the two ends of the link."""
+        return self.a.cpu_seconds() + self.b.cpu_seconds()
+
     def restart_proxies(self):
         self.a.stop()
         self.b.stop()
@@ -290,6 +306,7 @@ def wrk(url, duration, conns, close, latency=False, logf=None):
     if logf:
         logf.write(" ".join(cmd) + "\n" + out + "\n")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
@@ -300,7 +317,7 @@ def wrk(url, duration, conns, close, latency=False, logf=None):
     pct = {}
     for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
         pct[p] = float(v) * UNITS[u]
-    return rps, errors, pct
+    return rps, errors, pct, requests
 
 
 def bulk(url, logf=None):
@@ -341,7 +358,7 @@ def median(xs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
     ap.add_argument("--idle", type=int, default=2000, help="idle connections for memory")
@@ -371,8 +388,8 @@ def main():
     logf = open(os.path.join(args.out, "raw.log"), "w")
 
     chain = Chain(root, names, args.workers)
-    res = {n: {"newconn": [], "keepalive": [], "bulk": [], "p50": [], "p99": [],
-               "errors": 0} for n in names}
+    res = {n: {"newconn": [], "keepalive": [], "newconn_cpu": [], "keepalive_cpu": [],
+               "bulk": [], "p50": [], "p99": [], "errors": 0} for n in names}
     try:
         chain.start()
         for n in names:  # warm-up and a sanity check of every path
@@ -381,17 +398,20 @@ def main():
             for n in names:
                 log(f"round {r + 1}/{args.rounds}: {n}")
                 url = chain.url(n, "small")
-                rps, err, _ = wrk(url, args.duration, args.connections, True, logf=logf)
-                res[n]["newconn"].append(rps)
-                res[n]["errors"] += err
-                rps, err, _ = wrk(url, args.duration, args.connections, False, logf=logf)
-                res[n]["keepalive"].append(rps)
-                res[n]["errors"] += err
-                _, err, pct = wrk(url, max(2, args.duration // 2), 1, True, True, logf=logf)
+                for key, close in (("newconn", True), ("keepalive", False)):
+                    cpu = chain.cpu_seconds()
+                    rps, err, _, count = wrk(url, args.duration, args.connections, close,
+                                             logf=logf)
+                    res[n][key].append(rps)
+                    res[n][key + "_cpu"].append((chain.cpu_seconds() - cpu) * 1e6 / count)
+                    res[n]["errors"] += err
+                _, err, pct, _ = wrk(url, max(2, args.duration // 2), 1, True, True, logf=logf)
                 res[n]["p50"].append(pct.get("50", float("nan")))
                 res[n]["p99"].append(pct.get("99", float("nan")))
                 res[n]["errors"] += err
-                res[n]["bulk"].append(bulk(chain.url(n, "big"), logf=logf))
+                # The better of two fetches: one 256 MiB transfer is short enough for a
+                # neighbour's burst on this shared machine to halve it.
+                res[n]["bulk"].append(max(bulk(chain.url(n, "big"), logf=logf) for _ in range(2)))
         for n in names:
             log(f"idle memory: {n}")
             chain.restart_proxies()
@@ -408,26 +428,29 @@ def main():
     finally:
         chain.stop()
 
-    transport = ""
+    transport = handshake = ""
     if not args.no_cargo_bench:
-        log("cargo bench --bench transport")
+        log("cargo bench --bench transport, --bench handshake")
         transport = run(["cargo", "bench", "--quiet", "--bench", "transport"], cwd=REPO)
-        logf.write(transport)
+        handshake = run(["cargo", "bench", "--quiet", "--bench", "handshake"], cwd=REPO)
+        logf.write(transport + handshake)
     logf.close()
-    report(args, names, res, transport)
+    report(args, names, res, transport, handshake)
 
 
 def fmt(x, digits=0):
     return "n/a" if x != x else f"{x:,.{digits}f}"
 
 
-def report(args, names, res, transport):
+def report(args, names, res, transport, handshake):
     fig = {}
     for n in names:
         r = res[n]
         fig[n] = {
             "newconn": median(r["newconn"]),
             "keepalive": median(r["keepalive"]),
+            "newconn_cpu": median(r["newconn_cpu"]),
+            "keepalive_cpu": median(r["keepalive_cpu"]),
             "bulk": median(r["bulk"]),
             "p50": median(r["p50"]),
             "p99": median(r["p99"]),
@@ -469,6 +492,23 @@ def report(args, names, res, transport):
             f" | {fmt(ratio(n, 'bulk', 'tls'), 2)} | {fmt(f['p50'])} / {fmt(f['p99'])}"
             f" | {fmt(f['idle_kib'], 1)} | {fmt(ratio(n, 'idle_kib', 'tls'), 2)} |"
         )
+    lines += [
+        "",
+        "CPU time of the A and B workers per operation (utime + stime over the same wrk runs;",
+        "steadier than rates on a shared machine, where neighbours steal cycles):",
+        "",
+        "| link A→B | µs per new connection | ×plain | ×TLS | µs per keep-alive request | ×plain "
+        "| ×TLS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        f = fig[n]
+        lines.append(
+            f"| {VARIANTS[n][0]} | {fmt(f['newconn_cpu'])} | {fmt(ratio(n, 'newconn_cpu', 'plain'), 2)}"
+            f" | {fmt(ratio(n, 'newconn_cpu', 'tls'), 2)} | {fmt(f['keepalive_cpu'], 1)}"
+            f" | {fmt(ratio(n, 'keepalive_cpu', 'plain'), 2)}"
+            f" | {fmt(ratio(n, 'keepalive_cpu', 'tls'), 2)} |"
+        )
     errs = [f"{n}: {fig[n]['errors']}" for n in names if fig[n]["errors"]]
     if errs:
         lines += ["", "Errors reported by wrk (socket errors, non-2xx): " + ", ".join(errs)]
@@ -496,7 +536,10 @@ def report(args, names, res, transport):
         lines += ["", "| target | wanted | measured | |", "|---|---|---|---|", *targets]
     if transport:
         lines += ["", "Core transport (`cargo bench --bench transport`; target ≥ 0.9× the raw "
-                  "AEAD):", "", transport.strip()]
+                  "AEAD; both copy the plaintext once):", "", transport.strip()]
+    if handshake:
+        lines += ["", "Core handshake, both sides in one thread (`cargo bench --bench handshake`):",
+                  "", handshake.strip()]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
