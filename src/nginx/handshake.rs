@@ -48,13 +48,17 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
     let fd = unsafe { (*c).fd };
     let mut buf = [0u8; 4096];
     let mut drained = false;
+    let mut sent = false;
     loop {
         let Phase::Handshake(hs) = &mut st.phase else {
             return Progress::Done;
         };
         while !hs.pending_output().is_empty() {
             match socket::send(fd, hs.pending_output()) {
-                Io::Done(n) => hs.consume_output(n),
+                Io::Done(n) => {
+                    hs.consume_output(n);
+                    sent = true;
+                }
                 Io::Again | Io::Eof => return Progress::WantWrite,
                 Io::Failed(errno) => {
                     return Progress::Failed(Failure::Socket {
@@ -64,25 +68,30 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
                 }
             }
         }
+        // SAFETY: c is live; its read event exists for its whole life.
+        let rev = unsafe { &mut *(*c).read };
         if hs.is_done() {
+            // Ready for the caller's next reader unless the socket is known to be empty and
+            // no early transport bytes came with the last message.
+            rev.set_ready(u32::from(!drained || st.input.buffered() > 0));
             // SAFETY: c is live and st is its state.
             return match unsafe { establish(c, st) } {
                 Ok(()) => Progress::Done,
                 Err(e) => Progress::Failed(Failure::Noise(e)),
             };
         }
-        if drained {
-            // The last read emptied the socket (see io::short_read_drains): the next
-            // message comes with a new event, so skip the recv() that would say EAGAIN.
-            // SAFETY: c is live; its read event exists for its whole life.
-            unsafe { (*(*c).read).set_ready(0) };
+        if drained || (sent && rev.ready() == 0) {
+            // The socket is empty: the last read drained it (see io::short_read_drains),
+            // or we have just written and no event has said there is anything to read (the
+            // peer cannot have answered yet). The answer comes with a new event, so skip
+            // the recv() that would only say EAGAIN.
+            rev.set_ready(0);
             return Progress::WantRead;
         }
         match socket::recv(fd, &mut buf) {
             Io::Done(n) => match hs.read(&buf[..n]) {
                 Ok(used) => {
-                    // SAFETY: c is live; its read event exists for its whole life.
-                    drained = n < buf.len() && io::short_read_drains(unsafe { &*(*c).read });
+                    drained = n < buf.len() && io::short_read_drains(rev);
                     // At most 4 KiB behind the last message: always fits the empty input.
                     st.input.push(&buf[used..n]);
                 }
@@ -95,7 +104,10 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
                 }
             },
             Io::Eof => return Progress::Failed(Failure::Noise(hs.eof())),
-            Io::Again => return Progress::WantRead,
+            Io::Again => {
+                rev.set_ready(0);
+                return Progress::WantRead;
+            }
             Io::Failed(errno) => {
                 return Progress::Failed(Failure::Socket {
                     doing: "recv() failed",

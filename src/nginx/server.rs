@@ -92,7 +92,7 @@ pub unsafe fn handshake_phase(s: *mut ngx_stream_session_t, side: &ServerSide) -
                 if (*rev).timer_set() != 0 {
                     ngx_del_timer(rev);
                 }
-                (*rev).set_ready(1);
+                // drive() left rev.ready saying whether there may be something to read.
                 (*wev).set_ready(1);
                 (*log).action = std::ptr::null_mut();
             }

@@ -459,7 +459,7 @@ unsafe fn step(w: &mut PeerWrap) {
                 if let Some(info) = conn::get(c).and_then(|st| st.info.as_deref()) {
                     w.info = Some(info.clone());
                 }
-                (*rev).set_ready(1);
+                // drive() left rev.ready saying whether there may be something to read.
                 (*wev).set_ready(1);
                 hand_back(w, false);
             }
