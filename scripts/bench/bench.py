@@ -567,7 +567,7 @@ def chart(out, names, fig):
     script = f"""
 set terminal pngcairo size 1100,520 font ",10"
 set output "{out}/chart.png"
-set title "nginx-noise: A→B link, ratio to plain TCP (higher is better but idle KiB)"
+set title "nginx-noise: A→B link, ratio to plain TCP (higher is better, except idle KiB)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
