@@ -225,7 +225,7 @@ class Chain:
         k = self.keydir
         out = ["stream {"]
         for n in self.names:
-            label, proto, kind = VARIANTS[n]
+            _, proto, kind = VARIANTS[n]
             up = f"127.0.0.1:{self.b_port[n]}"
             lines = [f"listen 127.0.0.1:{self.a_port[n]} backlog=4096;"]
             if kind == "tls":
@@ -245,7 +245,7 @@ class Chain:
         k = self.keydir
         out = ["stream {"]
         for n in self.names:
-            label, proto, kind = VARIANTS[n]
+            _, proto, kind = VARIANTS[n]
             port = self.b_port[n]
             if kind == "plain":
                 lines = [f"listen 127.0.0.1:{port} backlog=4096;"]
@@ -375,7 +375,7 @@ def main():
     for tool in ("wrk", "curl", "openssl"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} not found (scripts/bench/run.sh installs it)")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if hard < args.idle + 100:
         sys.exit(f"bench: open-file limit {hard} too low for {args.idle} idle connections")

@@ -182,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn matches_rfc7748_and_the_default_resolver() {
+    fn matches_rfc7748_and_keys_public_key() {
         // RFC 7748 section 6.1.
         let a: [u8; 32] =
             hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")

@@ -1,9 +1,10 @@
 //! Transport phase: encrypting plaintext into frames and opening frames in place.
 //!
 //! After the handshake, `snow`'s split gives one key per direction; this module runs the AEAD
-//! itself (aws-lc-rs's ChaCha20-Poly1305 and AES-256-GCM, see [`super::crypto`]) so that both directions work in place on
-//! the caller's buffers: [`Transport::seal`] copies plaintext once into the output buffer and
-//! encrypts it there, many frames per call; [`Transport::open`] decrypts a frame where it lies.
+//! itself (aws-lc-rs's ChaCha20-Poly1305 and AES-256-GCM, see [`super::crypto`]) so that both
+//! directions work in place on the caller's buffers: [`Transport::seal`] copies plaintext
+//! once into the output buffer and encrypts it there, many frames per call;
+//! [`Transport::open`] decrypts a frame where it lies.
 //! Nonces follow the Noise spec: 4 zero bytes then the 64-bit counter, little-endian for
 //! ChaChaPoly and big-endian for AESGCM. A direction refuses to work after 2^64-1 messages.
 //! A frame is never emitted with an empty body.
