@@ -1,8 +1,8 @@
-//! Negative tests for every pitfall of notes §6.2, plus the tolerances for deployed peers:
-//! oversize lengths, body_len beyond the payload, short transport frames, late negotiation
-//! data, EOF inside a frame, tampered ciphertext, wrong remote key; a cleartext `00 00`
-//! first payload, an encrypted handshake payload without body_len, a bare `00 00` frame;
-//! and a low-order ephemeral key.
+//! Negative tests for the pitfalls of docs/protocol.md §6.2, plus the tolerances for
+//! deployed peers of §6.1: oversize lengths, body_len beyond the payload, short transport
+//! frames, late negotiation data, EOF inside a frame, tampered ciphertext, wrong remote key;
+//! a cleartext `00 00` first payload, an encrypted handshake payload without body_len, a
+//! bare `00 00` frame; and a low-order ephemeral key.
 
 mod support;
 

@@ -1,6 +1,9 @@
-//! Replays every published NoiseSocket vector (Metalnem/noisesocket@4d1a0e8, read from
-//! `../shared/vectors/noisesocket.json`) byte for byte: each wire message, each received
-//! body and the handshake hash, for accept, switch and retry, padded and unpadded.
+//! Replays every published NoiseSocket vector byte for byte: each wire message, each
+//! received body and the handshake hash, for accept, switch and retry, padded and unpadded.
+//! The vectors are `tests/data/noisesocket.json`, an unmodified copy of
+//! Metalnem/noisesocket@4d1a0e8 `NoiseSocket.Tests/Vectors/noisesocket.json` (MIT; origin
+//! and license in `tests/data/README.md`). How they map onto this implementation:
+//! docs/protocol.md §5.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -14,27 +17,13 @@ use nginx_noise::core::transport::{Opened, Transport};
 use nginx_noise::core::Result;
 use serde_json::Value;
 
-/// `../shared/vectors/noisesocket.json` beside the checkout (NOISESOCKET_VECTORS overrides).
-/// A checkout elsewhere (CI clones into a temp dir) looks in every ancestor, then in the
-/// workspace's shared directory. Never skipped: a missing file fails the test.
+/// `tests/data/noisesocket.json` in this crate; `NOISESOCKET_VECTORS` names another copy.
+/// Never skipped: a missing file fails the test.
 fn vectors_path() -> PathBuf {
-    const REL: &str = "shared/vectors/noisesocket.json";
-    if let Some(p) = std::env::var_os("NOISESOCKET_VECTORS") {
-        return PathBuf::from(p);
+    match std::env::var_os("NOISESOCKET_VECTORS") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/noisesocket.json"),
     }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let found = manifest
-        .ancestors()
-        .skip(1)
-        .map(|dir| dir.join(REL))
-        .chain(std::iter::once(PathBuf::from("/work").join(REL)))
-        .find(|p| p.exists());
-    found.unwrap_or_else(|| {
-        panic!(
-            "{REL} not found beside {} (set NOISESOCKET_VECTORS)",
-            manifest.display()
-        )
-    })
 }
 
 fn bytes(v: &Value) -> Vec<u8> {
@@ -265,7 +254,9 @@ fn run_vector(index: usize, v: &Value) {
 
 #[test]
 fn all_1440_vectors_replay_byte_for_byte() {
-    let text = std::fs::read_to_string(vectors_path()).unwrap();
+    let path = vectors_path();
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (set NOISESOCKET_VECTORS)", path.display()));
     let json: Value = serde_json::from_str(&text).unwrap();
     let vectors = json["vectors"].as_array().unwrap();
     let mut ran = [0usize; 3];

@@ -1,4 +1,4 @@
-//! Incremental parsing of NoiseSocket frames (notes §1.1, §1.2).
+//! Incremental parsing of NoiseSocket frames (docs/protocol.md §1.1, §1.2).
 //!
 //! * [`HandshakeReader`] assembles one handshake message `u16 neg_len | neg | u16 noise_len |
 //!   noise` from input split at any byte. It consumes exactly up to the end of the message and

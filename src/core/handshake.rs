@@ -1,4 +1,4 @@
-//! The NoiseSocket handshake driver, both roles (notes §3.2-3.4), on `snow`.
+//! The NoiseSocket handshake driver, both roles (docs/protocol.md §4), on `snow`.
 //!
 //! A [`Handshake`] consumes received bytes with [`Handshake::read`] (any split, one byte at a
 //! time works; it stops exactly at the end of the last handshake message, leaving transport

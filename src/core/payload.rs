@@ -1,5 +1,5 @@
-//! The encrypted-payload layout `u16be body_len | body | padding` (notes §1.3) and the sizes
-//! that follow from it.
+//! The encrypted-payload layout `u16be body_len | body | padding` (docs/protocol.md §1.3)
+//! and the sizes that follow from it.
 //!
 //! Padding is zeros on send and ignored on receive. The padding policy `pad_to` (0 = off) makes
 //! body plus padding a multiple of `pad_to` bytes, never beyond [`MAX_BODY`].

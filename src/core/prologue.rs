@@ -1,4 +1,4 @@
-//! NoiseSocket prologues (notes §2), 2018-05-01 layout.
+//! NoiseSocket prologues (docs/protocol.md §2), 2018-05-01 layout.
 //!
 //! `S(x)` is `u16be(len(x)) || x`; the application prologue is appended last.
 //! * Init1 (accept): `"NoiseSocketInit1" S(neg_A1) app`

@@ -56,7 +56,7 @@ impl FromStr for Protocol {
     }
 }
 
-/// noise-c identifiers used by the Virgil negotiation format (notes §3.6).
+/// noise-c identifiers used by the Virgil negotiation format (docs/protocol.md §3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NoiseCIds {
     pub dh: u8,
@@ -224,9 +224,9 @@ impl Protocol {
     }
 
     /// Whether the payload of handshake message `index` is encrypted, which decides whether it
-    /// carries `body_len` framing (notes §1.3). Every message after the first is encrypted (the
-    /// responder's first message contains `ee`); the first is iff a psk modifier is present or
-    /// its tokens contain `es` or `ss`.
+    /// carries `body_len` framing (docs/protocol.md §1.3). Every message after the first is
+    /// encrypted (the responder's first message contains `ee`); the first is iff a psk
+    /// modifier is present or its tokens contain `es` or `ss`.
     pub fn payload_encrypted(&self, index: usize) -> bool {
         use HandshakePattern::*;
         index >= 1 || self.has_psk() || matches!(self.params.handshake.pattern, NK | XK | KK | IK)

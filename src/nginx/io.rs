@@ -1,6 +1,6 @@
 //! The connection I/O functions that replace `c->recv`, `c->send`, `c->recv_chain` and
 //! `c->send_chain` once a NoiseSocket handshake is done, so every nginx handler above sees
-//! plaintext. They follow the rules of `ngx_event_openssl.c` (integration notes §C2):
+//! plaintext. They follow the rules of `ngx_event_openssl.c` (docs/nginx-integration.md §3):
 //!
 //! * Return bytes, 0 for EOF, `NGX_AGAIN` or `NGX_ERROR`; `send_chain` returns the unsent
 //!   chain, NULL when all of it was taken, or `NGX_CHAIN_ERROR`.

@@ -1,10 +1,10 @@
 //! Negotiation-data encodings.
 //!
-//! * `virgil`: `u16be version=1 | dh | cipher | hash | pattern` with noise-c ids (notes §3.6),
-//!   as the Go library and Virgil's nginx module send it. Responses: accept is empty data;
-//!   a switch or retry names the new protocol in the same 6 bytes (switch with a Noise message,
-//!   retry with an empty one); reject is `00 01 FF` (version, status 0xFF). A Go server's
-//!   one-byte `FF` is read as a reject too.
+//! * `virgil`: `u16be version=1 | dh | cipher | hash | pattern` with noise-c ids
+//!   (docs/protocol.md §3.2), as the Go library and Virgil's nginx module send it.
+//!   Responses: accept is empty data; a switch or retry names the new protocol in the same
+//!   6 bytes (switch with a Noise message, retry with an empty one); reject is `00 01 FF`
+//!   (version, status 0xFF). A Go server's one-byte `FF` is read as a reject too.
 //! * `empty`: no negotiation data; the responder must already know the protocol.
 
 use std::fmt;

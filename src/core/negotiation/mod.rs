@@ -1,5 +1,5 @@
 //! Negotiation: what goes into the cleartext `negotiation_data` fields and what each side
-//! decides from it (notes §3).
+//! decides from it (docs/protocol.md §3).
 //!
 //! The handshake driver is generic over a [`Negotiator`], which decides; the bytes on the wire
 //! come from a [`codec`] (`virgil` or `empty`, auto-detected by responders). [`Policy`] is
