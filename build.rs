@@ -5,17 +5,49 @@
 //! * the nginx must be configured `--with-stream` (otherwise the stream types do not exist
 //!   and rustc would print hundreds of unrelated errors);
 //! * nginx-sys's `ngx_feature` / `ngx_os` cfgs are forwarded (they only reach nginx-sys
-//!   itself), so `src/nginx` may write `#[cfg(ngx_feature = "debug")]` and the like.
+//!   itself), so `src/nginx` may write `#[cfg(ngx_feature = "debug")]` and the like;
+//! * differences between nginx versions become feature cfgs derived from the version the
+//!   bindings were generated for (never struct offsets): see [`VERSION_FEATURES`].
 
 use std::env;
+
+/// `(cfg name, first nginx version that has it, what it is)`.
+const VERSION_FEATURES: &[(&str, u64, &str)] = &[(
+    "ngx_stream_virtual_servers",
+    1_025_005,
+    "stream server_name: ngx_stream_addr_conf_t has default_server, several servers may share an address",
+)];
+
+/// The oldest nginx the module supports.
+const MIN_VERSION: u64 = 1_022_001;
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=NGINX_BUILD_DIR");
+    for (name, _, _) in VERSION_FEATURES {
+        println!("cargo::rustc-check-cfg=cfg({name})");
+    }
     if env::var_os("CARGO_FEATURE_NGINX").is_none() {
         println!("cargo::rustc-check-cfg=cfg(ngx_feature, values(any()))");
         println!("cargo::rustc-check-cfg=cfg(ngx_os, values(any()))");
         return;
+    }
+    // Set by nginx-sys from nginx_version in the configured tree's core headers.
+    let version: u64 = env::var("DEP_NGINX_VERSION_NUMBER")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if version < MIN_VERSION {
+        let dir = env::var("DEP_NGINX_BUILD_DIR").unwrap_or_else(|_| "(unknown)".into());
+        eprintln!(
+            "error: the nginx configured in {dir} is version {version}; ngx_stream_noise_module needs nginx 1.22.1 or newer"
+        );
+        std::process::exit(1);
+    }
+    for (name, since, _) in VERSION_FEATURES {
+        if version >= *since {
+            println!("cargo::rustc-cfg={name}");
+        }
     }
     // Set by nginx-sys (links = "nginx") for its direct dependents.
     let features = env::var("DEP_NGINX_FEATURES").unwrap_or_default();

@@ -43,6 +43,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 (cd "$src" && make -j"$jobs" -f objs/Makefile binary modules >"$build/make.log" 2>&1) \
     || { grep -E "error|Error" -A5 "$build/make.log" | head -60; exit 1; }
 mkdir -p "$build/sbin" "$build/modules" "$build/bin" "$build/conf" "$build/logs"
+echo "$src/objs" >"$build/nginx-build-dir"
 install -m 755 "$src/objs/nginx" "$build/sbin/nginx"
 install -m 755 "$src/objs/ngx_stream_noise_module.so" "$build/modules/ngx_stream_noise_module.so"
 cp -n "$src/conf/mime.types" "$build/conf/" 2>/dev/null || true

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# The one test command: builds everything, then runs the core/CLI tests (cargo), the
-# Python interop tests and the nginx suites (prove t/) against the real nginx + module.
+# The one test command: builds everything, checks formatting and lints (cargo fmt --check,
+# clippy -D warnings with and without the nginx layer), then runs the core/CLI tests
+# (cargo), the Python interop tests and the nginx suites (prove t/) against the real
+# nginx + module.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 scripts/build.sh
 scripts/python-env.sh
 export NOISE_PYTHON="$repo/build/venv/bin/python"
+echo "== cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --check
+cargo clippy --release --quiet --all-targets -- -D warnings
+# The nginx layer against the nginx that scripts/build.sh configured.
+NGINX_BUILD_DIR=${NGINX_BUILD_DIR:-$(cat "$repo/build/nginx-build-dir")} \
+    cargo clippy --release --quiet --all-targets --features nginx -- -D warnings
 echo "== cargo test"
 log=$repo/build/cargo-test.log
 if ! cargo test --release >"$log" 2>&1; then

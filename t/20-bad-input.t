@@ -41,12 +41,12 @@ stream {
 END
 $t->run;
 
-my ($worker) = $t->worker_pids;
+my $workers = $t->worker_set;
 my $dir = $t->dir;
 my @key = ('--key', "$dir/client.key", '--remote-key', "$dir/server.pub");
 my ($main, $trusted, $flood) = map { $t->port($_) } qw(main trusted flood);
-my $baseline = $t->fd_count($worker);
-ok($baseline > 0, "worker $worker has $baseline fds");
+my $baseline = $t->fd_total;
+ok($baseline > 0, "workers $workers have $baseline fds");
 
 # Runs $code, then checks the aftermath: one `noise:` info line matching $re, the same
 # worker, fds back to the baseline, no error-level lines.
@@ -61,9 +61,9 @@ sub bad_input {
     is(scalar @$lines, 1, "$name: one log line") or diag(join "\n", @$lines);
     like($lines->[0] // '', qr/\[info\] .*$re.*client: 127\.0\.0\.1/, "$name: info line says what happened");
     unlike($t->error_log_since($mark), qr/\[(error|crit|alert|emerg)\]/, "$name: nothing at error level");
-    is(($t->worker_pids)[0], $worker, "$name: worker survives");
-    my $fds = $t->wait_for(3, sub { $t->fd_count($worker) == $baseline });
-    ok($fds, "$name: worker fds back to baseline") or diag($t->fd_count($worker) . " vs $baseline");
+    is($t->worker_set, $workers, "$name: workers survive");
+    my $fds = $t->wait_for(3, sub { $t->fd_total == $baseline });
+    ok($fds, "$name: worker fds back to baseline") or diag($t->fd_total . " vs $baseline");
 }
 
 bad_input('garbage negotiation data', qr/noise: handshake failed: refused negotiation data 6a756e6b/, sub {
@@ -136,20 +136,20 @@ bad_input('no client key with trusted keys', qr/noise: handshake failed: connect
 
 # A client that stops reading while the backend floods: memory stays bounded.
 {
-    my $rss0 = $t->rss_kb($worker);
+    my $rss0 = $t->rss_total;
     my $pid = $t->spawn($t->{python}, $t->{peer}, 'connect', "127.0.0.1:$flood", '--no-read', @key);
     sleep 3;
-    ok($t->fd_count($worker) >= $baseline + 2, 'backpressure: the session is alive, backend connected');
-    my $rss1 = $t->rss_kb($worker);
+    ok($t->fd_total >= $baseline + 2, 'backpressure: the session is alive, backend connected');
+    my $rss1 = $t->rss_total;
     ok($rss1 - $rss0 < 8 * 1024, "backpressure: worker RSS grew by " . ($rss1 - $rss0) . " KiB (< 8 MiB)");
     kill 'KILL', $pid;
     waitpid($pid, 0);
-    my $fds = $t->wait_for(3, sub { $t->fd_count($worker) == $baseline });
+    my $fds = $t->wait_for(3, sub { $t->fd_total == $baseline });
     ok($fds, 'backpressure: fds back to baseline after the client goes');
 }
 
 # And after all that, a good client still works.
 my $r = $t->noise_client($main, "still fine\n", @key);
 is($r->{out}, "still fine\n", 'good client after bad ones');
-is(($t->worker_pids)[0], $worker, 'same worker throughout');
+is($t->worker_set, $workers, 'same workers throughout');
 done_testing;

@@ -48,7 +48,7 @@ if (!$pid) {
     exit($? >> 8);
 }
 sleep 0.7;
-my ($old_worker) = $t->worker_pids;
+my @old_workers = $t->worker_pids;
 $t->write_config($conf =~ s/KEY/new/r);
 my @new = $t->reload;
 ok(@new, 'reloaded: new worker ' . join(',', @new));
@@ -61,6 +61,6 @@ waitpid($pid, 0);
 is($? >> 8, 0, 'open connection finished cleanly across the reload');
 is($t->read_file($fifo), "first\nsecond\n", 'open connection kept its data flowing');
 like($t->read_file("$fifo.err"), qr/^remote_key=\Q$old_pub\E$/m, 'open connection used the old key');
-ok($t->wait_for(5, sub { !kill 0, $old_worker }), 'old worker exits once its connection is done');
+ok($t->wait_for(5, sub { !grep { kill 0, $_ } @old_workers }), 'old workers exit once their connection is done');
 unlike($t->error_log, qr/\[(error|crit|alert|emerg)\]/, 'no errors');
 done_testing;

@@ -98,13 +98,16 @@ stream {
     server { noise_listen 127.0.0.1:%%PORT_r3%%; noise_private_key %%TESTDIR%%/b3.key; return "b3\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_wrong%%; noise_private_key %%TESTDIR%%/other.key; return "wrong\\n"; }
 
-    upstream rr { server 127.0.0.1:%%PORT_r1%%; server 127.0.0.1:%%PORT_r2%%; server 127.0.0.1:%%PORT_r3%%; }
-    upstream weighted { server 127.0.0.1:%%PORT_r1%% weight=2; server 127.0.0.1:%%PORT_r2%%; server 127.0.0.1:%%PORT_r3%%; }
-    upstream lc { least_conn; server 127.0.0.1:%%PORT_r1%%; server 127.0.0.1:%%PORT_r2%%; server 127.0.0.1:%%PORT_r3%%; }
+    # Zones: with several workers, balancer state (round robin turn, max_fails) is shared
+    # only through a zone, as an operator would configure it.
+    upstream rr { zone rr 64k; server 127.0.0.1:%%PORT_r1%%; server 127.0.0.1:%%PORT_r2%%; server 127.0.0.1:%%PORT_r3%%; }
+    upstream weighted { zone weighted 64k; server 127.0.0.1:%%PORT_r1%% weight=2; server 127.0.0.1:%%PORT_r2%%; server 127.0.0.1:%%PORT_r3%%; }
+    upstream lc { zone lc 64k; least_conn; server 127.0.0.1:%%PORT_r1%%; server 127.0.0.1:%%PORT_r2%%; server 127.0.0.1:%%PORT_r3%%; }
     upstream hashed { hash \$server_port; server 127.0.0.1:%%PORT_r1%%; server 127.0.0.1:%%PORT_r2%%; server 127.0.0.1:%%PORT_r3%%; }
     upstream rnd { random; server 127.0.0.1:%%PORT_r1%%; server 127.0.0.1:%%PORT_r2%%; server 127.0.0.1:%%PORT_r3%%; }
-    upstream withbackup { server 127.0.0.1:%%PORT_wrong%% max_fails=1 fail_timeout=60s; server 127.0.0.1:%%PORT_r2%% backup; }
+    upstream withbackup { zone withbackup 64k; server 127.0.0.1:%%PORT_wrong%% max_fails=1 fail_timeout=60s; server 127.0.0.1:%%PORT_r2%% backup; }
     upstream flaky {
+        zone flaky 64k;
         server 127.0.0.1:%%PORT_wrong%% max_fails=1 fail_timeout=60s;
         server 127.0.0.1:%%PORT_refuse%% max_fails=1 fail_timeout=60s;
         server 127.0.0.1:%%PORT_stall%% max_fails=1 fail_timeout=60s;
@@ -122,7 +125,7 @@ stream {
 @gw}
 END
 $t->run;
-my ($worker) = $t->worker_pids;
+my $workers = $t->worker_set;
 sub g { $t->port("g_$_[0]") }
 
 # Chains with 10 MiB each way.
@@ -213,7 +216,7 @@ like($t->error_log_since($mark), qr/\[error\].*noise: refusing to send plaintext
 is($t->read_file('rec.received'), '', 'fail closed: no plaintext reached the back end');
 
 # Bad input from back ends: clean close, a log line, the worker lives on.
-my $baseline = $t->fd_count($worker);
+my $baseline = $t->fd_total;
 for my $case (
     ['garbage', qr/noise: upstream handshake(: recv\(\) failed| failed: )/],
     ['oversize', qr/noise: upstream handshake (failed|timed out)/],
@@ -227,17 +230,17 @@ for my $case (
     my ($r, $closed) = $t->plain_exchange(g($name), "data for $name\n" x 10, timeout => 6);
     ok($closed, "$name: session closed");
     like($t->error_log_since($mark), qr/\[info\].*$re/, "$name: logged at info");
-    is(($t->worker_pids)[0], $worker, "$name: worker survives");
+    is($t->worker_set, $workers, "$name: workers survive");
 }
 # A back end that stops reading: bounded memory.
-my $rss0 = $t->rss_kb($worker);
+my $rss0 = $t->rss_total;
 my $pid = fork // die;
 if (!$pid) { $t->plain_exchange(g('noread'), 'z' x (64 << 20), timeout => 4); require POSIX; POSIX::_exit(0) }
 sleep 3;
-my $rss1 = $t->rss_kb($worker);
+my $rss1 = $t->rss_total;
 ok($rss1 - $rss0 < 8 * 1024, 'back end that stops reading: RSS grew by ' . ($rss1 - $rss0) . ' KiB');
 waitpid($pid, 0);
 # nginx, as for plain TCP, holds the session until proxy_timeout (2s here) expires.
-ok($t->wait_for(6, sub { $t->fd_count($worker) <= $baseline }), 'fds back to the baseline after proxy_timeout');
+ok($t->wait_for(6, sub { $t->fd_total <= $baseline }), 'fds back to the baseline after proxy_timeout');
 unlike($t->error_log, qr/\[(crit|alert|emerg)\]/, 'nothing critical');
 done_testing;

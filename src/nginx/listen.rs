@@ -1,10 +1,11 @@
 //! `noise_listen`: a `listen` whose socket speaks NoiseSocket.
 //!
 //! The directive is parsed by nginx's own `listen` handler (same parameters, same errors),
-//! then its addresses are recorded. After the configuration is read (`init_module`), they
-//! are matched against `cycle->listening`; a connection is ours when `c->listening` is one of
-//! those sockets. An address that nginx merged into a wildcard socket of another `listen`
-//! cannot be told apart, so that fails with advice to add `bind`.
+//! then its addresses are recorded. After the configuration is read (`init_module`), every
+//! socket in `cycle->listening` with one of those addresses is checked and handed to the
+//! gate ([`super::gate`]), which decides "ours" by address, never by socket identity. An
+//! address that nginx merged into a wildcard socket of another `listen` cannot be told
+//! apart, so that fails with advice to add `bind`.
 
 use std::ffi::c_char;
 
@@ -21,21 +22,17 @@ pub struct NoiseAddress {
     pub sockaddr: Vec<u8>,
     /// "file:line" of the directive.
     pub at: String,
+    /// The server it belongs to (its `ngx_stream_core_srv_conf_t`, one per `server {}`
+    /// block for the life of the configuration); only compared.
+    pub server: usize,
 }
 
-/// The module's main conf: NoiseSocket addresses and, after `init_module`, their sockets.
+/// The module's main conf: the NoiseSocket addresses of this configuration.
 #[derive(Default)]
 pub struct MainConf {
     pub addresses: Vec<NoiseAddress>,
-    pub listeners: Vec<*const ngx_listening_t>,
     /// The original `peer.init` of each upstream group, by the group's address.
     pub init_peers: Vec<(usize, super::upstream::InitPeer)>,
-}
-
-impl MainConf {
-    pub fn is_noise(&self, ls: *const ngx_listening_t) -> bool {
-        self.listeners.contains(&ls)
-    }
 }
 
 /// The arguments of the directive being parsed, without its name.
@@ -130,19 +127,88 @@ pub unsafe fn parse(cf: *mut ngx_conf_t, main: &mut MainConf, at: &str) -> Resul
             text: String::from_utf8_lossy(a.name.as_bytes()).into_owned(),
             sockaddr: raw.to_vec(),
             at: at.to_string(),
+            server: core_conf as usize,
         });
     }
     Ok(())
 }
 
+/// Refuses a `noise_listen` address that another server also listens on with a plain
+/// `listen` (nginx 1.25.5+ lets several servers share an address, told apart by
+/// `server_name`; older versions refuse the duplicate themselves). Whatever the order of
+/// the servers: the socket would be NoiseSocket, so the plain server would be unreachable.
+///
+/// # Safety
+/// `cmcf` must be the stream core main conf, in postconfiguration (its `ports` list still
+/// holds every address with its servers).
+#[cfg(ngx_stream_virtual_servers)]
+pub unsafe fn check_shared_addresses(
+    cmcf: *const nginx_sys::ngx_stream_core_main_conf_t,
+    main: &MainConf,
+) -> Result<(), String> {
+    use nginx_sys::{ngx_stream_conf_addr_t, ngx_stream_conf_port_t};
+    // SAFETY: until ngx_stream_optimize_servers (after postconfiguration) cmcf->ports is an
+    // array of ngx_stream_conf_port_t, each with an array of ngx_stream_conf_addr_t whose
+    // servers array holds ngx_stream_core_srv_conf_t pointers.
+    unsafe {
+        let ports = (*cmcf).ports;
+        if ports.is_null() {
+            return Ok(());
+        }
+        let ports = std::slice::from_raw_parts(
+            (*ports).elts as *const ngx_stream_conf_port_t,
+            (*ports).nelts,
+        );
+        for port in ports {
+            let addrs = std::slice::from_raw_parts(
+                port.addrs.elts as *const ngx_stream_conf_addr_t,
+                port.addrs.nelts,
+            );
+            for addr in addrs {
+                let raw = std::slice::from_raw_parts(
+                    addr.opt.sockaddr as *const u8,
+                    addr.opt.socklen as usize,
+                );
+                let Some(noise) = main
+                    .addresses
+                    .iter()
+                    .find(|a| same_address(raw, &a.sockaddr))
+                else {
+                    continue;
+                };
+                let servers = std::slice::from_raw_parts(
+                    addr.servers.elts as *const *mut ngx_stream_core_srv_conf_t,
+                    addr.servers.nelts,
+                );
+                for &cscf in servers {
+                    let listed = main
+                        .addresses
+                        .iter()
+                        .any(|a| a.server == cscf as usize && same_address(raw, &a.sockaddr));
+                    if !listed {
+                        return Err(format!(
+                            "\"noise_listen {}\" in {} and a plain \"listen\" of the same address in the server at {}:{} cannot share a socket; give one of them another address or port",
+                            noise.text,
+                            noise.at,
+                            std::ffi::CStr::from_ptr((*cscf).file_name.cast()).to_string_lossy(),
+                            (*cscf).line
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether every address served by socket `ls` belongs to a server with `noise_listen`
-/// (`is_noise_server` is asked about each address's default server).
+/// (`is_noise_server` is asked about the conf context of each address's default server).
 ///
 /// # Safety
 /// `ls` must be a stream listening socket of the cycle being initialised.
 unsafe fn only_noise_servers(
     ls: &ngx_listening_t,
-    is_noise_server: &dyn Fn(*mut ngx_stream_core_srv_conf_t) -> bool,
+    is_noise_server: &dyn Fn(*mut ngx_stream_conf_ctx_t) -> bool,
 ) -> bool {
     // SAFETY: for stream sockets ls->servers is an ngx_stream_port_t whose addrs array
     // holds naddrs in_addr or in6_addr entries, by the socket's family.
@@ -155,54 +221,67 @@ unsafe fn only_noise_servers(
             } else {
                 &(*(port.addrs as *const ngx_stream_in_addr_t).add(i)).conf
             };
-            is_noise_server(conf.default_server)
+            #[cfg(ngx_stream_virtual_servers)]
+            let server = (*conf.default_server).ctx;
+            #[cfg(not(ngx_stream_virtual_servers))]
+            let server = conf.ctx;
+            is_noise_server(server)
         })
     }
 }
 
-/// Finds the sockets of the recorded addresses. Errors name the directive's position.
+/// Checks every socket of the recorded addresses and takes each over for the gate
+/// ([`super::gate::take_over`]). nginx may have made several sockets of one address
+/// (`reuseport` clones one per worker): all of them are checked and taken over, none is
+/// remembered. Errors name the directive's position.
 ///
 /// # Safety
 /// `cycle` must be the cycle being initialised.
 pub unsafe fn resolve(
     cycle: *mut ngx_cycle_t,
-    main: &mut MainConf,
-    is_noise_server: &dyn Fn(*mut ngx_stream_core_srv_conf_t) -> bool,
+    main: &MainConf,
+    is_noise_server: &dyn Fn(*mut ngx_stream_conf_ctx_t) -> bool,
 ) -> Result<(), String> {
     // SAFETY: cycle->listening is an array of ngx_listening_t.
     let listening = unsafe {
         let a = &(*cycle).listening;
-        std::slice::from_raw_parts(a.elts as *const ngx_listening_t, a.nelts)
+        std::slice::from_raw_parts_mut(a.elts as *mut ngx_listening_t, a.nelts)
     };
-    main.listeners.clear();
     for addr in &main.addresses {
-        let found = listening.iter().find(|ls| {
+        let mut found = 0;
+        for ls in listening.iter_mut() {
             // SAFETY: ls->sockaddr holds ls->socklen bytes.
             let raw = unsafe {
                 std::slice::from_raw_parts(ls.sockaddr as *const u8, ls.socklen as usize)
             };
-            same_address(raw, &addr.sockaddr)
-        });
-        match found {
-            // SAFETY: ls is a stream socket of this cycle.
-            Some(ls) if unsafe { only_noise_servers(ls, is_noise_server) } => {
-                main.listeners.push(ls as *const ngx_listening_t)
+            if !same_address(raw, &addr.sockaddr) {
+                continue;
             }
-            Some(_) => {
+            // SAFETY: ls is a stream socket of this cycle.
+            if !unsafe { only_noise_servers(ls, is_noise_server) } {
                 return Err(format!(
                     "\"noise_listen {}\" in {} shares its socket with a plain \"listen\" of the same port; add the \"bind\" parameter to the plain one",
                     addr.text, addr.at
-                ))
+                ));
             }
-            None => {
-                return Err(format!(
-                    "\"noise_listen {}\" in {} shares a wildcard socket with a plain \"listen\" of the same port; add the \"bind\" parameter to this \"noise_listen\"",
-                    addr.text, addr.at
-                ))
-            }
+            // SAFETY: ls belongs to the cycle being initialised; nothing was accepted yet.
+            unsafe { super::gate::take_over(ls) }
+                .map_err(|e| format!("\"noise_listen {}\" in {}: {e}", addr.text, addr.at))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(format!(
+                "\"noise_listen {}\" in {} shares a wildcard socket with a plain \"listen\" of the same port; add the \"bind\" parameter to this \"noise_listen\"",
+                addr.text, addr.at
+            ));
         }
     }
     Ok(())
+}
+
+/// Compares two raw sockaddrs by family and port only.
+pub fn same_port(a: &[u8], b: &[u8]) -> bool {
+    a.len() >= 4 && b.len() >= 4 && a[..4] == b[..4]
 }
 
 /// Compares two raw sockaddrs by family, port and address.

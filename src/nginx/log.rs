@@ -9,6 +9,8 @@ use crate::core::Error;
 pub const ERR: ngx_uint_t = NGX_LOG_ERR as ngx_uint_t;
 /// `emerg` level (configuration errors outside a directive).
 pub const EMERG: ngx_uint_t = nginx_sys::NGX_LOG_EMERG as ngx_uint_t;
+/// `alert` level (the module cannot keep its promise for this connection).
+pub const ALERT: ngx_uint_t = nginx_sys::NGX_LOG_ALERT as ngx_uint_t;
 /// `warn` level.
 pub const WARN: ngx_uint_t = nginx_sys::NGX_LOG_WARN as ngx_uint_t;
 /// `info` level.

@@ -2,6 +2,8 @@
 //! here, each block with a `// SAFETY:` line.
 //!
 //! * [`conn`]: per-connection NoiseSocket state, found by connection slot.
+//! * [`gate`]: which connections are NoiseSocket, and the I/O that refuses them until
+//!   their handshake finished (fail closed).
 //! * [`socket`]: raw non-blocking syscalls on a connection's fd.
 //! * [`handshake`]: drives a core handshake over a connection, then installs [`io`].
 //! * [`io`]: the replacement `recv`, `send`, `recv_chain`, `send_chain`.
@@ -14,6 +16,7 @@
 
 pub mod conf;
 pub mod conn;
+pub mod gate;
 pub mod handshake;
 pub mod io;
 pub mod listen;

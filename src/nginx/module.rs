@@ -14,13 +14,15 @@ use nginx_sys::{
     ngx_int_t, ngx_log_error_core, ngx_module_t, ngx_parse_size, ngx_parse_time, ngx_parse_url,
     ngx_pool_cleanup_add, ngx_pool_t, ngx_str_t, ngx_stream_conf_ctx_t,
     ngx_stream_core_main_conf_t, ngx_stream_core_module, ngx_stream_handler_pt, ngx_stream_module,
-    ngx_stream_phases_NGX_STREAM_SSL_PHASE, ngx_stream_session_t, ngx_uint_t, ngx_url_t,
-    NGX_DECLINED, NGX_ERROR, NGX_LOG_EMERG, NGX_LOG_WARN, NGX_OK, NGX_STREAM_INTERNAL_SERVER_ERROR,
+    ngx_stream_phases_NGX_STREAM_POST_ACCEPT_PHASE, ngx_stream_phases_NGX_STREAM_SSL_PHASE,
+    ngx_stream_session_t, ngx_uint_t, ngx_url_t, NGX_DECLINED, NGX_ERROR, NGX_LOG_EMERG,
+    NGX_LOG_WARN, NGX_OK, NGX_STREAM_INTERNAL_SERVER_ERROR,
 };
 
 use super::conf::{parse_padding, Loaded, ServerKey, SideConf, SrvConf};
+use super::gate::{self, Class};
 use super::listen::{self, MainConf};
-use super::{server, upstream, variables};
+use super::{conn, server, upstream, variables};
 use crate::core::keys;
 use crate::core::protocol::Protocol;
 
@@ -415,12 +417,29 @@ pub unsafe extern "C" fn ngx_stream_noise_postconfiguration(cf: *mut ngx_conf_t)
         let ctx = (*cf).ctx as *mut ngx_stream_conf_ctx_t;
         let cmcf = *(*ctx).main_conf.add(ngx_stream_core_module.ctx_index)
             as *mut ngx_stream_core_main_conf_t;
-        let phase = &mut (*cmcf).phases[ngx_stream_phases_NGX_STREAM_SSL_PHASE as usize];
-        let h = ngx_array_push(&mut phase.handlers) as *mut ngx_stream_handler_pt;
-        if h.is_null() {
-            return NGX_ERROR as ngx_int_t;
+        for (phase, handler) in [
+            (
+                ngx_stream_phases_NGX_STREAM_POST_ACCEPT_PHASE,
+                post_accept_handler as unsafe extern "C" fn(_) -> _,
+            ),
+            (ngx_stream_phases_NGX_STREAM_SSL_PHASE, phase_handler),
+        ] {
+            let phase = &mut (*cmcf).phases[phase as usize];
+            let h = ngx_array_push(&mut phase.handlers) as *mut ngx_stream_handler_pt;
+            if h.is_null() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            *h = Some(handler);
         }
-        *h = Some(phase_handler);
+        #[cfg(ngx_stream_virtual_servers)]
+        {
+            let main =
+                &*(*(*ctx).main_conf.add(ngx_stream_noise_module.ctx_index) as *const MainConf);
+            if let Err(msg) = listen::check_shared_addresses(cmcf, main) {
+                emerg_log((*cf).log, &msg);
+                return NGX_ERROR as ngx_int_t;
+            }
+        }
         upstream::install(cf)
     }
 }
@@ -435,13 +454,11 @@ pub unsafe extern "C" fn ngx_stream_noise_init_module(cycle: *mut ngx_cycle_t) -
         if ctx.is_null() {
             return NGX_OK as ngx_int_t;
         }
-        &mut *(*(*ctx).main_conf.add(ngx_stream_noise_module.ctx_index) as *mut MainConf)
+        &*(*(*ctx).main_conf.add(ngx_stream_noise_module.ctx_index) as *const MainConf)
     };
-    // SAFETY: default servers of this cycle's stream sockets carry our SrvConf.
-    let is_noise_server = |cscf: *mut nginx_sys::ngx_stream_core_srv_conf_t| unsafe {
-        let conf = *(*(*cscf).ctx)
-            .srv_conf
-            .add(ngx_stream_noise_module.ctx_index) as *const SrvConf;
+    // SAFETY: the conf contexts of this cycle's stream servers carry our SrvConf.
+    let is_noise_server = |ctx: *mut ngx_stream_conf_ctx_t| unsafe {
+        let conf = *(*ctx).srv_conf.add(ngx_stream_noise_module.ctx_index) as *const SrvConf;
         (*conf).listen_at.is_some()
     };
     // SAFETY: cycle is the one being initialised.
@@ -455,14 +472,40 @@ pub unsafe extern "C" fn ngx_stream_noise_init_module(cycle: *mut ngx_cycle_t) -
     }
 }
 
-/// `NGX_STREAM_SSL_PHASE` handler: the server handshake on `noise_listen` sockets.
+/// `NGX_STREAM_POST_ACCEPT_PHASE` handler: gate layer 2 (see [`gate`]).
+unsafe extern "C" fn post_accept_handler(s: *mut ngx_stream_session_t) -> ngx_int_t {
+    // SAFETY: s is live; main_conf holds ours at our ctx_index.
+    unsafe {
+        let c = (*s).connection;
+        let main = &*(*(*s).main_conf.add(ngx_stream_noise_module.ctx_index) as *const MainConf);
+        if gate::classify(main, (*c).listening) != Class::Plain
+            && conn::get(c).is_none()
+            && !gate::is_gated(c)
+        {
+            gate::install(c);
+        }
+    }
+    NGX_DECLINED as ngx_int_t
+}
+
+/// `NGX_STREAM_SSL_PHASE` handler: the server handshake on NoiseSocket addresses, and gate
+/// layer 3 (see [`gate`]): nothing from such an address goes on without a finished one.
 unsafe extern "C" fn phase_handler(s: *mut ngx_stream_session_t) -> ngx_int_t {
     // SAFETY: s is live; main_conf/srv_conf hold our confs at our ctx_index.
     unsafe {
         let c = (*s).connection;
         let main = &*(*(*s).main_conf.add(ngx_stream_noise_module.ctx_index) as *const MainConf);
-        if !main.is_noise((*c).listening) {
-            return NGX_DECLINED as ngx_int_t;
+        match gate::classify(main, (*c).listening) {
+            Class::Noise => {}
+            Class::Plain if !gate::is_gated(c) => return NGX_DECLINED as ngx_int_t,
+            class => {
+                super::log::write(
+                    (*c).log,
+                    super::log::ALERT,
+                    &format!("noise: refusing a connection the module cannot classify ({class:?} socket with NoiseSocket I/O refusal installed, or a wildcard socket on a noise_listen port)"),
+                );
+                return NGX_STREAM_INTERNAL_SERVER_ERROR as ngx_int_t;
+            }
         }
         let conf = &*(*(*s).srv_conf.add(ngx_stream_noise_module.ctx_index) as *const SrvConf);
         match &conf.server_side {
@@ -470,7 +513,7 @@ unsafe extern "C" fn phase_handler(s: *mut ngx_stream_session_t) -> ngx_int_t {
             None => {
                 super::log::write(
                     (*c).log,
-                    super::log::ERR,
+                    super::log::ALERT,
                     "noise: the default server of this noise_listen socket has no noise_listen",
                 );
                 NGX_STREAM_INTERNAL_SERVER_ERROR as ngx_int_t

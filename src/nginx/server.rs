@@ -3,7 +3,7 @@
 //! `ngx_stream_ssl_init_connection` and its handshake handler:
 //!
 //! * first call: TCP_NODELAY, state attached to `c->pool`, the handshake timer on `c->read`,
-//!   and write events routed to the phase runner too;
+//!   and both events routed to the phase runner (`ngx_stream_session_handler`);
 //! * every call: a timed-out read event ends it, otherwise the handshake is driven; NGX_AGAIN
 //!   suspends the phase until the next event;
 //! * done: the timer is deleted (the preread phase skips connections with a read timer),
@@ -30,6 +30,11 @@ pub struct ServerSide {
     pub policy: Arc<Policy>,
     pub settings: Arc<Settings>,
     pub handshake_timeout: ngx_msec_t,
+}
+
+extern "C" {
+    /// nginx's stream session event handler (`ngx_stream.h`): runs the session's phases.
+    fn ngx_stream_session_handler(ev: *mut nginx_sys::ngx_event_t);
 }
 
 const ERROR: ngx_int_t = NGX_STREAM_INTERNAL_SERVER_ERROR as ngx_int_t;
@@ -68,7 +73,11 @@ pub unsafe fn handshake_phase(s: *mut ngx_stream_session_t, side: &ServerSide) -
                     return ERROR;
                 }
                 (*log).action = c"NoiseSocket handshaking".as_ptr().cast_mut();
-                (*wev).handler = (*rev).handler;
+                // Both events resume the phases. Not a copy of rev->handler: after a PROXY
+                // protocol header that is still nginx's header reader, which would parse
+                // our handshake bytes as another header.
+                (*rev).handler = Some(ngx_stream_session_handler);
+                (*wev).handler = Some(ngx_stream_session_handler);
                 ngx_add_timer(rev, side.handshake_timeout);
             }
         }

@@ -1,5 +1,5 @@
 //! NoiseSocket to upstream servers from stock `proxy_pass`, on unpatched nginx
-//! (integration notes §B5, §C1b).
+//! (docs/nginx-integration.md §5).
 //!
 //! * Postconfiguration wraps `peer.init` of every upstream group (the keepalive module's
 //!   way). For sessions of a `noise_upstream on` server, the wrapper replaces the balancer's
@@ -55,14 +55,11 @@ pub type InitPeer = unsafe extern "C" fn(
 
 static mut NEXT_FILTER: ngx_stream_filter_pt = None;
 
-/// Tags a [`PeerWrap`] behind `peer.data`, which is the balancer's own data on paths that
-/// bypass our wrapper.
-const MAGIC: u64 = u64::from_be_bytes(*b"noisepw1");
-
-/// Per-session wrapper around the balancer, found through `peer.data`.
-#[repr(C)]
+/// Per-session wrapper around the balancer. Our peer functions get it as `peer.data`;
+/// everything else finds it in the session's module context (`s->ctx`), which is null for
+/// sessions whose balancer we did not wrap: nothing is inferred from what `peer.data`
+/// points at.
 struct PeerWrap {
-    magic: u64,
     data: *mut c_void,
     get: nginx_sys::ngx_event_get_peer_pt,
     free: nginx_sys::ngx_event_free_peer_pt,
@@ -215,7 +212,6 @@ unsafe extern "C" fn init_peer(
         let u = (*s).upstream;
         let pc: *mut ngx_peer_connection_t = &mut (*u).peer;
         let wrap = PeerWrap {
-            magic: MAGIC,
             data: (*pc).data,
             get: (*pc).get,
             free: (*pc).free,
@@ -243,6 +239,7 @@ unsafe extern "C" fn init_peer(
         (*raw).event.data = raw.cast();
         (*raw).event.handler = Some(take_over);
         (*raw).event.log = (*(*s).connection).log;
+        *(*s).ctx.add(ngx_stream_noise_module.ctx_index) = raw.cast();
         (*pc).data = raw.cast();
         (*pc).get = Some(get_peer);
         (*pc).free = Some(free_peer);
@@ -391,15 +388,32 @@ unsafe extern "C" fn take_over(ev: *mut ngx_event_t) {
     }
 }
 
+/// The session's [`PeerWrap`], if our wrapper was installed for it.
+///
+/// # Safety
+/// `s` must be a live session.
+unsafe fn wrap_of(s: *mut ngx_stream_session_t) -> *mut PeerWrap {
+    // SAFETY: s is live; s->ctx has a slot per stream module, ours set only by init_peer.
+    unsafe { *(*s).ctx.add(ngx_stream_noise_module.ctx_index) as *mut PeerWrap }
+}
+
 /// Read and write events of the connection while it handshakes.
 unsafe extern "C" fn handshake_event(ev: *mut ngx_event_t) {
     // SAFETY: ev belongs to an upstream connection whose data is the session (set by the
-    // proxy); the session's peer data is our PeerWrap.
+    // proxy); these handlers are installed only by take_over, on a wrapped session.
     unsafe {
         let c = (*ev).data as *mut ngx_connection_t;
         let s = (*c).data as *mut ngx_stream_session_t;
-        let w = &mut *((*(*s).upstream).peer.data as *mut PeerWrap);
-        step(w);
+        let w = wrap_of(s);
+        if w.is_null() {
+            log::write(
+                (*c).log,
+                log::ALERT,
+                "noise: upstream handshake event without its session state",
+            );
+            return;
+        }
+        step(&mut *w);
     }
 }
 
@@ -520,15 +534,10 @@ unsafe fn report(log: *mut nginx_sys::ngx_log_t, failure: &Failure) {
 /// # Safety
 /// `s` must be a live session.
 pub unsafe fn session_info<'a>(s: *mut ngx_stream_session_t) -> Option<&'a HandshakeInfo> {
-    // SAFETY: s is live. With noise_upstream on, peer.data is our PeerWrap or the
-    // balancer's data (at least 8 bytes); the tag tells which.
+    // SAFETY: s is live; the wrap lives in the session pool as long as the session.
     unsafe {
-        let u = (*s).upstream;
-        if u.is_null() || (*u).peer.data.is_null() || srv_conf(s).upstream_side.is_none() {
-            return None;
-        }
-        let w = (*u).peer.data as *const PeerWrap;
-        if (*w).magic != MAGIC {
+        let w = wrap_of(s);
+        if w.is_null() {
             return None;
         }
         (*w).info.as_ref()

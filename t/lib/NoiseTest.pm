@@ -7,10 +7,12 @@ package NoiseTest;
 #
 # Environment: TEST_NGINX_BINARY (default build/sbin/nginx), TEST_NGINX_MODULE (default
 # build/modules/ngx_stream_noise_module.so), TEST_NGINX_CLI (build/bin/noisesocket),
-# TEST_NGINX_PYTHON (build/venv/bin/python), TEST_NGINX_LEAVE=1 keeps the temp dir.
+# TEST_NGINX_PYTHON (build/venv/bin/python), TEST_NGINX_LEAVE=1 keeps the temp dir,
+# TEST_NGINX_WORKERS (default 2: every suite runs several workers, as production does).
 #
 # Template substitutions: %%TESTDIR%%, %%PORT_<name>%% (a free 127.0.0.1 port per name).
-# The globals (load_module, pid, error_log at info, one worker) are prepended.
+# The globals (load_module, pid, error_log at info, worker_processes) are prepended; a
+# template that sets worker_processes itself keeps its own.
 
 use strict;
 use warnings;
@@ -46,6 +48,7 @@ sub new {
         peer => "$repo/tests/interop/ns_peer.py",
         repo => $repo,
         owner => $$,
+        workers => $ENV{TEST_NGINX_WORKERS} || 2,
     }, $class;
     diag("test dir $dir (kept)") if $ENV{TEST_NGINX_LEAVE};
     for my $bin (qw(nginx module cli)) {
@@ -127,14 +130,19 @@ sub substitute {
     return $text;
 }
 
+sub workers { $_[0]{workers} }
+
 sub write_config {
     my ($self, $template, $name) = @_;
     $name //= 'nginx.conf';
+    my $own = $template =~ /^\s*worker_processes\s+(\d+)/m ? $1 : undef;
+    $self->{expect_workers} = $own // $self->{workers};
+    my $workers = defined $own ? '' : "worker_processes $self->{workers};";
     my $conf = <<"END" . $self->substitute($template);
 load_module $self->{module};
 daemon on;
 master_process on;
-worker_processes 1;
+$workers
 pid $self->{dir}/logs/nginx.pid;
 error_log $self->{dir}/logs/error.log ${\($ENV{TEST_NGINX_LOG_LEVEL} // "info")};
 events { worker_connections 1024; }
@@ -161,7 +169,7 @@ sub run {
     # The master binds every socket before it writes the pid file and forks workers, so
     # no probe connection is needed (one would count as a failed handshake).
     for (1 .. 200) {
-        last if -s "$self->{dir}/logs/nginx.pid" && $self->worker_pids;
+        last if -s "$self->{dir}/logs/nginx.pid" && $self->worker_pids >= $self->{expect_workers};
         sleep 0.05;
     }
     die "nginx did not start" unless $self->worker_pids;
@@ -182,6 +190,24 @@ sub worker_pids {
     my $master = $self->master_pid or return ();
     my @pids = map { s/\s+//gr } `ps -o pid= --ppid $master 2>/dev/null`;
     return grep { length } @pids;
+}
+
+# The workers as one: sorted pids (same string = no worker died or was replaced), total
+# open fds and total RSS (KiB). Connections may land on any worker.
+sub worker_set { join ',', sort { $a <=> $b } $_[0]->worker_pids }
+
+sub fd_total {
+    my ($self) = @_;
+    my $n = 0;
+    $n += $self->fd_count($_) for $self->worker_pids;
+    return $n;
+}
+
+sub rss_total {
+    my ($self) = @_;
+    my $n = 0;
+    $n += $self->rss_kb($_) for $self->worker_pids;
+    return $n;
 }
 
 sub fd_count {
@@ -215,7 +241,7 @@ sub reload {
     my @new;
     for (1 .. 200) {
         @new = grep { !$old{$_} } $self->worker_pids;
-        last if @new;
+        last if @new >= $self->{expect_workers};
         sleep 0.05;
     }
     die "no new worker after reload" unless @new;
