@@ -1,54 +1,119 @@
 #!/usr/bin/env bash
-# Builds everything into build/:
-#   build/sbin/nginx                               nginx 1.28.3 (stream, stream_ssl, http_ssl)
+# Builds everything into build/ (or $NOISE_BUILD):
+#   build/sbin/nginx                               nginx (stream, stream_ssl, http_ssl)
 #   build/modules/ngx_stream_noise_module.so       our dynamic module
 #   build/bin/noisesocket                          the CLI
-# nginx's source comes from the nginx-src crate (fetched by cargo); the module is built the
-# canonical way: auto/configure --add-dynamic-module, whose make rule builds the Rust
-# staticlib. Reuses cargo's target dir (CARGO_TARGET_DIR or ./target).
+#   build/nginx-build-dir, build/nginx-source-dir  the configured objs/ dir and its source
+#                                                  (NGINX_BUILD_DIR/NGINX_SOURCE_DIR for cargo)
+#
+# Which nginx:
+#   (default)         the vendored 1.28.3, from the nginx-src crate that cargo fetches;
+#   NGINX_SRC=DIR     an nginx source tree (an unpacked release tarball, 1.22.1 or newer,
+#                     with the stream sources). DIR is copied, never written to.
+#   NGINX_CONFIGURE   replaces our default ./configure flags (e.g. Debian's conf_flags plus
+#                     its stream flags); --with-stream is required, --with-compat and the
+#                     module are always added.
+# Either way nginx is configured out of tree (--builddir under build/) and the module is
+# built the canonical way: --add-dynamic-module, whose make rule builds the Rust staticlib
+# (nginx-module/config.make). Reuses cargo's target dir (CARGO_TARGET_DIR or ./target).
+# On failure the artifacts above are removed, so nothing half-built is trusted later.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-scripts/deps.sh
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
-build=$repo/build
-nginx_version=1.28.3
-src=$build/nginx-src/nginx-$nginx_version
+build=${NOISE_BUILD:-$repo/build}
 mkdir -p "$build"
+build=$(cd "$build" && pwd)
+fail() {
+    echo "build: $*" >&2
+    exit 1
+}
+discard() {
+    rm -f "$build/sbin/nginx" "$build/modules/"*.so "$build/bin/noisesocket" \
+        "$build/nginx-build-dir" "$build/nginx-source-dir"
+}
+trap 'rc=$?; [ $rc -eq 0 ] || discard; exit $rc' EXIT
 
-# 1. nginx source, unpacked from the crate that cargo fetched.
-if [ ! -f "$src/auto/configure" ]; then
-    cargo fetch --quiet
-    crate=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/nginx-src-*+$nginx_version.crate 2>/dev/null | head -n1)
-    [ -n "$crate" ] || { echo "build: nginx-src crate for $nginx_version not found" >&2; exit 1; }
-    rm -rf "$build/nginx-src" && mkdir -p "$build/nginx-src/unpack"
-    tar -xzf "$crate" -C "$build/nginx-src/unpack"
-    mv "$build/nginx-src/unpack"/nginx-src-*/nginx "$src"
-    rm -rf "$build/nginx-src/unpack"
+# 1. Which nginx source, checked before anything is built.
+if [ -n "${NGINX_SRC:-}" ]; then
+    [ -d "$NGINX_SRC" ] || fail "NGINX_SRC=$NGINX_SRC: no such directory"
+    origin=$(cd "$NGINX_SRC" && pwd)
+    [ -f "$origin/src/core/nginx.h" ] || fail "NGINX_SRC=$origin is not an nginx source tree (no src/core/nginx.h)"
+    [ -f "$origin/configure" ] || [ -f "$origin/auto/configure" ] ||
+        fail "NGINX_SRC=$origin is not an nginx source tree (no configure script)"
+else
+    origin=""
+fi
+version_of() { sed -n 's/^#define NGINX_VERSION *"\([0-9.]*\)".*/\1/p' "$1/src/core/nginx.h"; }
+number_of() { sed -n 's/^#define nginx_version *\([0-9]*\).*/\1/p' "$1/src/core/nginx.h"; }
+if [ -n "$origin" ]; then
+    nginx_version=$(version_of "$origin")
+    number=$(number_of "$origin")
+    [ -n "$number" ] || fail "NGINX_SRC=$origin: cannot read the nginx version from src/core/nginx.h"
+    [ "$number" -ge 1022001 ] || fail "NGINX_SRC=$origin is nginx $nginx_version; the module needs nginx 1.22.1 or newer"
+    [ -f "$origin/src/stream/ngx_stream.h" ] || fail "NGINX_SRC=$origin has no stream module sources (src/stream)"
 fi
 
-# 2. configure, only when the options or the module's config changed.
-opts="--prefix=$build --with-compat --with-threads --with-stream --with-stream_ssl_module"
-opts="$opts --with-http_ssl_module --with-debug --add-dynamic-module=$repo/nginx-module"
-stamp="$opts $(cat nginx-module/config nginx-module/config.make | sha256sum | cut -c1-16) $CARGO_TARGET_DIR"
-if [ ! -f "$src/objs/Makefile" ] || [ "$(cat "$src/objs/.noise-configured" 2>/dev/null)" != "$stamp" ]; then
-    (cd "$src" && auto/configure $opts >"$build/configure.log" 2>&1) \
-        || { tail -30 "$build/configure.log"; exit 1; }
-    echo "$stamp" >"$src/objs/.noise-configured"
+scripts/deps.sh
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+
+# 2. The source tree we configure: the vendored one, or a copy of NGINX_SRC.
+if [ -z "$origin" ]; then
+    nginx_version=1.28.3
+    src=$build/nginx-src/nginx-$nginx_version
+    if [ ! -f "$src/auto/configure" ]; then
+        cargo fetch --quiet
+        crate=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/nginx-src-*+$nginx_version.crate 2>/dev/null | head -n1)
+        [ -n "$crate" ] || fail "nginx-src crate for $nginx_version not found"
+        rm -rf "$build/nginx-src/unpack" "$src" && mkdir -p "$build/nginx-src/unpack"
+        tar -xzf "$crate" -C "$build/nginx-src/unpack"
+        mv "$build/nginx-src/unpack"/nginx-src-*/nginx "$src"
+        rm -rf "$build/nginx-src/unpack"
+    fi
+else
+    tag=$(echo "$origin" | sha256sum | cut -c1-8)
+    src=$build/nginx-src/nginx-$nginx_version-$tag
+    rm -rf "$src" && mkdir -p "$build/nginx-src"
+    cp -a "$origin" "$src"
+fi
+configure=auto/configure
+[ -f "$src/$configure" ] || configure=configure
+
+# 3. Configure out of tree, only when the options or the module's config changed.
+objs=$build/nginx-objs/$(basename "$src")
+if [ -n "${NGINX_CONFIGURE:-}" ]; then
+    flags=$NGINX_CONFIGURE
+else
+    flags="--prefix=$build --with-threads --with-stream --with-stream_ssl_module --with-http_ssl_module --with-debug"
+fi
+case " $flags " in
+*" --with-stream "* | *" --with-stream=dynamic "*) ;;
+*) fail "the nginx ./configure flags have no --with-stream: ngx_stream_noise_module is a stream module" ;;
+esac
+opts="--with-compat $flags --builddir=$objs --add-dynamic-module=$repo/nginx-module"
+stamp="$src $opts $(cat nginx-module/config nginx-module/config.make | sha256sum | cut -c1-16) $CARGO_TARGET_DIR"
+if [ ! -f "$objs/Makefile" ] || [ "$(cat "$objs/.noise-configured" 2>/dev/null)" != "$stamp" ]; then
+    rm -rf "$objs"
+    # shellcheck disable=SC2086 # flags are words on purpose (as on a configure command line)
+    (cd "$src" && ./$configure $opts >"$build/configure.log" 2>&1) ||
+        { tail -30 "$build/configure.log"; fail "configure of nginx $nginx_version failed (build/configure.log)"; }
+    echo "$stamp" >"$objs/.noise-configured"
 fi
 
-# 3. nginx and the module (the module's make rule runs cargo for the staticlib).
+# 4. nginx and the modules (the module's make rule runs cargo for the staticlib).
 jobs=$(nproc 2>/dev/null || echo 2)
-(cd "$src" && make -j"$jobs" -f objs/Makefile binary modules >"$build/make.log" 2>&1) \
-    || { grep -E "error|Error" -A5 "$build/make.log" | head -60; exit 1; }
+(cd "$src" && make -j"$jobs" -f "$objs/Makefile" binary modules >"$build/make.log" 2>&1) ||
+    { grep -E "error|Error" -A5 "$build/make.log" | head -60; fail "make of nginx $nginx_version failed (build/make.log)"; }
 mkdir -p "$build/sbin" "$build/modules" "$build/bin" "$build/conf" "$build/logs"
-echo "$src/objs" >"$build/nginx-build-dir"
-install -m 755 "$src/objs/nginx" "$build/sbin/nginx"
-install -m 755 "$src/objs/ngx_stream_noise_module.so" "$build/modules/ngx_stream_noise_module.so"
+install -m 755 "$objs/nginx" "$build/sbin/nginx"
+for so in "$objs"/*.so; do
+    install -m 755 "$so" "$build/modules/"
+done
 cp -n "$src/conf/mime.types" "$build/conf/" 2>/dev/null || true
 
-# 4. the CLI.
+# 5. the CLI.
 cargo build --release --quiet --bin noisesocket
 install -m 755 "$CARGO_TARGET_DIR/release/noisesocket" "$build/bin/noisesocket"
-echo "build: $build/sbin/nginx, $build/modules/ngx_stream_noise_module.so, $build/bin/noisesocket"
+echo "$objs" >"$build/nginx-build-dir"
+echo "$src" >"$build/nginx-source-dir"
+echo "build: nginx $nginx_version: $build/sbin/nginx, $build/modules/ngx_stream_noise_module.so, $build/bin/noisesocket"

@@ -13,7 +13,7 @@ echo "== cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --check
 cargo clippy --release --quiet --all-targets -- -D warnings
 # The nginx layer against the nginx that scripts/build.sh configured.
-NGINX_BUILD_DIR=${NGINX_BUILD_DIR:-$(cat "$repo/build/nginx-build-dir")} \
+NGINX_BUILD_DIR=$(cat "$repo/build/nginx-build-dir") NGINX_SOURCE_DIR=$(cat "$repo/build/nginx-source-dir") \
     cargo clippy --release --quiet --all-targets --features nginx -- -D warnings
 echo "== cargo test"
 log=$repo/build/cargo-test.log

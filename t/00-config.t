@@ -139,15 +139,17 @@ isnt($rc, 0, 'noise address merged into another socket fails');
 like($out, qr/"noise_listen 0\.0\.0\.0:\d+" in \S+nginx\.conf:\d+ shares its socket with a plain "listen" of the same port; add the "bind" parameter to the plain one/,
     'merged socket: message names the noise_listen and the fix');
 
-# Two servers on one address (nginx 1.25.5+ allows it, by server_name): the socket would be
-# NoiseSocket, so the plain one is refused whichever comes first.
+# Two servers on one address (nginx 1.25.5+ allows it, by server_name; older nginx refuses
+# the duplicate itself): the socket would be NoiseSocket, so the plain one is refused
+# whichever comes first.
+my $name = $t->has('virtual_servers') ? 'server_name plain.example;' : '';
 for my $order (['noise first', 0], ['plain first', 1]) {
     my @servers = ('server { noise_listen 127.0.0.1:%%PORT_s%%; noise_private_key %%TESTDIR%%/server.key; return "x"; } ',
-        'server { listen 127.0.0.1:%%PORT_s%%; server_name plain.example; return "y"; } ');
+        "server { listen 127.0.0.1:%%PORT_s%%; $name return \"y\"; } ");
     @servers = reverse @servers if $order->[1];
     ($rc, $out) = conf_t(join '', @servers);
     isnt($rc, 0, "noise_listen and plain listen on one address ($order->[0]) fail");
-    like($out, qr/"noise_listen 127\.0\.0\.1:\d+" in \S+nginx\.conf:\d+ (and a plain "listen" of the same address in the server at \S+nginx\.conf:\d+ cannot share a socket|shares its socket with a plain "listen")/,
+    like($out, qr/"noise_listen 127\.0\.0\.1:\d+" in \S+nginx\.conf:\d+ (and a plain "listen" of the same address in the server at \S+nginx\.conf:\d+ cannot share a socket|shares its socket with a plain "listen")|duplicate "127\.0\.0\.1:\d+" address and port pair/,
         "one address, $order->[0]: the message names both");
 }
 

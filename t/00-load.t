@@ -15,7 +15,9 @@ my $so = $t->{module};
 
 # nginx itself: the configure options the module needs.
 my $v = $t->run_cmd([$t->{nginx}, '-V']);
-like($v->{err}, qr{nginx/1\.28\.3}, 'nginx 1.28.3');
+my ($version) = $v->{err} =~ m{nginx version: nginx/(\d+\.\d+\.\d+)};
+is($t->version_text, $version // '', "the harness reads nginx $version");
+ok($t->nginx_version >= 1_022_001, "nginx $version is 1.22.1 or newer (the supported range)");
 like($v->{err}, qr{--with-stream\b}, 'nginx has stream');
 like($v->{err}, qr{--with-compat\b}, 'nginx built --with-compat');
 

@@ -62,5 +62,28 @@ is($? >> 8, 0, 'open connection finished cleanly across the reload');
 is($t->read_file($fifo), "first\nsecond\n", 'open connection kept its data flowing');
 like($t->read_file("$fifo.err"), qr/^remote_key=\Q$old_pub\E$/m, 'open connection used the old key');
 ok($t->wait_for(5, sub { !grep { kill 0, $_ } @old_workers }), 'old workers exit once their connection is done');
+
+# A reload that drops the module: the proxy module's `proxy_pass` handler, which the module
+# wraps while it is loaded, must be nginx's own again (a second reload parses proxy_pass
+# with it after our .so may have been unloaded).
+my $plain = $t->substitute(<<'END');
+daemon on;
+master_process on;
+worker_processes 2;
+pid %%TESTDIR%%/logs/nginx.pid;
+error_log %%TESTDIR%%/logs/error.log info;
+events { worker_connections 1024; }
+stream { server { listen 127.0.0.1:%%PORT_plainonly%%; proxy_pass 127.0.0.1:%%PORT_echo%%; proxy_half_close on; } }
+END
+$t->{expect_workers} = 2;
+$t->write_file('nginx.conf', $plain, 0644);
+$t->reload;
+$t->reload;
+my ($echo) = $t->plain_exchange($t->port('plainonly'), "without the module\n", timeout => 5);
+is($echo, "without the module\n", 'reloads without the module: proxy_pass still works');
+$t->write_config($conf =~ s/KEY/new/r);
+$t->reload;
+$r = $t->noise_client($port, "back\n", '--key', "$dir/client.key", '-v');
+is($r->{out}, "back\n", 'and loading it again works');
 unlike($t->error_log, qr/\[(error|crit|alert|emerg)\]/, 'no errors');
 done_testing;

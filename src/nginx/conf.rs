@@ -118,6 +118,8 @@ pub struct SrvConf {
     pub server_side: Option<ServerSide>,
     /// Built by merge for servers with `noise_upstream on`.
     pub upstream_side: Option<Arc<UpstreamSide>>,
+    /// What this server's `proxy_pass` was given (learnt by [`super::proxy_pass`]).
+    pub proxy_pass: Option<Vec<u8>>,
 }
 
 impl SrvConf {

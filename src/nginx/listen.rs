@@ -11,8 +11,8 @@ use std::ffi::c_char;
 
 use nginx_sys::{
     ngx_array_t, ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_listening_t, ngx_parse_url, ngx_str_t,
-    ngx_stream_conf_ctx_t, ngx_stream_core_module, ngx_stream_core_srv_conf_t,
-    ngx_stream_in6_addr_t, ngx_stream_in_addr_t, ngx_stream_port_t, ngx_url_t, NGX_OK,
+    ngx_stream_conf_ctx_t, ngx_stream_core_module, ngx_stream_in6_addr_t, ngx_stream_in_addr_t,
+    ngx_stream_port_t, ngx_url_t, NGX_OK,
 };
 
 /// One recorded `noise_listen` address.
@@ -146,7 +146,7 @@ pub unsafe fn check_shared_addresses(
     cmcf: *const nginx_sys::ngx_stream_core_main_conf_t,
     main: &MainConf,
 ) -> Result<(), String> {
-    use nginx_sys::{ngx_stream_conf_addr_t, ngx_stream_conf_port_t};
+    use nginx_sys::{ngx_stream_conf_addr_t, ngx_stream_conf_port_t, ngx_stream_core_srv_conf_t};
     // SAFETY: until ngx_stream_optimize_servers (after postconfiguration) cmcf->ports is an
     // array of ngx_stream_conf_port_t, each with an array of ngx_stream_conf_addr_t whose
     // servers array holds ngx_stream_core_srv_conf_t pointers.

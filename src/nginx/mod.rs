@@ -22,7 +22,7 @@ pub mod io;
 pub mod listen;
 pub mod log;
 pub mod module;
-pub mod proxy_conf;
+pub mod proxy_pass;
 pub mod server;
 pub mod socket;
 pub mod upstream;

@@ -403,8 +403,13 @@ unsafe fn directive(cf: *mut ngx_conf_t, name: &str, conf: &mut SrvConf) -> Resu
 /// Called only by nginx, through the module definition, with its own arguments.
 #[no_mangle]
 pub unsafe extern "C" fn ngx_stream_noise_preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-    // SAFETY: cf is the stream configuration.
-    unsafe { variables::add(cf) }
+    // SAFETY: cf is the stream configuration, in preconfiguration.
+    unsafe {
+        if super::proxy_pass::wrap(cf) != NGX_OK as ngx_int_t {
+            return NGX_ERROR as ngx_int_t;
+        }
+        variables::add(cf)
+    }
 }
 
 /// # Safety

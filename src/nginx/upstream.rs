@@ -40,7 +40,7 @@ use super::conn::{self, NoiseConn};
 use super::handshake::{drive, Failure, Progress};
 use super::listen::MainConf;
 use super::upstream_side::UpstreamSide;
-use super::{log, proxy_conf};
+use super::{log, proxy_pass};
 use crate::core::handshake::{Handshake, HandshakeInfo};
 
 extern "C" {
@@ -154,15 +154,15 @@ unsafe fn check_server(
             std::ffi::CStr::from_ptr((*cscf).file_name.cast()).to_string_lossy(),
             (*cscf).line
         );
-        match proxy_conf::target(ctx, groups) {
-            proxy_conf::Target::Variable => log::write(
+        match proxy_pass::target(cf, conf, groups) {
+            proxy_pass::Target::Variable => log::write(
                 (*cf).log,
                 log::WARN,
                 &format!(
                     "\"noise_upstream on\" with \"proxy_pass\" to a variable in the server at {at}: targets that are not upstream groups will be refused"
                 ),
             ),
-            proxy_conf::Target::Group(uscf) if side.needs_server_key() => {
+            proxy_pass::Target::Group(uscf) if side.needs_server_key() => {
                 let peers = (*uscf).peer.data as *const ngx_stream_upstream_rr_peers_t;
                 let mut list = peers;
                 while !list.is_null() {

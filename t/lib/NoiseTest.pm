@@ -8,7 +8,12 @@ package NoiseTest;
 # Environment: TEST_NGINX_BINARY (default build/sbin/nginx), TEST_NGINX_MODULE (default
 # build/modules/ngx_stream_noise_module.so), TEST_NGINX_CLI (build/bin/noisesocket),
 # TEST_NGINX_PYTHON (build/venv/bin/python), TEST_NGINX_LEAVE=1 keeps the temp dir,
-# TEST_NGINX_WORKERS (default 2: every suite runs several workers, as production does).
+# TEST_NGINX_WORKERS (default 2: every suite runs several workers, as production does),
+# TEST_NGINX_LOAD_MODULES (space-separated .so files loaded before ours, e.g. Debian's
+# dynamic /usr/lib/nginx/modules/ngx_stream_module.so).
+#
+# Version-aware: `nginx_version` is read from the binary (`nginx -v`); `has('pass')` and
+# friends say whether that nginx has a feature, and `skip_unless` skips with the reason.
 #
 # Template substitutions: %%TESTDIR%%, %%PORT_<name>%% (a free 127.0.0.1 port per name).
 # The globals (load_module, pid, error_log at info, worker_processes) are prepended; a
@@ -49,12 +54,48 @@ sub new {
         repo => $repo,
         owner => $$,
         workers => $ENV{TEST_NGINX_WORKERS} || 2,
+        load_modules => [grep { length } split ' ', $ENV{TEST_NGINX_LOAD_MODULES} // ''],
     }, $class;
     diag("test dir $dir (kept)") if $ENV{TEST_NGINX_LEAVE};
     for my $bin (qw(nginx module cli)) {
         BAIL_OUT("$self->{$bin} not found: run scripts/build.sh") unless -e $self->{$bin};
     }
     return $self;
+}
+
+# The nginx version as a number (1.22.1 is 1022001), from the binary under test.
+sub nginx_version {
+    my ($self) = @_;
+    return $self->{version} //= do {
+        my $v = $self->run_cmd([$self->{nginx}, '-v'])->{err};
+        $v =~ m{nginx/(\d+)\.(\d+)\.(\d+)} or die "cannot read the nginx version: $v";
+        $1 * 1_000_000 + $2 * 1_000 + $3;
+    };
+}
+
+# nginx features that some supported versions lack: name => first version with it.
+my %since = (
+    pass => 1_025_005,              # the stream `pass` directive
+    virtual_servers => 1_025_005,   # stream server_name, several servers per address
+);
+
+sub has {
+    my ($self, $feature) = @_;
+    my $v = $since{$feature} // die "unknown feature $feature";
+    return $self->nginx_version >= $v;
+}
+
+# Why a feature is missing, for skip().
+sub lacks_reason {
+    my ($self, $feature) = @_;
+    my $v = $since{$feature};
+    return sprintf "nginx %s has no %s (since %d.%d.%d)", $self->version_text, $feature,
+        int($v / 1_000_000), int($v / 1_000) % 1_000, $v % 1_000;
+}
+
+sub version_text {
+    my $v = $_[0]->nginx_version;
+    return join '.', int($v / 1_000_000), int($v / 1_000) % 1_000, $v % 1_000;
 }
 
 sub dir { $_[0]{dir} }
@@ -138,7 +179,8 @@ sub write_config {
     my $own = $template =~ /^\s*worker_processes\s+(\d+)/m ? $1 : undef;
     $self->{expect_workers} = $own // $self->{workers};
     my $workers = defined $own ? '' : "worker_processes $self->{workers};";
-    my $conf = <<"END" . $self->substitute($template);
+    my $extra = join '', map { "load_module $_;\n" } @{$self->{load_modules}};
+    my $conf = $extra . <<"END" . $self->substitute($template);
 load_module $self->{module};
 daemon on;
 master_process on;
