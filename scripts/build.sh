@@ -9,7 +9,9 @@
 # Which nginx:
 #   (default)         the vendored 1.28.3, from the nginx-src crate that cargo fetches;
 #   NGINX_SRC=DIR     an nginx source tree (an unpacked release tarball, 1.22.1 or newer,
-#                     with the stream sources). DIR is copied, never written to.
+#                     with the stream sources). DIR is copied, never written to. A tree
+#                     of headers only (Debian's nginx-dev: /usr/share/nginx/src) builds
+#                     the module alone, for the nginx installed from it.
 #   NGINX_CONFIGURE   replaces our default ./configure flags (e.g. Debian's conf_flags plus
 #                     its stream flags); --with-stream is required, --with-compat and the
 #                     module are always added.
@@ -100,12 +102,22 @@ if [ ! -f "$objs/Makefile" ] || [ "$(cat "$objs/.noise-configured" 2>/dev/null)"
     echo "$stamp" >"$objs/.noise-configured"
 fi
 
-# 4. nginx and the modules (the module's make rule runs cargo for the staticlib).
+# 4. nginx and the modules (the module's make rule runs cargo for the staticlib). A tree
+# with headers only (Debian's nginx-dev, /usr/share/nginx/src) builds just our module, for
+# the nginx that is already installed.
 jobs=$(nproc 2>/dev/null || echo 2)
-(cd "$src" && make -j"$jobs" -f "$objs/Makefile" binary modules >"$build/make.log" 2>&1) ||
-    { grep -E "error|Error" -A5 "$build/make.log" | head -60; fail "make of nginx $nginx_version failed (build/make.log)"; }
+if [ -f "$src/src/core/nginx.c" ]; then
+    targets="binary modules"
+else
+    targets="$objs/ngx_stream_noise_module.so"
+fi
+# shellcheck disable=SC2086 # targets are words
+(cd "$src" && make -j"$jobs" -f "$objs/Makefile" $targets >"$build/make.log" 2>&1) || {
+    { grep -E "error|Error" -A5 "$build/make.log" || tail -20 "$build/make.log"; } | head -60
+    fail "make of nginx $nginx_version failed (build/make.log)"
+}
 mkdir -p "$build/sbin" "$build/modules" "$build/bin" "$build/conf" "$build/logs"
-install -m 755 "$objs/nginx" "$build/sbin/nginx"
+[ ! -f "$objs/nginx" ] || install -m 755 "$objs/nginx" "$build/sbin/nginx"
 for so in "$objs"/*.so; do
     install -m 755 "$so" "$build/modules/"
 done
@@ -116,4 +128,4 @@ cargo build --release --quiet --bin noisesocket
 install -m 755 "$CARGO_TARGET_DIR/release/noisesocket" "$build/bin/noisesocket"
 echo "$objs" >"$build/nginx-build-dir"
 echo "$src" >"$build/nginx-source-dir"
-echo "build: nginx $nginx_version: $build/sbin/nginx, $build/modules/ngx_stream_noise_module.so, $build/bin/noisesocket"
+echo "build: nginx $nginx_version: $(ls "$build"/sbin/nginx "$build"/modules/ngx_stream_noise_module.so "$build"/bin/noisesocket 2>/dev/null | tr "\n" " ")"

@@ -35,7 +35,7 @@ $t->write_config('');
 my ($rc, $out) = $t->test_config;
 is($rc, 0, 'loads with no stream block') or diag($out);
 
-$t->write_file('twice.conf', "load_module $so;\nload_module $so;\nevents {}\n", 0644);
+$t->write_file('twice.conf', $t->preload . "load_module $so;\nload_module $so;\nevents {}\n", 0644);
 ($rc, $out) = $t->test_config('twice.conf');
 isnt($rc, 0, 'loading it twice fails');
 like($out, qr/module "ngx_stream_noise_module" is already loaded/, 'nginx says why');

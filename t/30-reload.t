@@ -66,7 +66,7 @@ ok($t->wait_for(5, sub { !grep { kill 0, $_ } @old_workers }), 'old workers exit
 # A reload that drops the module: the proxy module's `proxy_pass` handler, which the module
 # wraps while it is loaded, must be nginx's own again (a second reload parses proxy_pass
 # with it after our .so may have been unloaded).
-my $plain = $t->substitute(<<'END');
+my $plain = $t->preload . $t->substitute(<<'END');
 daemon on;
 master_process on;
 worker_processes 2;

@@ -132,9 +132,10 @@ round('reload to 4 workers', 4);
 # Binary upgrade: the new master inherits the sockets (one per worker with reuseport).
 my $old_master = $t->master_pid;
 kill 'USR2', $old_master;
-ok($t->wait_for(10, sub { -s "$dir/logs/nginx.pid.oldbin" && $t->master_pid != $old_master }),
+ok($t->wait_for(10, sub { -s "$dir/logs/nginx.pid.oldbin" && ($t->master_pid || $old_master) != $old_master }),
     'USR2: a new master started');
-ok($t->wait_for(10, sub { $t->worker_pids == 4 }), 'USR2: the new master has its workers');
+ok($t->wait_for(10, sub { ($t->master_pid || $old_master) != $old_master && $t->worker_pids == 4 }),
+    'USR2: the new master has its workers');
 kill 'QUIT', $old_master;
 ok($t->wait_for(10, sub { !kill 0, $old_master }), 'QUIT: the old master is gone');
 round('after a binary upgrade', 4);

@@ -173,14 +173,16 @@ sub substitute {
 
 sub workers { $_[0]{workers} }
 
+# The load_module lines for TEST_NGINX_LOAD_MODULES, for configs written by hand.
+sub preload { join '', map { "load_module $_;\n" } @{$_[0]{load_modules}} }
+
 sub write_config {
     my ($self, $template, $name) = @_;
     $name //= 'nginx.conf';
     my $own = $template =~ /^\s*worker_processes\s+(\d+)/m ? $1 : undef;
     $self->{expect_workers} = $own // $self->{workers};
     my $workers = defined $own ? '' : "worker_processes $self->{workers};";
-    my $extra = join '', map { "load_module $_;\n" } @{$self->{load_modules}};
-    my $conf = $extra . <<"END" . $self->substitute($template);
+    my $conf = $self->preload . <<"END" . $self->substitute($template);
 load_module $self->{module};
 daemon on;
 master_process on;
