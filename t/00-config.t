@@ -13,6 +13,8 @@ $t->keygen('server');
 $t->write_file('bad.key', "# comment\n\nnot-a-key\n");
 $t->write_file('loose.key', $t->read_file('server.key'), 0644);
 $t->write_file('trusted', "# clients\n" . $t->keygen('client') . "\n");
+$t->write_file('empty-list', "# nobody yet\n\n");
+$t->write_file('huge.key', 'A' x 100_000);
 $t->write_file('psk', "c3VwZXItc2VjcmV0LXNoYXJlZC1rZXktZm9yLXRlc3Q=\n");
 
 sub conf_t {
@@ -60,6 +62,21 @@ my @bad = (
     ['psk pattern without psk',
      'server { noise_listen 127.0.0.1:%%PORT_a%%; noise_private_key %%TESTDIR%%/server.key; noise_protocol Noise_XXpsk3_25519_AESGCM_SHA256; return "x"; }',
      qr/"noise_psk" is required by "Noise_XXpsk3_25519_AESGCM_SHA256"/],
+    ['private key from /dev/zero (read with a size cap)',
+     'noise_private_key /dev/zero;',
+     qr/"noise_private_key": \/dev\/zero: larger than 4096 bytes: not a key file/],
+    ['trusted keys from /dev/zero',
+     'noise_trusted_keys /dev/zero;',
+     qr/"noise_trusted_keys": \/dev\/zero: larger than 1048576 bytes: not a key file/],
+    ['huge psk file',
+     'noise_upstream_psk %%TESTDIR%%/huge.key;',
+     qr/"noise_upstream_psk": \S+huge\.key: larger than 4096 bytes/],
+    ['empty trusted-keys file',
+     'noise_trusted_keys %%TESTDIR%%/empty-list;',
+     qr/"noise_trusted_keys": \S+empty-list: no key in the file/],
+    ['empty upstream trusted-keys file',
+     'noise_upstream_trusted_keys %%TESTDIR%%/empty-list;',
+     qr/"noise_upstream_trusted_keys": \S+empty-list: no key in the file/],
     ['padding out of range',
      'noise_padding 70000;',
      qr/"noise_padding" must be a size from 0 to 65517, not "70000"/],
@@ -86,7 +103,7 @@ my @bad = (
      qr/invalid value "maybe" in "noise_upstream"/],
     ['upstream pattern without private key',
      'server { listen 127.0.0.1:%%PORT_a%%; noise_upstream on; proxy_pass 127.0.0.1:1; }',
-     qr/"noise_upstream_private_key" is required by "Noise_XX_25519_ChaChaPoly_BLAKE2s"/],
+     qr/"noise_upstream_private_key" is required by "Noise_XX_25519_ChaChaPoly_BLAKE2s" \(noise_upstream on in \S+nginx\.conf:\d+\)/],
     ['upstream negotiation',
      'noise_upstream_negotiation protobuf;',
      qr/unknown negotiation "protobuf" \(virgil or empty\)/],
@@ -95,7 +112,7 @@ my @bad = (
      qr/cannot be named in virgil negotiation data; set "noise_upstream_negotiation empty"/],
     ['upstream IK without any server key',
      'server { listen 127.0.0.1:%%PORT_a%%; noise_upstream on; noise_upstream_private_key %%TESTDIR%%/server.key; noise_upstream_protocol Noise_IK_25519_ChaChaPoly_BLAKE2s; proxy_pass 127.0.0.1:1; }',
-     qr/"noise_upstream_server_key" is required by "Noise_IK_25519_ChaChaPoly_BLAKE2s"/],
+     qr/"noise_upstream_server_key" is required by "Noise_IK_25519_ChaChaPoly_BLAKE2s" .*\(noise_upstream on in \S+nginx\.conf:\d+\)/],
     ['server key without a port',
      'noise_upstream_server_key 127.0.0.1 %%TESTDIR%%/server.pub;',
      qr/"noise_upstream_server_key": no port in "127\.0\.0\.1"/],

@@ -125,14 +125,29 @@ fn content(line: &str) -> &str {
     line.split('#').next().unwrap_or("").trim()
 }
 
-fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|e| KeyFileError {
-            path: path.to_path_buf(),
-            line: None,
-            reason: e.to_string(),
-        })
+/// Largest private key or psk file read: a key line with generous comments.
+pub const MAX_SECRET_FILE: u64 = 4 << 10;
+/// Largest public-key list read (about 20,000 keys with comments).
+pub const MAX_LIST_FILE: u64 = 1 << 20;
+
+/// Reads a whole file of at most `cap` bytes: a larger one (or `/dev/zero`) is refused
+/// after reading `cap + 1` bytes, never read to its end.
+fn read(path: &Path, cap: u64) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+    use std::io::Read;
+    let fail = |reason: String| KeyFileError {
+        path: path.to_path_buf(),
+        line: None,
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut data = Zeroizing::new(Vec::new());
+    file.take(cap + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| fail(e.to_string()))?;
+    if data.len() as u64 > cap {
+        return Err(fail(format!("larger than {cap} bytes: not a key file")));
+    }
+    Ok(data)
 }
 
 /// Parses the text of a private key or psk file (see the module doc).
@@ -184,7 +199,7 @@ pub fn parse_secret(path: &Path, data: &[u8]) -> Result<Secret, KeyFileError> {
 
 /// Loads a private key or psk file.
 pub fn load_secret(path: &Path) -> Result<Secret, KeyFileError> {
-    let data = read(path)?;
+    let data = read(path, MAX_SECRET_FILE)?;
     parse_secret(path, &data)
 }
 
@@ -204,12 +219,16 @@ pub fn parse_key_list(path: &Path, data: &[u8]) -> Result<KeySet, KeyFileError> 
         }
         keys.push(decode_key(body).map_err(|reason| err(Some(idx + 1), reason))?);
     }
+    // An empty list would refuse everyone (or trust no back end): surely a mistake.
+    if keys.is_empty() {
+        return Err(err(None, "no key in the file".into()));
+    }
     Ok(KeySet::new(keys))
 }
 
 /// Loads a public-key list.
 pub fn load_key_list(path: &Path) -> Result<KeySet, KeyFileError> {
-    let data = read(path)?;
+    let data = read(path, MAX_LIST_FILE)?;
     parse_key_list(path, &data)
 }
 
@@ -219,7 +238,7 @@ pub fn load_public_key(file_or_base64: &str) -> Result<[u8; KEY_LEN], KeyFileErr
         return Ok(key);
     }
     let path = Path::new(file_or_base64);
-    let data = read(path)?;
+    let data = read(path, MAX_LIST_FILE)?;
     let text = std::str::from_utf8(&data).map_err(|_| KeyFileError {
         path: path.to_path_buf(),
         line: None,

@@ -110,6 +110,8 @@ pub struct SrvConf {
     pub protocols: Option<Vec<Protocol>>,
     pub server: SideConf,
     pub upstream: Option<bool>,
+    /// "file:line" of the `noise_upstream` directive in force (this server's or inherited).
+    pub upstream_at: Option<String>,
     pub upstream_protocol: Option<Protocol>,
     pub upstream_negotiation: Option<Codec>,
     pub upstream_server_keys: Vec<ServerKey>,
@@ -131,6 +133,7 @@ impl SrvConf {
         self.server.merge(&parent.server);
         if self.upstream.is_none() {
             self.upstream = parent.upstream;
+            self.upstream_at.clone_from(&parent.upstream_at);
         }
         if self.upstream_protocol.is_none() {
             self.upstream_protocol.clone_from(&parent.upstream_protocol);
@@ -150,7 +153,11 @@ impl SrvConf {
             );
         }
         if self.upstream == Some(true) {
-            self.upstream_side = Some(Arc::new(self.build_upstream_side()?));
+            let at = self.upstream_at.clone().unwrap_or_default();
+            self.upstream_side = Some(Arc::new(
+                self.build_upstream_side()
+                    .map_err(|e| format!("{e} (noise_upstream on in {at})"))?,
+            ));
         }
         Ok(())
     }

@@ -16,6 +16,10 @@ pub const WARN: ngx_uint_t = nginx_sys::NGX_LOG_WARN as ngx_uint_t;
 /// `info` level.
 pub const INFO: ngx_uint_t = NGX_LOG_INFO as ngx_uint_t;
 
+/// Level of a failed handshake with a back end, whoever's fault: an upstream that cannot be
+/// reached is the operator's concern, as nginx's own "connect() failed" lines are.
+pub const UPSTREAM_FAILURE: ngx_uint_t = ERR;
+
 /// Log level for a core error.
 pub fn level_of(e: &Error) -> ngx_uint_t {
     if e.is_peer_fault() {

@@ -364,6 +364,8 @@ unsafe fn directive(cf: *mut ngx_conf_t, name: &str, conf: &mut SrvConf) -> Resu
                 }
             };
             set_once(&mut conf.upstream, on, name)?;
+            // SAFETY: cf is live.
+            conf.upstream_at = Some(unsafe { position(cf) });
         }
         "noise_upstream_protocol" => {
             let p = Protocol::parse(&text(first)).map_err(|e| format!("\"{name}\": {e}"))?;

@@ -437,12 +437,59 @@ unsafe fn hand_back(w: &mut PeerWrap, failed: bool) {
     }
 }
 
+/// A failed handshake with the back end: one `error` line that says what happened, then a
+/// failed attempt for the proxy (`max_fails`, `proxy_next_upstream`).
+///
+/// The proxy learns of the failure as a connect timeout, the only failure it can be told
+/// of without a socket error, and would log "upstream timed out" about this connection. So
+/// for that call the connection gets a copy of its log that passes only `crit` and worse:
+/// our line is the one the operator reads. Lines about the session (the client connection's
+/// log, e.g. "no live upstreams") are not affected.
+unsafe fn fail(w: &mut PeerWrap, reason: &str) {
+    // SAFETY: w.conn is the live upstream connection, w.pc its peer; the quiet log lives
+    // in the session pool, which outlives the connection.
+    unsafe {
+        let c = w.conn;
+        let name = if (*w.pc).name.is_null() {
+            String::from("(unknown)")
+        } else {
+            String::from_utf8_lossy((*(*w.pc).name).as_bytes()).into_owned()
+        };
+        log::write(
+            (*c).log,
+            log::UPSTREAM_FAILURE,
+            &format!("noise: NoiseSocket handshake with upstream {name} failed: {reason}"),
+        );
+        let pool = (*(*w.session).connection).pool;
+        let quiet = nginx_sys::ngx_palloc(pool, std::mem::size_of::<nginx_sys::ngx_log_t>())
+            as *mut nginx_sys::ngx_log_t;
+        if !quiet.is_null() {
+            std::ptr::copy_nonoverlapping((*c).log, quiet, 1);
+            (*quiet).log_level = nginx_sys::NGX_LOG_CRIT as ngx_uint_t;
+            (*c).log = quiet;
+        }
+        hand_back(w, true);
+    }
+}
+
+/// The reason text of a handshake failure.
+fn reason(failure: &Failure) -> String {
+    match failure {
+        Failure::Noise(e) => e.to_string(),
+        Failure::Socket { doing, errno } => format!(
+            "{doing} ({errno}: {})",
+            std::io::Error::from_raw_os_error(*errno)
+        )
+        .replace(&format!(" (os error {errno})"), ""),
+    }
+}
+
 /// Advances connect-then-handshake.
 unsafe fn step(w: &mut PeerWrap) {
     // SAFETY: w.conn is the live upstream connection (checked by the callers' paths).
     unsafe {
         let c = w.conn;
-        let (rev, wev, log) = ((*c).read, (*c).write, (*c).log);
+        let (rev, wev) = ((*c).read, (*c).write);
         if !w.connected {
             if (*wev).timedout() != 0 || (*rev).timedout() != 0 {
                 (*wev).set_timedout(1);
@@ -465,8 +512,7 @@ unsafe fn step(w: &mut PeerWrap) {
             ngx_add_timer(wev, w.side.handshake_timeout);
         }
         if (*wev).timedout() != 0 || (*rev).timedout() != 0 {
-            log::write(log, log::INFO, "noise: upstream handshake timed out");
-            return hand_back(w, true);
+            return fail(w, "timed out");
         }
         match drive(c) {
             Progress::Done => {
@@ -479,18 +525,15 @@ unsafe fn step(w: &mut PeerWrap) {
             }
             Progress::WantRead => {
                 if ngx_handle_read_event(rev, 0) != NGX_OK as ngx_int_t {
-                    hand_back(w, true);
+                    fail(w, "cannot wait for the read event");
                 }
             }
             Progress::WantWrite => {
                 if ngx_handle_write_event(wev, 0) != NGX_OK as ngx_int_t {
-                    hand_back(w, true);
+                    fail(w, "cannot wait for the write event");
                 }
             }
-            Progress::Failed(failure) => {
-                report(log, &failure);
-                hand_back(w, true);
-            }
+            Progress::Failed(failure) => fail(w, &reason(&failure)),
         }
     }
 }
@@ -514,18 +557,6 @@ fn tcp_state(fd: i32) -> Option<i32> {
             &mut len,
         );
         (rc == 0).then_some(i32::from(info.tcpi_state))
-    }
-}
-
-unsafe fn report(log: *mut nginx_sys::ngx_log_t, failure: &Failure) {
-    // SAFETY: log is live.
-    unsafe {
-        match failure {
-            Failure::Noise(e) => log::error(log, "upstream handshake failed", e),
-            Failure::Socket { doing, errno } => {
-                log::errno(log, &format!("upstream handshake: {doing}"), *errno)
-            }
-        }
     }
 }
 
