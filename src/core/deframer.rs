@@ -113,6 +113,16 @@ impl Deframer {
         }
     }
 
+    /// Whether a transport frame has been opened: the peer's first one is opened now if it
+    /// is whole (its body stays pending for [`Deframer::read_plain`]). False when more
+    /// ciphertext is needed.
+    pub fn open_first(&mut self, opener: &mut Opener) -> Result<bool> {
+        if !self.plain.is_empty() {
+            return Ok(true);
+        }
+        self.open_next(opener)
+    }
+
     /// The rest of the current body, or the body of the next whole frame (possibly empty).
     pub fn next(&mut self, opener: &mut Opener) -> Result<Option<&[u8]>> {
         if self.plain.is_empty() && !self.open_next(opener)? {

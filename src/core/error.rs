@@ -60,6 +60,11 @@ pub enum Error {
     /// The peer's static key differs from the one configured for it.
     #[error("{} key mismatch: got {}", .role, crate::core::keys::encode_key(.key))]
     WrongRemoteKey { role: &'static str, key: [u8; 32] },
+    /// The initiator of a pattern whose first message can be replayed
+    /// ([`crate::core::protocol::Protocol::initiator_auth_replayable`]) closed before its first
+    /// transport message: it never proved it holds the session keys.
+    #[error("connection closed before the client's first transport message, which this protocol needs to authenticate it (a replayed handshake message?)")]
+    Unconfirmed,
     /// The local configuration cannot run this protocol (missing key, bad name, ...).
     #[error("configuration: {0}")]
     Config(String),

@@ -214,6 +214,18 @@ impl Protocol {
         self.needs_local_static(peer)
     }
 
+    /// Whether the responder's view of who the initiator is rests only on replayable bytes:
+    /// the pattern authenticates the initiator (a static key, `K` or `I`, or a psk) and the
+    /// responder writes the last handshake message, so nothing the initiator sent depends on
+    /// the responder's ephemeral key. Anyone who recorded message 1 can send it again and be
+    /// taken for that initiator until it has to use the session keys. So the responder waits
+    /// for the first transport message, and our initiators send one (empty if they have
+    /// nothing to say) right after the handshake (docs/protocol.md §4.6).
+    pub fn initiator_auth_replayable(&self) -> bool {
+        self.message_count() % 2 == 0
+            && (self.needs_local_static(Role::Initiator) || self.has_psk())
+    }
+
     /// Number of handshake messages.
     pub fn message_count(&self) -> usize {
         use HandshakePattern::*;

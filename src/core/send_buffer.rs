@@ -92,6 +92,17 @@ impl SendBuffer {
         &mut self.buffer()[end + BODY_OFFSET..end + BODY_OFFSET + body]
     }
 
+    /// Seals a frame with an empty body (a keep-the-peer-informed frame: it proves we hold
+    /// the session keys, see `Protocol::initiator_auth_replayable`).
+    pub fn seal_empty(&mut self, sealer: &mut Sealer) -> Result<()> {
+        if self.room() < sealer.frame_len(0) {
+            return Err(crate::core::Error::Internal(
+                "no room for an empty frame".into(),
+            ));
+        }
+        self.seal_body(sealer, 0)
+    }
+
     /// Seals the `body_len` bytes placed in [`SendBuffer::body_space`].
     pub fn seal_body(&mut self, sealer: &mut Sealer, body_len: usize) -> Result<()> {
         let end = self.end;

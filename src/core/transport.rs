@@ -165,11 +165,12 @@ impl Sealer {
 
     /// Seals a frame whose body the caller already placed at `frame[BODY_OFFSET..]`
     /// (`body_len` bytes, at most 65517): writes the length fields and padding, encrypts in
-    /// place and returns the frame's length. `frame` must hold [`Sealer::frame_len`] bytes.
+    /// place and returns the frame's length. `frame` must hold [`Sealer::frame_len`] bytes. An
+    /// empty body is allowed: such a frame proves the keys and carries nothing.
     pub fn seal_prepared(&mut self, frame: &mut [u8], body_len: usize) -> Result<usize> {
         let padded = payload::padded_len(body_len, self.pad_to);
         let len = FRAME_OVERHEAD + padded;
-        if body_len == 0 || body_len > MAX_BODY || frame.len() < len {
+        if body_len > MAX_BODY || frame.len() < len {
             return Err(Error::Internal(format!(
                 "cannot seal a body of {body_len} bytes"
             )));

@@ -49,6 +49,10 @@ pub struct NoiseConn {
     pub read_error: bool,
     /// A write-side failure (sticky).
     pub write_error: bool,
+    /// Server side: the handshake is done but the client is not authenticated until its
+    /// first transport frame opens (its first message could be a replay, see
+    /// `Protocol::initiator_auth_replayable`). Variables show nothing meanwhile.
+    pub awaiting_first_frame: bool,
 }
 
 impl NoiseConn {
@@ -63,7 +67,16 @@ impl NoiseConn {
             read_eof: false,
             read_error: false,
             write_error: false,
+            awaiting_first_frame: false,
         }
+    }
+
+    /// What the handshake established, once the peer is authenticated.
+    pub fn established(&self) -> Option<&HandshakeInfo> {
+        if self.awaiting_first_frame {
+            return None;
+        }
+        self.info.as_deref()
     }
 
     pub fn transport(&mut self) -> Option<&mut Transport> {

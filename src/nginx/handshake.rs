@@ -126,15 +126,88 @@ unsafe fn establish(c: *mut ngx_connection_t, st: &mut conn::NoiseConn) -> Resul
     let Phase::Handshake(hs) = std::mem::replace(&mut st.phase, Phase::Closed) else {
         return Err(Error::Internal("no handshake to finish".into()));
     };
+    let initiator = hs.role().is_initiator();
     let est = hs.finish()?;
     if !est.pending.is_empty() {
         return Err(Error::Internal(
             "handshake bytes left after completion".into(),
         ));
     }
+    let replayable = est.info.protocol.initiator_auth_replayable();
     st.phase = Phase::Transport(Box::new(est.transport));
     st.info = Some(Box::new(est.info));
     // SAFETY: c is live and now has an established state.
     unsafe { io::install(c) };
+    if replayable {
+        if initiator {
+            // Prove we hold the session keys at once (the back end may be waiting for it
+            // before it speaks first): an empty frame, flushed now or with the next write.
+            // SAFETY: c is live and st is its established state.
+            unsafe { io::send_empty_frame(c, st) }
+                .map_err(|()| Error::Internal("cannot send the first transport frame".into()))?;
+        } else {
+            st.awaiting_first_frame = true;
+        }
+    }
     Ok(())
+}
+
+/// Server side, after [`drive`] said done on a protocol whose first message could be a
+/// replay: waits until the client's first transport frame opens. Its body stays buffered
+/// for the next reader.
+///
+/// # Safety
+/// `c` must be a live connection with an established [`conn::NoiseConn`].
+pub unsafe fn await_first_frame(c: *mut ngx_connection_t) -> Progress {
+    // SAFETY: caller guarantees c is live with state; the reference ends with this call.
+    let Some(st) = (unsafe { conn::get(c) }) else {
+        return Progress::Failed(Failure::Noise(Error::Internal(
+            "no connection state".into(),
+        )));
+    };
+    // SAFETY: c is live; its read event exists for its whole life.
+    let (fd, rev) = unsafe { ((*c).fd, &mut *(*c).read) };
+    loop {
+        let conn::NoiseConn {
+            phase: Phase::Transport(tr),
+            input,
+            ..
+        } = &mut *st
+        else {
+            return Progress::Failed(Failure::Noise(Error::Internal("not in transport".into())));
+        };
+        match input.open_first(&mut tr.opener) {
+            Ok(true) => {
+                st.awaiting_first_frame = false;
+                // The body, or frames behind it, may be waiting: let the next reader look.
+                rev.set_ready(1);
+                return Progress::Done;
+            }
+            Ok(false) => {}
+            Err(e) => return Progress::Failed(Failure::Noise(e)),
+        }
+        if rev.ready() == 0 {
+            return Progress::WantRead;
+        }
+        match socket::recv(fd, st.input.spare()) {
+            Io::Done(n) => st.input.commit(n),
+            Io::Eof => {
+                let e = match st.input.check_eof() {
+                    Err(e) => e,
+                    Ok(()) => Error::Unconfirmed,
+                };
+                return Progress::Failed(Failure::Noise(e));
+            }
+            Io::Again => {
+                rev.set_ready(0);
+                return Progress::WantRead;
+            }
+            Io::Failed(errno) => {
+                return Progress::Failed(Failure::Socket {
+                    doing: "recv() failed",
+                    errno,
+                })
+            }
+        }
+    }
 }

@@ -48,6 +48,32 @@ pub unsafe fn install(c: *mut ngx_connection_t) {
     }
 }
 
+/// Seals one empty frame and flushes what the socket takes now; the rest leaves with the
+/// next write (the `BUFFERED` bit asks nginx for that flush).
+///
+/// # Safety
+/// `c` must be live and `st` its established state.
+pub unsafe fn send_empty_frame(c: *mut ngx_connection_t, st: &mut NoiseConn) -> Result<(), ()> {
+    let mut first = true;
+    // SAFETY: forwarded.
+    unsafe {
+        seal_and_flush(c, st, |st| {
+            if std::mem::take(&mut first) {
+                let NoiseConn {
+                    phase: conn::Phase::Transport(tr),
+                    output,
+                    ..
+                } = st
+                else {
+                    return Err(crate::core::Error::Internal("not in transport".into()));
+                };
+                output.seal_empty(&mut tr.sealer)?;
+            }
+            Ok(false)
+        })
+    }
+}
+
 /// `c->recv`.
 ///
 /// # Safety

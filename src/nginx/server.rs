@@ -6,6 +6,9 @@
 //!   and both events routed to the phase runner (`ngx_stream_session_handler`);
 //! * every call: a timed-out read event ends it, otherwise the handshake is driven; NGX_AGAIN
 //!   suspends the phase until the next event;
+//! * done, for protocols whose first message could be a replay (IK, KK, ...): the client
+//!   counts as authenticated only once its first transport frame opens, so the phase waits
+//!   for it under the same timer (docs/protocol.md §4.6);
 //! * done: the timer is deleted (the preread phase skips connections with a read timer),
 //!   both events are marked ready as `ngx_ssl_handshake` does, and the phase says NGX_OK;
 //! * failure: one log line (`info` for the peer's fault, `error` for ours) and status 400 or
@@ -20,7 +23,7 @@ use nginx_sys::{
 };
 
 use super::conn::{self, NoiseConn, Phase};
-use super::handshake::{drive, Failure, Progress};
+use super::handshake::{await_first_frame, drive, Failure, Progress};
 use super::log;
 use crate::core::handshake::{Handshake, Settings};
 use crate::core::negotiation::Policy;
@@ -83,18 +86,40 @@ pub unsafe fn handshake_phase(s: *mut ngx_stream_session_t, side: &ServerSide) -
         }
         Some(NoiseConn {
             phase: Phase::Transport(_),
+            awaiting_first_frame: false,
             ..
         }) => return NGX_OK as ngx_int_t,
         Some(_) => {}
     }
+    // SAFETY: c is live; the reference ends here.
+    let confirming = unsafe { conn::get(c) }.is_some_and(|st| st.awaiting_first_frame);
     // SAFETY: rev is live.
     if unsafe { (*rev).timedout() } != 0 {
+        let msg = if confirming {
+            "noise: handshake timed out waiting for the client's first transport message, which this protocol needs to authenticate it (a replayed handshake message?)"
+        } else {
+            "noise: handshake timed out"
+        };
         // SAFETY: log is live.
-        unsafe { log::write(log, log::INFO, "noise: handshake timed out") };
+        unsafe { log::write(log, log::INFO, msg) };
         return NGX_STREAM_BAD_REQUEST as ngx_int_t;
     }
     // SAFETY: c is live with state attached.
-    match unsafe { drive(c) } {
+    let mut progress = if confirming {
+        // SAFETY: as above, the state is established.
+        unsafe { await_first_frame(c) }
+    } else {
+        // SAFETY: as above.
+        unsafe { drive(c) }
+    };
+    if matches!(progress, Progress::Done) && !confirming {
+        // SAFETY: c is live; the reference ends here.
+        if unsafe { conn::get(c) }.is_some_and(|st| st.awaiting_first_frame) {
+            // SAFETY: as above.
+            progress = unsafe { await_first_frame(c) };
+        }
+    }
+    match progress {
         Progress::Done => {
             // SAFETY: events are live; the timer is deleted only if set.
             unsafe {

@@ -93,7 +93,7 @@ unsafe extern "C" fn get(
         _ => {
             // SAFETY: c is live; the reference ends before we return.
             unsafe { conn::get(c) }
-                .and_then(|st| st.info.as_deref())
+                .and_then(|st| st.established())
                 .map(|info| value(info, *which))
         }
     };

@@ -42,9 +42,21 @@ pub fn handshake(stream: &mut TcpStream, mut hs: Handshake) -> Result<Session, S
             }
         }
     }
-    let est = hs.finish().map_err(|e| format!("handshake failed: {e}"))?;
+    let initiator = hs.role().is_initiator();
+    let mut est = hs.finish().map_err(|e| format!("handshake failed: {e}"))?;
+    let mut out = est.pending;
+    if initiator && est.info.protocol.initiator_auth_replayable() {
+        // The server takes us for who we say only once a transport frame opens
+        // (docs/protocol.md §4.6): send an empty one with the last handshake bytes.
+        let start = out.len();
+        out.resize(start + est.transport.sealer.frame_len(0), 0);
+        est.transport
+            .sealer
+            .seal_prepared(&mut out[start..], 0)
+            .map_err(|e| format!("handshake failed: {e}"))?;
+    }
     stream
-        .write_all(&est.pending)
+        .write_all(&out)
         .map_err(|e| format!("handshake failed: {e}"))?;
     Ok(Session {
         transport: est.transport,
