@@ -143,8 +143,11 @@ unsafe fn establish(c: *mut ngx_connection_t, st: &mut conn::NoiseConn) -> Resul
             // Prove we hold the session keys at once (the back end may be waiting for it
             // before it speaks first): an empty frame, flushed now or with the next write.
             // SAFETY: c is live and st is its established state.
-            unsafe { io::send_empty_frame(c, st) }
-                .map_err(|()| Error::Internal("cannot send the first transport frame".into()))?;
+            if !unsafe { io::send_empty_frame(c, st) } {
+                return Err(Error::Internal(
+                    "cannot send the first transport frame".into(),
+                ));
+            }
         } else {
             st.awaiting_first_frame = true;
         }

@@ -49,11 +49,12 @@ pub unsafe fn install(c: *mut ngx_connection_t) {
 }
 
 /// Seals one empty frame and flushes what the socket takes now; the rest leaves with the
-/// next write (the `BUFFERED` bit asks nginx for that flush).
+/// next write (the `BUFFERED` bit asks nginx for that flush). False when that failed
+/// (already logged).
 ///
 /// # Safety
 /// `c` must be live and `st` its established state.
-pub unsafe fn send_empty_frame(c: *mut ngx_connection_t, st: &mut NoiseConn) -> Result<(), ()> {
+pub unsafe fn send_empty_frame(c: *mut ngx_connection_t, st: &mut NoiseConn) -> bool {
     let mut first = true;
     // SAFETY: forwarded.
     unsafe {
@@ -71,6 +72,7 @@ pub unsafe fn send_empty_frame(c: *mut ngx_connection_t, st: &mut NoiseConn) -> 
             }
             Ok(false)
         })
+        .is_ok()
     }
 }
 
