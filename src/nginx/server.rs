@@ -2,7 +2,7 @@
 //! `noise_listen` socket. It runs the responder handshake, non-blocking and resumable, like
 //! `ngx_stream_ssl_init_connection` and its handshake handler:
 //!
-//! * first call: TCP_NODELAY, state attached to `c->pool`, the handshake timer on `c->read`,
+//! * first call: TCP_NODELAY (when the server's `tcp_nodelay` is on), state attached to `c->pool`, the handshake timer on `c->read`,
 //!   and both events routed to the phase runner (`ngx_stream_session_handler`);
 //! * every call: a timed-out read event ends it, otherwise the handshake is driven; NGX_AGAIN
 //!   suspends the phase until the next event;
@@ -72,7 +72,10 @@ pub unsafe fn handshake_phase(s: *mut ngx_stream_session_t, side: &ServerSide) -
             }
             // SAFETY: c, its events and log are live.
             unsafe {
-                if ngx_tcp_nodelay(c) != NGX_OK as ngx_int_t {
+                // As ngx_stream_ssl_init_connection: only where the server wants it.
+                let cscf = *(*s).srv_conf.add(nginx_sys::ngx_stream_core_module.ctx_index)
+                    as *const nginx_sys::ngx_stream_core_srv_conf_t;
+                if (*cscf).tcp_nodelay != 0 && ngx_tcp_nodelay(c) != NGX_OK as ngx_int_t {
                     return ERROR;
                 }
                 (*log).action = c"NoiseSocket handshaking".as_ptr().cast_mut();
