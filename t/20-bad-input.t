@@ -6,6 +6,7 @@
 
 use strict;
 use warnings;
+use IO::Socket::INET;
 use Test::More;
 use lib 't/lib';
 use NoiseTest;
@@ -72,12 +73,13 @@ bad_input('garbage negotiation data', qr/noise: handshake failed: refused negoti
     ok($closed, 'garbage: closed');
 });
 
-bad_input('garbage then FIN', qr/noise: handshake failed: connection closed inside a frame/, sub {
+# "GE" announces 18245 bytes of negotiation data: refused from the length alone.
+bad_input('garbage then FIN', qr/noise: handshake failed: handshake message announces negotiation data of 18245 bytes, more than the 256 allowed/, sub {
     my (undef, $closed) = $t->raw_exchange($main, "GET / HTTP/1.0\r\n\r\n", half_close => 1);
     ok($closed, 'http garbage + FIN: closed');
 });
 
-bad_input('oversize lengths', qr/noise: handshake failed: refused negotiation data/, sub {
+bad_input('oversize lengths', qr/noise: handshake failed: handshake message announces negotiation data of 65535 bytes, more than the 256 allowed/, sub {
     my ($got, $closed) = $t->raw_exchange($main, "\xff\xff" . ("A" x 65535) . "\xff\xff" . ("B" x 65535));
     ok($closed, 'oversize: closed');
 });
@@ -133,6 +135,28 @@ bad_input('no client key with trusted keys', qr/noise: handshake failed: connect
         'NN against trusted keys: only a retry with XX is offered');
     is($r->{out}, '', 'NN against trusted keys: nothing gets through');
 });
+
+# 1000 handshakes that announce the largest lengths the wire allows (65535) and send all but
+# the last byte; then 1000 that announce the largest message we allow (4096) likewise:
+# memory grows only with what arrived and a legitimate message needs, under 16 MiB.
+for my $case (["\xff\xff" . ("\x41" x 65534), 'announced 65535'],
+              ["\x00\x00\x10\x00" . ("\x41" x 4095), 'announced 4096 (the cap)']) {
+    my ($bytes, $what) = @$case;
+    local $SIG{PIPE} = 'IGNORE';
+    my $rss0 = $t->rss_total;
+    my @held;
+    for (1 .. 1000) {
+        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$main", Timeout => 5) or last;
+        syswrite($s, $bytes);
+        push @held, $s;
+    }
+    is(scalar @held, 1000, "$what: 1000 partial handshakes connected");
+    sleep 2;
+    my $grown = $t->rss_total - $rss0;
+    ok($grown < 16 * 1024, "$what: RSS grew by $grown KiB (< 16 MiB)");
+    close $_ for @held;
+    ok($t->wait_for(5, sub { $t->fd_total == $baseline }), "$what: fds back to baseline");
+}
 
 # A client that stops reading while the backend floods: memory stays bounded.
 {

@@ -41,24 +41,46 @@ fn take(hs: &mut Handshake) -> Vec<u8> {
 
 #[test]
 fn largest_handshake_messages_are_bounded_and_checked() {
-    // NK: message 1 is encrypted, so 65535 bytes of junk fail to authenticate.
+    use nginx_noise::core::frame::{MAX_NEGOTIATION_DATA, MAX_NOISE_MESSAGE};
+    // A noise message announced longer than any legitimate one is refused as soon as its
+    // length is read, before its bytes arrive (nothing is reserved for it).
     let nk = "NK_25519_ChaChaPoly_BLAKE2s";
     let mut bob = Handshake::responder(
         Arc::new(policy(&[nk], Codec::Virgil, creds(Some(2), None))),
         settings(None),
     );
-    let mut msg = vec![0, 6, 0, 1, 1, 1, 1, 5, 0xff, 0xff];
-    msg.extend(std::iter::repeat_n(0x41u8, 65535));
+    let msg = vec![0, 6, 0, 1, 1, 1, 1, 5, 0xff, 0xff];
+    assert!(matches!(
+        bob.read(&msg),
+        Err(Error::HandshakeFieldTooLong { len: 65535, .. })
+    ));
+    // At the cap, NK's encrypted message 1 of junk fails to authenticate.
+    let mut bob = Handshake::responder(
+        Arc::new(policy(&[nk], Codec::Virgil, creds(Some(2), None))),
+        settings(None),
+    );
+    let mut msg = vec![0, 6, 0, 1, 1, 1, 1, 5];
+    msg.extend_from_slice(&(MAX_NOISE_MESSAGE as u16).to_be_bytes());
+    msg.extend(std::iter::repeat_n(0x41u8, MAX_NOISE_MESSAGE));
     assert!(matches!(bob.read(&msg), Err(Error::Decrypt(_))));
-    // XX: message 1 is `e` plus a cleartext payload, which may legally be that large.
+    // XX: message 1 is `e` plus a cleartext payload, which may be as large as the cap.
     let mut bob = xx_pair().1;
     msg[7] = 9;
     assert_eq!(bob.read(&msg).unwrap(), msg.len());
-    assert_eq!(bob.received_payloads()[0].len(), 65535 - 32);
-    // Negotiation data of 65535 bytes is read, then refused.
+    assert_eq!(bob.received_payloads()[0].len(), MAX_NOISE_MESSAGE - 32);
+    // Negotiation data over the cap is refused from its length alone ...
     let mut bob = xx_pair().1;
-    let mut msg = vec![0xff, 0xff];
-    msg.extend(std::iter::repeat_n(0u8, 65535));
+    assert!(matches!(
+        bob.read(&[0xff, 0xff]),
+        Err(Error::HandshakeFieldTooLong {
+            field: "negotiation data",
+            ..
+        })
+    ));
+    // ... and at the cap it is read, then refused as unknown.
+    let mut bob = xx_pair().1;
+    let mut msg = (MAX_NEGOTIATION_DATA as u16).to_be_bytes().to_vec();
+    msg.extend(std::iter::repeat_n(0u8, MAX_NEGOTIATION_DATA));
     msg.extend_from_slice(&[0, 32]);
     msg.extend_from_slice(&[1u8; 32]);
     assert!(matches!(bob.read(&msg), Err(Error::Refused(_))));

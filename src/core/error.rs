@@ -60,6 +60,14 @@ pub enum Error {
     /// The peer's static key differs from the one configured for it.
     #[error("{} key mismatch: got {}", .role, crate::core::keys::encode_key(.key))]
     WrongRemoteKey { role: &'static str, key: [u8; 32] },
+    /// A handshake message announces a field longer than any legitimate one
+    /// ([`crate::core::frame::MAX_NEGOTIATION_DATA`], [`crate::core::frame::MAX_NOISE_MESSAGE`]).
+    #[error("handshake message announces {field} of {len} bytes, more than the {max} allowed")]
+    HandshakeFieldTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     /// The initiator of a pattern whose first message can be replayed
     /// ([`crate::core::protocol::Protocol::initiator_auth_replayable`]) closed before its first
     /// transport message: it never proved it holds the session keys.

@@ -2,13 +2,24 @@
 //!
 //! * [`HandshakeReader`] assembles one handshake message `u16 neg_len | neg | u16 noise_len |
 //!   noise` from input split at any byte. It consumes exactly up to the end of the message and
-//!   never more, so bytes after the last handshake message stay with the caller. It holds at
-//!   most one message (each field is capped at 65535 by its u16 length).
+//!   never more, so bytes after the last handshake message stay with the caller. Memory grows
+//!   only with bytes received (nothing is reserved for an announced length), and each field
+//!   is capped at what a legitimate message needs ([`MAX_NEGOTIATION_DATA`],
+//!   [`MAX_NOISE_MESSAGE`]): a peer that announces more is refused at once instead of
+//!   pinning memory until the handshake timeout (docs/protocol.md §1.4).
 //! * [`transport_frame`] inspects the start of a buffer holding transport frames: it tells
 //!   whether a whole frame is there and how long it is, rejecting lengths under 18 bytes.
 
 use super::error::{Error, Result};
 use super::payload::MIN_TRANSPORT_MESSAGE;
+
+/// Longest negotiation data accepted: Virgil's is 6 bytes, deployed peers send short strings
+/// (the published vectors: 11); 256 leaves room for any format we might meet.
+pub const MAX_NEGOTIATION_DATA: usize = 256;
+/// Longest noise message accepted in a handshake. Every protocol we run uses 25519: the DH
+/// fields of a message are at most 96 bytes (`e`, an encrypted `s` and a tag), and our
+/// peers' handshake payloads are empty or padded; 4 KiB allows padding up to 4000 bytes.
+pub const MAX_NOISE_MESSAGE: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Field {
@@ -28,6 +39,8 @@ pub struct HandshakeReader {
     want: usize,
     neg: Vec<u8>,
     noise: Vec<u8>,
+    /// A field announced too long: the reader stops.
+    failed: Option<Error>,
 }
 
 impl Default for HandshakeReader {
@@ -45,14 +58,20 @@ impl HandshakeReader {
             want: 0,
             neg: Vec::new(),
             noise: Vec::new(),
+            failed: None,
         }
+    }
+
+    /// Why the reader stopped, if a field was announced too long (taken once).
+    pub fn take_error(&mut self) -> Option<Error> {
+        self.failed.take()
     }
 
     /// Consumes bytes of the current message; returns how many were used. Stops at the end of
     /// the message.
     pub fn feed(&mut self, mut input: &[u8]) -> usize {
         let start = input.len();
-        while !input.is_empty() && self.field != Field::Done {
+        while !input.is_empty() && self.field != Field::Done && self.failed.is_none() {
             match self.field {
                 Field::NegLen | Field::NoiseLen => {
                     self.len_bytes[self.len_have] = input[0];
@@ -61,6 +80,19 @@ impl HandshakeReader {
                     if self.len_have == 2 {
                         self.len_have = 0;
                         self.want = usize::from(u16::from_be_bytes(self.len_bytes));
+                        let (field, max) = if self.field == Field::NegLen {
+                            ("negotiation data", MAX_NEGOTIATION_DATA)
+                        } else {
+                            ("a noise message", MAX_NOISE_MESSAGE)
+                        };
+                        if self.want > max {
+                            self.failed = Some(Error::HandshakeFieldTooLong {
+                                field,
+                                len: self.want,
+                                max,
+                            });
+                            break;
+                        }
                         self.field = if self.field == Field::NegLen {
                             Field::Neg
                         } else {
@@ -75,9 +107,6 @@ impl HandshakeReader {
                     } else {
                         &mut self.noise
                     };
-                    if buf.capacity() == 0 {
-                        buf.reserve_exact(self.want);
-                    }
                     let take = (self.want - buf.len()).min(input.len());
                     buf.extend_from_slice(&input[..take]);
                     input = &input[take..];

@@ -202,6 +202,10 @@ impl Handshake {
         let mut used = 0;
         while used < input.len() && self.phase != Phase::Done {
             used += self.reader.feed(&input[used..]);
+            if let Some(e) = self.reader.take_error() {
+                self.phase = Phase::Failed;
+                return Err(e);
+            }
             if self.reader.is_complete() {
                 let (neg, noise) = self.reader.take();
                 if let Err(e) = self.process(neg, noise) {

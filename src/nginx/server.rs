@@ -73,7 +73,9 @@ pub unsafe fn handshake_phase(s: *mut ngx_stream_session_t, side: &ServerSide) -
             // SAFETY: c, its events and log are live.
             unsafe {
                 // As ngx_stream_ssl_init_connection: only where the server wants it.
-                let cscf = *(*s).srv_conf.add(nginx_sys::ngx_stream_core_module.ctx_index)
+                let cscf = *(*s)
+                    .srv_conf
+                    .add(nginx_sys::ngx_stream_core_module.ctx_index)
                     as *const nginx_sys::ngx_stream_core_srv_conf_t;
                 if (*cscf).tcp_nodelay != 0 && ngx_tcp_nodelay(c) != NGX_OK as ngx_int_t {
                     return ERROR;
