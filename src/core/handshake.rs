@@ -171,6 +171,11 @@ impl Handshake {
         self.phase == Phase::Done
     }
 
+    /// Bodies are padded to a multiple of this (0: no padding).
+    pub fn padding(&self) -> usize {
+        self.settings.padding
+    }
+
     pub fn role(&self) -> Role {
         self.role
     }

@@ -23,8 +23,19 @@ use crate::core::handshake::{Handshake, HandshakeInfo};
 use crate::core::send_buffer::SendBuffer;
 use crate::core::transport::Transport;
 
-/// Ciphertext a connection may hold on its way out: a few largest frames.
-pub const SEND_CAPACITY: usize = 4 * crate::core::payload::MAX_FRAME;
+/// Plaintext a connection seals ahead of the socket: one 16 KiB body, as TLS holds one
+/// 16 KiB record. Plaintext counts as sent once sealed, so this bounds what a peer that
+/// stops reading costs (nginx stops feeding a connection whose send says NGX_AGAIN); the
+/// stream proxy hands over at most `proxy_buffer_size` (16k) per call anyway, so bulk
+/// transfers lose nothing (docs/nginx-integration.md §3.6).
+pub const SEND_AHEAD: usize = 16 * 1024;
+
+/// Send-buffer capacity for bodies padded to a multiple of `padding`: one [`SEND_AHEAD`]
+/// frame, or one padded frame of a single byte if that is larger.
+pub fn send_capacity(padding: usize) -> usize {
+    use crate::core::payload::FRAME_OVERHEAD;
+    (SEND_AHEAD + FRAME_OVERHEAD).max(FRAME_OVERHEAD + padding)
+}
 
 /// Where a connection is in its NoiseSocket life.
 pub enum Phase {
@@ -57,13 +68,14 @@ pub struct NoiseConn {
 
 impl NoiseConn {
     pub fn new(handshake: Handshake) -> Self {
+        let capacity = send_capacity(handshake.padding());
         NoiseConn {
             number: 0,
             slot: usize::MAX,
             phase: Phase::Handshake(Box::new(handshake)),
             info: None,
             input: Deframer::new(),
-            output: SendBuffer::new(SEND_CAPACITY),
+            output: SendBuffer::new(capacity),
             read_eof: false,
             read_error: false,
             write_error: false,
