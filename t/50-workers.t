@@ -136,6 +136,7 @@ ok($t->wait_for(10, sub { -s "$dir/logs/nginx.pid.oldbin" && ($t->master_pid || 
     'USR2: a new master started');
 ok($t->wait_for(10, sub { ($t->master_pid || $old_master) != $old_master && $t->worker_pids == 4 }),
     'USR2: the new master has its workers');
+$t->{master} = $t->master_pid;    # the one to stop at the end
 kill 'QUIT', $old_master;
 ok($t->wait_for(10, sub { !kill 0, $old_master }), 'QUIT: the old master is gone');
 round('after a binary upgrade', 4);

@@ -28,7 +28,7 @@ use crate::core::transport::Transport;
 /// stops reading costs (nginx stops feeding a connection whose send says NGX_AGAIN); the
 /// stream proxy hands over at most `proxy_buffer_size` (16k) per call anyway, so bulk
 /// transfers lose nothing (docs/nginx-integration.md §3.6).
-pub const SEND_AHEAD: usize = 16 * 1024;
+pub const SEND_AHEAD: usize = 32 * 1024;
 
 /// Send-buffer capacity for bodies padded to a multiple of `padding`: one [`SEND_AHEAD`]
 /// frame, or one padded frame of a single byte if that is larger.
