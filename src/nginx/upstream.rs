@@ -37,6 +37,7 @@ use nginx_sys::{
 
 use super::conf::SrvConf;
 use super::conn::{self, NoiseConn};
+use super::gate;
 use super::handshake::{drive, Failure, Progress};
 use super::listen::MainConf;
 use super::upstream_side::UpstreamSide;
@@ -314,6 +315,9 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             return NGX_ERROR as ngx_int_t;
         }
         (*c).set_sendfile(0);
+        // Fail closed: until the handshake installs NoiseSocket I/O, the proxy can neither
+        // read the back end's bytes nor write the client's (docs/nginx-integration.md §5.6).
+        gate::install(c);
         w.conn = c;
         w.number = (*c).number;
         w.connected = false;
@@ -500,10 +504,13 @@ unsafe fn step(w: &mut PeerWrap) {
             }
             match tcp_state((*c).fd) {
                 Some(TCP_SYN_SENT) => return,
-                Some(TCP_ESTABLISHED) => {}
-                // Failed: SO_ERROR is still pending, so the proxy's test_connect reports
-                // and counts it exactly as for any upstream.
-                _ => return hand_back(w, false),
+                // Connected; in CLOSE_WAIT the back end already sent and closed: the
+                // handshake reads what it sent, and fails on it.
+                Some(TCP_ESTABLISHED | TCP_CLOSE_WAIT) => {}
+                // Any other state: the connect failed. Never hand a socket that did not
+                // handshake to the proxy as connected, even if no error is pending: say
+                // what happened and count a failed attempt.
+                _ => return fail(w, &connect_failure((*c).fd)),
             }
             w.connected = true;
             if (*wev).timer_set() != 0 {
@@ -541,6 +548,30 @@ unsafe fn step(w: &mut PeerWrap) {
 /// Linux TCP states (include/net/tcp_states.h), which libc does not export.
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE_WAIT: i32 = 8;
+
+/// Why a connect failed, in nginx's words ("connect() failed (111: Connection refused)"),
+/// from the socket's pending error (consumed: the proxy is told by a failed attempt).
+fn connect_failure(fd: i32) -> String {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into err.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || err == 0 {
+        return "connect() failed (the connection closed before the handshake)".into();
+    }
+    let text = std::io::Error::from_raw_os_error(err).to_string();
+    let text = text.replace(&format!(" (os error {err})"), "");
+    format!("connect() failed ({err}: {text})")
+}
 
 /// The kernel's TCP state of a socket. Unlike `SO_ERROR` it does not consume a pending
 /// connect error, which nginx's own `test_connect` must still see.
