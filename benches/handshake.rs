@@ -54,6 +54,7 @@ fn main() {
         app_prologue: Vec::new(),
         padding: 0,
         trusted: None,
+        revoked: None,
     });
     println!("| protocol | µs per handshake (both sides) |");
     println!("|---|---|");

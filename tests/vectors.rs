@@ -161,6 +161,7 @@ fn run_vector(index: usize, v: &Value) {
             app_prologue: bytes(&v[prologue]),
             padding: if padded { 32 } else { 0 },
             trusted: None,
+            revoked: None,
         })
     };
     let neg = |is_alice| {

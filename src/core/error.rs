@@ -54,6 +54,9 @@ pub enum Error {
     /// The peer's static key is not in the trusted keys.
     #[error("{} key not in trusted keys: {}", .role, crate::core::keys::encode_key(.key))]
     UntrustedKey { role: &'static str, key: [u8; 32] },
+    /// The peer's static key is on the revoked-keys list.
+    #[error("{} key is revoked: {}", .role, crate::core::keys::encode_key(.key))]
+    RevokedKey { role: &'static str, key: [u8; 32] },
     /// A DH with a key the peer sent gave all zeros (a low-order point: no shared secret).
     #[error("peer sent a low-order public key")]
     WeakPeerKey,

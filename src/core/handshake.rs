@@ -42,6 +42,8 @@ pub struct Settings {
     pub padding: usize,
     /// When set, the peer's static key must be listed.
     pub trusted: Option<KeySet>,
+    /// A peer whose static key is listed is refused, trusted or not.
+    pub revoked: Option<KeySet>,
 }
 
 /// What the handshake established, for logs and variables.
@@ -385,7 +387,11 @@ impl Handshake {
             return Ok(vec![None]);
         }
         let keys: Vec<[u8; 32]> = match &self.settings.trusted {
-            Some(trusted) => trusted.iter().copied().collect(),
+            Some(trusted) => trusted
+                .iter()
+                .copied()
+                .filter(|k| !self.is_revoked(k))
+                .collect(),
             None => Vec::new(),
         };
         if keys.is_empty() {
@@ -523,6 +529,14 @@ impl Handshake {
                 .remote_static
                 .as_ref()
                 .ok_or_else(|| Error::Config(format!("{protocol} needs the peer's public key")))?;
+            if self.is_revoked(key) {
+                let role = if noise_role.is_initiator() {
+                    "server"
+                } else {
+                    "client"
+                };
+                return Err(Error::RevokedKey { role, key: *key });
+            }
             builder = builder
                 .remote_public_key(key)
                 .map_err(|e| config("remote key", e))?;
@@ -623,6 +637,13 @@ impl Handshake {
         Ok(())
     }
 
+    fn is_revoked(&self, key: &[u8; 32]) -> bool {
+        self.settings
+            .revoked
+            .as_ref()
+            .is_some_and(|r| r.contains(key))
+    }
+
     fn check_remote(&mut self) -> Result<()> {
         if self.remote_checked {
             return Ok(());
@@ -639,6 +660,9 @@ impl Handshake {
         } else {
             "client"
         };
+        if self.is_revoked(&key) {
+            return Err(Error::RevokedKey { role, key });
+        }
         if self.expected_remote.is_some_and(|k| k != key) {
             return Err(Error::WrongRemoteKey { role, key });
         }

@@ -203,8 +203,22 @@ pub fn load_secret(path: &Path) -> Result<Secret, KeyFileError> {
     parse_secret(path, &data)
 }
 
-/// Parses the text of a public-key list (see the module doc).
+/// Parses the text of a public-key list (see the module doc); at least one key.
 pub fn parse_key_list(path: &Path, data: &[u8]) -> Result<KeySet, KeyFileError> {
+    let keys = parse_keys(path, data)?;
+    // An empty list would refuse everyone (or trust no back end): surely a mistake.
+    if keys.is_empty() {
+        return Err(KeyFileError {
+            path: path.to_path_buf(),
+            line: None,
+            reason: "no key in the file".into(),
+        });
+    }
+    Ok(keys)
+}
+
+/// The keys of a public-key list, possibly none.
+fn parse_keys(path: &Path, data: &[u8]) -> Result<KeySet, KeyFileError> {
     let err = |line, reason: String| KeyFileError {
         path: path.to_path_buf(),
         line,
@@ -219,10 +233,6 @@ pub fn parse_key_list(path: &Path, data: &[u8]) -> Result<KeySet, KeyFileError> 
         }
         keys.push(decode_key(body).map_err(|reason| err(Some(idx + 1), reason))?);
     }
-    // An empty list would refuse everyone (or trust no back end): surely a mistake.
-    if keys.is_empty() {
-        return Err(err(None, "no key in the file".into()));
-    }
     Ok(KeySet::new(keys))
 }
 
@@ -230,6 +240,12 @@ pub fn parse_key_list(path: &Path, data: &[u8]) -> Result<KeySet, KeyFileError> 
 pub fn load_key_list(path: &Path) -> Result<KeySet, KeyFileError> {
     let data = read(path, MAX_LIST_FILE)?;
     parse_key_list(path, &data)
+}
+
+/// Loads a deny list (revoked keys) in the same format; empty is fine: nobody is revoked.
+pub fn load_deny_list(path: &Path) -> Result<KeySet, KeyFileError> {
+    let data = read(path, MAX_LIST_FILE)?;
+    parse_keys(path, &data)
 }
 
 /// Loads one public key from a file (a list with exactly one key) or takes it as base64 text.

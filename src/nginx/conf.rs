@@ -61,6 +61,8 @@ pub struct ServerKey {
 pub struct SideConf {
     pub private_key: Option<Loaded<Secret>>,
     pub trusted_keys: Option<Loaded<KeySet>>,
+    /// `noise_revoked_keys` / `noise_upstream_revoked_keys`: refused even when trusted.
+    pub revoked_keys: Option<Loaded<KeySet>>,
     pub psk: Option<Loaded<Secret>>,
     pub prologue: Option<Vec<u8>>,
     pub padding: Option<usize>,
@@ -76,6 +78,7 @@ impl SideConf {
         }
         inherit(&mut self.private_key, &parent.private_key);
         inherit(&mut self.trusted_keys, &parent.trusted_keys);
+        inherit(&mut self.revoked_keys, &parent.revoked_keys);
         inherit(&mut self.psk, &parent.psk);
         inherit(&mut self.prologue, &parent.prologue);
         inherit(&mut self.padding, &parent.padding);
@@ -89,6 +92,11 @@ impl SideConf {
             trusted: trusted
                 .then(|| self.trusted_keys.as_ref().map(|k| k.value.clone()))
                 .flatten(),
+            revoked: self
+                .revoked_keys
+                .as_ref()
+                .map(|k| k.value.clone())
+                .filter(|k| !k.is_empty()),
         })
     }
 

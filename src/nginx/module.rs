@@ -191,6 +191,17 @@ unsafe fn load_list(
     Ok(Loaded { path, value })
 }
 
+unsafe fn load_deny_list(
+    cf: *mut ngx_conf_t,
+    directive: &str,
+    arg: &[u8],
+) -> Result<Loaded<keys::KeySet>, String> {
+    // SAFETY: forwarded.
+    let path = unsafe { full_path(cf, arg)? };
+    let value = keys::load_deny_list(&path).map_err(|e| format!("\"{directive}\": {e}"))?;
+    Ok(Loaded { path, value })
+}
+
 fn text(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).into_owned()
 }
@@ -245,6 +256,11 @@ unsafe fn side_directive(
             "trusted_keys" => set_once(
                 &mut side.trusted_keys,
                 load_list(cf, directive, arg)?,
+                directive,
+            )?,
+            "revoked_keys" => set_once(
+                &mut side.revoked_keys,
+                load_deny_list(cf, directive, arg)?,
                 directive,
             )?,
             "psk" => set_once(&mut side.psk, load_secret(cf, directive, arg)?, directive)?,

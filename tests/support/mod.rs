@@ -44,6 +44,7 @@ pub fn settings(trusted: Option<Vec<[u8; 32]>>) -> Arc<Settings> {
         app_prologue: b"test".to_vec(),
         padding: 0,
         trusted: trusted.map(KeySet::new),
+        revoked: None,
     })
 }
 

@@ -142,6 +142,7 @@ impl Options {
             app_prologue: self.prologue.clone(),
             padding: self.padding,
             trusted,
+            revoked: None,
         };
         Ok((Arc::new(policy), Arc::new(settings)))
     }
