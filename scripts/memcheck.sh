@@ -36,7 +36,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-default_suites="t/00-config.t t/00-load.t t/10-server.t t/20-bad-input.t t/30-reload.t t/40-upstream.t t/50-workers.t t/60-replay.t"
+default_suites="t/00-config.t t/00-load.t t/10-server.t t/20-bad-input.t t/30-reload.t t/40-upstream.t t/50-workers.t t/60-replay.t t/70-revocation.t"
 suites=${*:-$default_suites}
 out=${MEMCHECK_OUT:-$repo/build/memcheck}
 command -v valgrind >/dev/null || { echo "memcheck: valgrind not installed (apt-get install valgrind)" >&2; exit 2; }
