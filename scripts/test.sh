@@ -2,7 +2,9 @@
 # The one test command: builds everything, checks formatting and lints (cargo fmt --check,
 # clippy -D warnings with and without the nginx layer), then runs the core/CLI tests
 # (cargo), the Python interop tests and the nginx suites (prove t/) against the real
-# nginx + module.
+# nginx + module, and finally the same suites against Debian 12's packaged nginx with our
+# .deb installed (scripts/test-matrix.sh debian; it installs nginx from apt).
+# NOISE_SKIP_DEBIAN=1 leaves that last part out.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -25,3 +27,7 @@ fi
 grep -E "^test result" "$log" | awk '{p+=$4; f+=$6} END {print "cargo test: " p " passed, " f " failed"}' 
 echo "== prove t/"
 prove -r -I t/lib t/
+if [ "${NOISE_SKIP_DEBIAN:-}" != 1 ]; then
+    echo "== the suites against Debian 12's nginx with the .deb"
+    scripts/test-matrix.sh debian
+fi
