@@ -66,18 +66,27 @@ pub unsafe fn error(log: *mut ngx_log_t, doing: &str, e: &Error) {
     unsafe { write(log, level_of(e), &format!("noise: {doing}: {e}")) };
 }
 
+/// An errno the way nginx prints one: `111: Connection refused`.
+pub fn errno_text(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    let text = text
+        .strip_suffix(&format!(" (os error {errno})"))
+        .unwrap_or(&text);
+    format!("{errno}: {text}")
+}
+
 /// Logs a failed syscall.
 ///
 /// # Safety
 /// As [`write`].
 pub unsafe fn errno(log: *mut ngx_log_t, doing: &str, errno: i32) {
-    let text = std::io::Error::from_raw_os_error(errno);
+    let text = errno_text(errno);
     // SAFETY: forwarded.
     unsafe {
         write(
             log,
             level_of_errno(errno),
-            &format!("noise: {doing}: {text}"),
+            &format!("noise: {doing} ({text})"),
         )
     };
 }

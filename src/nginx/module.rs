@@ -180,25 +180,16 @@ unsafe fn load_secret(
     Ok(Loaded { path, value })
 }
 
+/// Loads a public-key list with `load` (a trusted list, or a deny list that may be empty).
 unsafe fn load_list(
     cf: *mut ngx_conf_t,
     directive: &str,
     arg: &[u8],
+    load: fn(&std::path::Path) -> Result<keys::KeySet, keys::KeyFileError>,
 ) -> Result<Loaded<keys::KeySet>, String> {
     // SAFETY: forwarded.
     let path = unsafe { full_path(cf, arg)? };
-    let value = keys::load_key_list(&path).map_err(|e| format!("\"{directive}\": {e}"))?;
-    Ok(Loaded { path, value })
-}
-
-unsafe fn load_deny_list(
-    cf: *mut ngx_conf_t,
-    directive: &str,
-    arg: &[u8],
-) -> Result<Loaded<keys::KeySet>, String> {
-    // SAFETY: forwarded.
-    let path = unsafe { full_path(cf, arg)? };
-    let value = keys::load_deny_list(&path).map_err(|e| format!("\"{directive}\": {e}"))?;
+    let value = load(&path).map_err(|e| format!("\"{directive}\": {e}"))?;
     Ok(Loaded { path, value })
 }
 
@@ -255,12 +246,12 @@ unsafe fn side_directive(
             )?,
             "trusted_keys" => set_once(
                 &mut side.trusted_keys,
-                load_list(cf, directive, arg)?,
+                load_list(cf, directive, arg, keys::load_key_list)?,
                 directive,
             )?,
             "revoked_keys" => set_once(
                 &mut side.revoked_keys,
-                load_deny_list(cf, directive, arg)?,
+                load_list(cf, directive, arg, keys::load_deny_list)?,
                 directive,
             )?,
             "psk" => set_once(&mut side.psk, load_secret(cf, directive, arg)?, directive)?,

@@ -480,11 +480,7 @@ unsafe fn fail(w: &mut PeerWrap, reason: &str) {
 fn reason(failure: &Failure) -> String {
     match failure {
         Failure::Noise(e) => e.to_string(),
-        Failure::Socket { doing, errno } => format!(
-            "{doing} ({errno}: {})",
-            std::io::Error::from_raw_os_error(*errno)
-        )
-        .replace(&format!(" (os error {errno})"), ""),
+        Failure::Socket { doing, errno } => format!("{doing} ({})", log::errno_text(*errno)),
     }
 }
 
@@ -568,9 +564,7 @@ fn connect_failure(fd: i32) -> String {
     if rc != 0 || err == 0 {
         return "connect() failed (the connection closed before the handshake)".into();
     }
-    let text = std::io::Error::from_raw_os_error(err).to_string();
-    let text = text.replace(&format!(" (os error {err})"), "");
-    format!("connect() failed ({err}: {text})")
+    format!("connect() failed ({})", log::errno_text(err))
 }
 
 /// The kernel's TCP state of a socket. Unlike `SO_ERROR` it does not consume a pending
