@@ -290,5 +290,12 @@ fn k_patterns_take_the_initiator_key_from_trusted_keys() {
         settings(None),
         settings(Some(vec![public(1), public(5)])),
     );
-    assert!(matches!(pump(a, b, 9).bob, Err(Error::Config(_))));
+    assert!(matches!(
+        pump(a, b, 9).bob,
+        Err(Error::PeerKeys {
+            count: 2,
+            problem: nginx_noise::core::requirements::PeerKeysProblem::NotExactlyOne,
+            ..
+        })
+    ));
 }

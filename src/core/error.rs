@@ -76,7 +76,20 @@ pub enum Error {
     /// transport message: it never proved it holds the session keys.
     #[error("connection closed before the client's first transport message, which this protocol needs to authenticate it (a replayed handshake message?)")]
     Unconfirmed,
-    /// The local configuration cannot run this protocol (missing key, bad name, ...).
+    /// The local configuration lacks what a protocol needs ([`crate::core::requirements`]).
+    #[error("configuration: {protocol} needs {need}")]
+    Missing {
+        protocol: String,
+        need: crate::core::requirements::Need,
+    },
+    /// A responder's trusted keys cannot supply the initiator's key for this protocol.
+    #[error("configuration: {protocol} {}", .problem.describe(*.count))]
+    PeerKeys {
+        protocol: String,
+        count: usize,
+        problem: crate::core::requirements::PeerKeysProblem,
+    },
+    /// The local configuration cannot run this protocol (bad name, bad key, ...).
     #[error("configuration: {0}")]
     Config(String),
     /// A Noise operation failed for a reason that is ours (state misuse, buffer sizes).
@@ -92,7 +105,11 @@ impl Error {
     pub fn is_peer_fault(&self) -> bool {
         !matches!(
             self,
-            Error::Config(_) | Error::Internal(_) | Error::NonceExhausted
+            Error::Config(_)
+                | Error::Missing { .. }
+                | Error::PeerKeys { .. }
+                | Error::Internal(_)
+                | Error::NonceExhausted
         )
     }
 }

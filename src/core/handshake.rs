@@ -31,6 +31,7 @@ use super::negotiation::{Decision, Negotiator, Response, Stage};
 use super::payload::{self, MAX_BODY, MAX_MESSAGE};
 use super::prologue;
 use super::protocol::{Protocol, Role};
+use super::requirements;
 use super::transport::{CipherState, Transport};
 
 /// Settings shared by every connection of one configuration.
@@ -394,17 +395,7 @@ impl Handshake {
                 .collect(),
             None => Vec::new(),
         };
-        if keys.is_empty() {
-            return Err(Error::Config(format!(
-                "{protocol} needs the initiator's key: set trusted keys"
-            )));
-        }
-        if !protocol.payload_encrypted(0) && keys.len() != 1 {
-            return Err(Error::Config(format!(
-                "{protocol} can take the initiator's key from exactly one trusted key, not {}",
-                keys.len()
-            )));
-        }
+        requirements::peer_key_candidates(protocol, keys.len())?;
         Ok(keys.into_iter().map(Some).collect())
     }
 
@@ -509,6 +500,7 @@ impl Handshake {
         if let Some(key) = self.remote_override {
             creds.remote_static = Some(key);
         }
+        requirements::check(&protocol, noise_role, &creds, false)?;
         let config = |what: &str, e: snow::Error| Error::Config(format!("{protocol}: {what}: {e}"));
         let mut builder =
             snow::Builder::with_resolver(protocol.params().clone(), Box::new(Resolver))
@@ -518,7 +510,7 @@ impl Handshake {
             let key = creds
                 .static_key
                 .as_ref()
-                .ok_or_else(|| Error::Config(format!("{protocol} needs a private key")))?;
+                .ok_or_else(|| Error::Internal("private key vanished".into()))?;
             builder = builder
                 .local_private_key(key.as_bytes())
                 .map_err(|e| config("key", e))?;
@@ -528,7 +520,7 @@ impl Handshake {
             let key = creds
                 .remote_static
                 .as_ref()
-                .ok_or_else(|| Error::Config(format!("{protocol} needs the peer's public key")))?;
+                .ok_or_else(|| Error::Internal("peer key vanished".into()))?;
             if self.is_revoked(key) {
                 let role = if noise_role.is_initiator() {
                     "server"
@@ -550,7 +542,7 @@ impl Handshake {
                 .psks
                 .get(i)
                 .or(creds.psks.last())
-                .ok_or_else(|| Error::Config(format!("{protocol} needs a psk")))?;
+                .ok_or_else(|| Error::Internal("psk vanished".into()))?;
             builder = builder
                 .psk(position, psk.as_bytes())
                 .map_err(|e| config("psk", e))?;

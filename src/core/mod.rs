@@ -33,6 +33,7 @@ pub mod negotiation;
 pub mod payload;
 pub mod prologue;
 pub mod protocol;
+pub mod requirements;
 pub mod send_buffer;
 pub mod transport;
 

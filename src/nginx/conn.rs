@@ -5,18 +5,19 @@
 //! is indexed by the connection's slot in `ngx_cycle->connections` and validated with
 //! `c->number`, which changes whenever nginx reuses the slot.
 //!
-//! Ownership: a [`NoiseConn`] is boxed and owned by a cleanup on the pool it was attached
-//! with (the connection's pool on the server side, the session pool for upstream
-//! connections, which may be replaced during retries). The cleanup zeroizes keys (by
-//! dropping them) and clears the slot if it still points at this state. nginx workers are
+//! Ownership: a [`NoiseConn`] lives in the pool it was attached with ([`super::pool`]: the
+//! connection's pool on the server side, the session pool for upstream connections, which
+//! may be replaced during retries) and is dropped with it. Dropping zeroizes keys and
+//! clears the slot if it still points at this state. nginx workers are
 //! single-threaded and none of our functions re-enters another, so at most one `&mut` to a
 //! state is live at a time.
 
 use std::cell::UnsafeCell;
-use std::ffi::c_void;
 use std::ptr;
 
-use nginx_sys::{ngx_atomic_uint_t, ngx_connection_t, ngx_cycle, ngx_pool_cleanup_add, ngx_pool_t};
+use nginx_sys::{ngx_atomic_uint_t, ngx_connection_t, ngx_cycle, ngx_pool_t};
+
+use super::pool;
 
 use crate::core::deframer::Deframer;
 use crate::core::handshake::{Handshake, HandshakeInfo};
@@ -140,8 +141,8 @@ pub unsafe fn get<'a>(c: *mut ngx_connection_t) -> Option<&'a mut NoiseConn> {
     (state.number == unsafe { (*c).number }).then_some(state)
 }
 
-/// Gives `c` its state, owned by a cleanup of `pool`. Returns it, or `None` when the
-/// cleanup could not be allocated (the state is then dropped).
+/// Gives `c` its state, owned by `pool`. Returns it, or `None` when the pool is out of
+/// memory (the state is then dropped).
 ///
 /// # Safety
 /// `c` must be a live connection and `pool` must outlive every use of `c` with this state.
@@ -152,20 +153,12 @@ pub unsafe fn attach<'a>(
 ) -> Option<&'a mut NoiseConn> {
     // SAFETY: caller guarantees c is live.
     let slot = unsafe { slot_of(c)? };
-    // SAFETY: pool is a live nginx pool.
-    let cleanup = unsafe { ngx_pool_cleanup_add(pool, 0) };
-    if cleanup.is_null() {
-        return None;
-    }
     // SAFETY: c is live.
     state.number = unsafe { (*c).number };
-    state.slot = slot;
-    let raw = Box::into_raw(Box::new(state));
-    // SAFETY: cleanup was just allocated; the handler frees `raw` exactly once.
-    unsafe {
-        (*cleanup).handler = Some(release);
-        (*cleanup).data = raw.cast::<c_void>();
-    }
+    // SAFETY: pool is live and outlives the state's users (caller's promise).
+    let raw = unsafe { pool::allocate(pool, state)? }.as_ptr();
+    // SAFETY: raw was just written; only the table and the pool's cleanup know it.
+    unsafe { (*raw).slot = slot };
     // SAFETY: single-threaded access, see the module doc.
     let table = unsafe { &mut *TABLE.0.get() };
     if table.len() <= slot {
@@ -173,24 +166,22 @@ pub unsafe fn attach<'a>(
         let n = unsafe { (*ngx_cycle).connection_n };
         table.resize(n.max(slot + 1), ptr::null_mut());
     }
-    // An older state in this slot belongs to another pool's cleanup, which frees it.
+    // An older state in this slot belongs to another pool, which drops it.
     table[slot] = raw;
-    // SAFETY: raw was just created from a Box and is owned by the cleanup.
+    // SAFETY: raw points at the state the pool owns until it is destroyed.
     Some(unsafe { &mut *raw })
 }
 
-/// Pool cleanup: drops the state (wiping keys) and clears its slot.
-unsafe extern "C" fn release(data: *mut c_void) {
-    let raw = data.cast::<NoiseConn>();
-    if raw.is_null() {
-        return;
+impl Drop for NoiseConn {
+    /// Clears the slot if it still points at this state (keys wipe themselves).
+    fn drop(&mut self) {
+        let me: *mut NoiseConn = self;
+        // SAFETY: single-threaded access, see the module doc.
+        let table = unsafe { &mut *TABLE.0.get() };
+        if let Some(p) = table.get_mut(self.slot) {
+            if *p == me {
+                *p = ptr::null_mut();
+            }
+        }
     }
-    // SAFETY: data came from Box::into_raw in attach and is released only here.
-    let state = unsafe { Box::from_raw(raw) };
-    // SAFETY: single-threaded access, see the module doc.
-    let table = unsafe { &mut *TABLE.0.get() };
-    if table.get(state.slot).is_some_and(|p| *p == raw) {
-        table[state.slot] = ptr::null_mut();
-    }
-    drop(state);
 }

@@ -32,8 +32,9 @@ use nginx_sys::{
     ngx_stream_port_t, off_t, NGX_ERROR,
 };
 
-use super::listen::{same_address, same_port, MainConf};
+use super::conf::MainConf;
 use super::log;
+use super::sockaddr::{self, same_address, same_port};
 
 /// How a listening socket relates to the `noise_listen` addresses of its configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,10 +49,11 @@ pub enum Class {
     Undecidable,
 }
 
-/// Classifies listening socket `ls` against the NoiseSocket addresses of `main`.
+/// Classifies listening socket `ls` (a connection's `c->listening`, null for connections
+/// that were not accepted) against the NoiseSocket addresses of `main`.
 ///
 /// # Safety
-/// `ls` must be a live listening socket (its `sockaddr` holds `socklen` bytes).
+/// A non-null `ls` must be a live listening socket.
 pub unsafe fn classify(main: &MainConf, ls: *const ngx_listening_t) -> Class {
     if main.addresses.is_empty() {
         return Class::Plain;
@@ -59,13 +61,10 @@ pub unsafe fn classify(main: &MainConf, ls: *const ngx_listening_t) -> Class {
     if ls.is_null() {
         return Class::Undecidable;
     }
-    // SAFETY: ls is live; its sockaddr holds socklen bytes.
+    // SAFETY: non-null, ls is live (caller's promise); its sockaddr holds socklen bytes.
     let (raw, wildcard) = unsafe {
         let ls = &*ls;
-        (
-            std::slice::from_raw_parts(ls.sockaddr as *const u8, ls.socklen as usize),
-            ls.wildcard() != 0,
-        )
+        (sockaddr::view(ls.sockaddr, ls.socklen), ls.wildcard() != 0)
     };
     if main
         .addresses
@@ -85,12 +84,9 @@ pub unsafe fn classify(main: &MainConf, ls: *const ngx_listening_t) -> Class {
 /// stream module's `ngx_stream_init_connection`); set by [`take_over`].
 static NEXT_ACCEPT: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Puts [`accept_handler`] in front of the connection handler of NoiseSocket socket `ls`.
-///
-/// # Safety
-/// `ls` must be a listening socket of the cycle being initialised (no connection has been
-/// accepted on it yet).
-pub unsafe fn take_over(ls: &mut ngx_listening_t) -> Result<(), String> {
+/// Puts [`accept_handler`] in front of the connection handler of NoiseSocket socket `ls`
+/// (a socket of the cycle being initialised: nothing was accepted on it yet).
+pub fn take_over(ls: &mut ngx_listening_t) -> Result<(), String> {
     let ours = accept_handler as unsafe extern "C" fn(*mut ngx_connection_t);
     let Some(handler) = ls.handler else {
         return Err("a NoiseSocket listening socket has no connection handler".into());
@@ -115,7 +111,7 @@ unsafe extern "C" fn accept_handler(c: *mut ngx_connection_t) {
     let next = NEXT_ACCEPT.load(Ordering::Relaxed);
     if next.is_null() {
         // Cannot happen (take_over sets it before installing us); fail closed.
-        // SAFETY: c is a just-accepted connection.
+        // SAFETY: c is a just-accepted connection, closed here and never used again.
         unsafe {
             log::write((*c).log, log::ALERT, "noise: no stream connection handler");
             nginx_sys::ngx_close_connection(c);
@@ -125,31 +121,30 @@ unsafe extern "C" fn accept_handler(c: *mut ngx_connection_t) {
     // SAFETY: next is the handler take_over found on this kind of socket, a
     // `void (*)(ngx_connection_t *)`.
     let next: unsafe extern "C" fn(*mut ngx_connection_t) = unsafe { std::mem::transmute(next) };
-    // SAFETY: c was just accepted on a socket we took over; nothing else uses it yet.
-    unsafe {
-        if !reads_proxy_protocol(c) {
-            install(c);
+    {
+        // SAFETY: c was just accepted on a socket we took over; nothing else uses it yet.
+        let conn = unsafe { &mut *c };
+        if !reads_proxy_protocol(conn) {
+            install(conn);
         }
-        next(c);
     }
+    // SAFETY: the stream module's handler, with the connection it is always given.
+    unsafe { next(c) };
 }
 
 /// Whether nginx reads a PROXY protocol header on `c` (through `c->recv`) before the phases.
-///
-/// # Safety
-/// `c` must be a live connection accepted on a stream listening socket.
-unsafe fn reads_proxy_protocol(c: *mut ngx_connection_t) -> bool {
-    // SAFETY: for stream sockets ls->servers is an ngx_stream_port_t; a NoiseSocket socket
-    // is never a wildcard shared with other addresses (init_module refuses that), so the
-    // first entry is its own address conf. Both entry types start with the address, then
-    // the conf.
+fn reads_proxy_protocol(c: &ngx_connection_t) -> bool {
+    // SAFETY: c was accepted on a stream listening socket: ls->servers is an
+    // ngx_stream_port_t; a NoiseSocket socket is never a wildcard shared with other
+    // addresses (init_module refuses that), so the first entry is its own address conf.
+    // Both entry types start with the address, then the conf.
     unsafe {
-        let ls = (*c).listening;
-        let port = &*((*ls).servers as *const ngx_stream_port_t);
+        let ls = &*c.listening;
+        let port = &*(ls.servers as *const ngx_stream_port_t);
         if port.naddrs == 0 {
             return false;
         }
-        let family = i32::from((*(*ls).sockaddr).sa_family);
+        let family = i32::from((*ls.sockaddr).sa_family);
         let conf = if family == libc::AF_INET6 {
             &(*(port.addrs as *const ngx_stream_in6_addr_t)).conf
         } else {
@@ -160,49 +155,41 @@ unsafe fn reads_proxy_protocol(c: *mut ngx_connection_t) -> bool {
 }
 
 /// Installs the refusing I/O functions on `c`.
-///
-/// # Safety
-/// `c` must be a live connection.
-pub unsafe fn install(c: *mut ngx_connection_t) {
-    // SAFETY: c is live.
-    unsafe {
-        (*c).recv = Some(refuse_recv);
-        (*c).send = Some(refuse_send);
-        (*c).recv_chain = Some(refuse_recv_chain);
-        (*c).send_chain = Some(refuse_send_chain);
-    }
+pub fn install(c: &mut ngx_connection_t) {
+    c.recv = Some(refuse_recv);
+    c.send = Some(refuse_send);
+    c.recv_chain = Some(refuse_recv_chain);
+    c.send_chain = Some(refuse_send_chain);
 }
 
 /// Whether `c` still has the refusing I/O functions (its handshake has not finished).
-///
-/// # Safety
-/// `c` must be a live connection.
-pub unsafe fn is_gated(c: *const ngx_connection_t) -> bool {
+pub fn is_gated(c: &ngx_connection_t) -> bool {
     let ours = refuse_recv as unsafe extern "C" fn(_, _, _) -> _;
-    // SAFETY: c is live.
-    unsafe { (*c).recv }.is_some_and(|f| std::ptr::fn_addr_eq(f, ours))
+    c.recv.is_some_and(|f| std::ptr::fn_addr_eq(f, ours))
 }
 
 /// Fails an I/O call on a connection whose handshake has not finished: a bug somewhere
 /// (a phase was skipped), so `alert`, and the connection is marked failed.
 ///
 /// # Safety
-/// `c` must be a live connection.
+/// `c` must be the live connection nginx passed to an I/O function.
 unsafe fn refuse(c: *mut ngx_connection_t, what: &str) {
-    // SAFETY: c is live, so are its events and log.
+    // SAFETY: c is live, so are its events and log; nothing else uses them during the call.
+    let (c, rev, wev) = unsafe { (&mut *c, &mut *(*c).read, &mut *(*c).write) };
+    rev.set_error(1);
+    rev.set_ready(0);
+    wev.set_error(1);
+    c.set_error(1);
+    // SAFETY: c->log is live.
     unsafe {
-        (*(*c).read).set_error(1);
-        (*(*c).read).set_ready(0);
-        (*(*c).write).set_error(1);
-        (*c).set_error(1);
         log::write(
-            (*c).log,
+            c.log,
             log::ALERT,
             &format!(
                 "noise: {what} on a NoiseSocket connection before its handshake finished; closing it"
             ),
-        );
-    }
+        )
+    };
 }
 
 unsafe extern "C" fn refuse_recv(c: *mut ngx_connection_t, _buf: *mut u8, _size: usize) -> isize {

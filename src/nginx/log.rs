@@ -1,7 +1,11 @@
 //! Error-log lines, and the one place where errors map to nginx log levels: the peer's
-//! fault is `info` (as nginx logs client-caused TLS failures), ours is `error`.
+//! fault is `info` (as nginx logs client-caused TLS failures), ours is `error`. Lines go
+//! through the `ngx` crate's logging (formatted on the stack, nothing when the level is
+//! off); [`debug!`](crate::noise_debug) lines are `ngx_log_debug` lines with the `event`
+//! mask, as `ngx_event_openssl.c` logs SSL: compiled out unless nginx is built
+//! `--with-debug`, one mask test when it is.
 
-use nginx_sys::{ngx_log_error_core, ngx_log_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO};
+use nginx_sys::{ngx_conf_t, ngx_log_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO};
 
 use crate::core::Error;
 
@@ -53,8 +57,14 @@ pub unsafe fn write(log: *mut ngx_log_t, level: ngx_uint_t, msg: &str) {
     if log.is_null() || unsafe { (*log).log_level } < level {
         return;
     }
-    // SAFETY: "%*s" takes a size_t length and a u_char pointer, which we pass.
-    unsafe { ngx_log_error_core(level, log, 0, c"%*s".as_ptr(), msg.len(), msg.as_ptr()) };
+    // SAFETY: log is valid (checked non-null above).
+    unsafe { ngx::log::log_error(level, log, 0, msg.as_bytes()) };
+}
+
+/// Writes `msg` at `level` with the position of the directive being parsed (`nginx -t`
+/// prints "in FILE:LINE").
+pub fn conf(cf: &mut ngx_conf_t, level: ngx_uint_t, msg: &str) {
+    ngx::ngx_conf_log_error!(level, cf, "{msg}");
 }
 
 /// Logs a core error with what we were doing, at the level of whose fault it is.
@@ -88,5 +98,14 @@ pub unsafe fn errno(log: *mut ngx_log_t, doing: &str, errno: i32) {
             level_of_errno(errno),
             &format!("noise: {doing} ({text})"),
         )
+    };
+}
+
+/// A debug-level line on `$log` (`*mut ngx_log_t`), with `format!` arguments; see the
+/// module doc for its cost.
+#[macro_export]
+macro_rules! noise_debug {
+    ($log:expr, $($arg:tt)+) => {
+        ngx::ngx_log_debug!(mask: ngx::log::DebugMask::Event, $log, $($arg)+)
     };
 }

@@ -8,9 +8,12 @@
 //! * [`handshake`]: drives a core handshake over a connection, then installs [`io`].
 //! * [`io`]: the replacement `recv`, `send`, `recv_chain`, `send_chain`.
 //! * [`log`]: error-log lines and the error-to-level mapping.
-//! * [`module`]: the `extern "C"` entry points of the C glue; [`conf`] and [`listen`]: the
-//!   directives; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
-//!   [`upstream`]: NoiseSocket to upstream servers.
+//! * [`conf`]: the configuration (ground floor: the other modules read it, it reads none of
+//!   them but [`sockaddr`] and [`log`]); [`stream_conf`]: where nginx keeps stream confs.
+//! * [`module`]: the `extern "C"` entry points of the C glue; [`listen`]: `noise_listen`
+//!   sockets; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
+//!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers.
+//! * [`pool`]: Rust values owned by nginx pools; [`sockaddr`]: addresses as raw bytes.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -22,9 +25,11 @@ pub mod io;
 pub mod listen;
 pub mod log;
 pub mod module;
+pub mod pool;
 pub mod proxy_pass;
 pub mod server;
+pub mod sockaddr;
 pub mod socket;
+pub mod stream_conf;
 pub mod upstream;
-pub mod upstream_side;
 pub mod variables;

@@ -21,15 +21,15 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_int_t, ngx_module_t, ngx_parse_url, ngx_pool_cleanup_add,
-    ngx_str_t, ngx_stream_conf_ctx_t, ngx_stream_upstream_srv_conf_t, ngx_url_t, NGX_OK,
+    ngx_str_t, ngx_stream_upstream_srv_conf_t, ngx_url_t, NGX_OK,
 };
 
-use super::conf::SrvConf;
+use super::conf::{args, SrvConf};
+use super::stream_conf::Confs;
 
 extern "C" {
     /// nginx's stream proxy module (a global of nginx or of its stream module).
     static mut ngx_stream_proxy_module: ngx_module_t;
-    static mut ngx_stream_noise_module: ngx_module_t;
 }
 
 type SetHandler =
@@ -73,10 +73,7 @@ unsafe fn command() -> Option<*mut ngx_command_t> {
 }
 
 /// Wraps `proxy_pass` for the configuration being parsed (preconfiguration).
-///
-/// # Safety
-/// `cf` must be the stream configuration, in preconfiguration.
-pub unsafe fn wrap(cf: *mut ngx_conf_t) -> ngx_int_t {
+pub fn wrap(cf: &mut ngx_conf_t) -> ngx_int_t {
     let ours: SetHandler = record;
     // SAFETY: configuration runs in one thread; the table entry is plain data.
     unsafe {
@@ -91,7 +88,7 @@ pub unsafe fn wrap(cf: *mut ngx_conf_t) -> ngx_int_t {
             }
             None => return NGX_OK as ngx_int_t,
         }
-        let cleanup = ngx_pool_cleanup_add((*(*cf).cycle).pool, 0);
+        let cleanup = ngx_pool_cleanup_add((*cf.cycle).pool, 0);
         if cleanup.is_null() {
             return nginx_sys::NGX_ERROR as ngx_int_t;
         }
@@ -133,11 +130,9 @@ unsafe extern "C" fn record(
     // context, which holds our SrvConf at our ctx_index; cf->args holds the directive and
     // its argument (nginx checked the count: NGX_CONF_TAKE1).
     unsafe {
-        let ctx = (*cf).ctx as *mut ngx_stream_conf_ctx_t;
-        let ours = *(*ctx).srv_conf.add(ngx_stream_noise_module.ctx_index) as *mut SrvConf;
-        let args = super::listen::args(cf);
-        if let (false, Some(arg)) = (ours.is_null(), args.first()) {
-            (*ours).proxy_pass = Some(arg.to_vec());
+        let mut confs = Confs::of_conf(&*cf);
+        if let Some(arg) = args::of(&*cf).into_iter().next() {
+            confs.noise_srv_mut().proxy_pass = Some(arg);
         }
         if original.is_null() {
             return c"is not handled: the proxy module's handler is missing"
@@ -148,12 +143,10 @@ unsafe extern "C" fn record(
     }
 }
 
-/// The `proxy_pass` target of a server, among the configuration's upstream groups.
-///
-/// # Safety
-/// `cf` must be the configuration being finished and `groups` its upstream groups.
-pub unsafe fn target(
-    cf: *mut ngx_conf_t,
+/// The `proxy_pass` target of a server, among the configuration's upstream groups (`cf`
+/// is the configuration being finished, `groups` its live upstream groups).
+pub fn target(
+    cf: &mut ngx_conf_t,
     conf: &SrvConf,
     groups: &[*mut ngx_stream_upstream_srv_conf_t],
 ) -> Target {
@@ -172,7 +165,7 @@ pub unsafe fn target(
     };
     u.set_no_resolve(1);
     // SAFETY: cf->pool is live.
-    if unsafe { ngx_parse_url((*cf).pool, &mut u) } != NGX_OK as isize {
+    if unsafe { ngx_parse_url(cf.pool, &mut u) } != NGX_OK as isize {
         return Target::Unknown;
     }
     let host = u.host.as_bytes();

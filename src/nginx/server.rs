@@ -14,26 +14,18 @@
 //! * failure: one log line (`info` for the peer's fault, `error` for ours) and status 400 or
 //!   500, which finalizes the session.
 
-use std::sync::Arc;
-
 use nginx_sys::{
     ngx_add_timer, ngx_del_timer, ngx_handle_read_event, ngx_handle_write_event, ngx_int_t,
-    ngx_msec_t, ngx_stream_session_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_OK, NGX_STREAM_BAD_REQUEST,
+    ngx_stream_session_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_OK, NGX_STREAM_BAD_REQUEST,
     NGX_STREAM_INTERNAL_SERVER_ERROR,
 };
 
+use super::conf::ServerSide;
 use super::conn::{self, NoiseConn, Phase};
 use super::handshake::{await_first_frame, drive, Failure, Progress};
 use super::log;
-use crate::core::handshake::{Handshake, Settings};
-use crate::core::negotiation::Policy;
-
-/// What a `noise_listen` server needs at run time, built once per configuration.
-pub struct ServerSide {
-    pub policy: Arc<Policy>,
-    pub settings: Arc<Settings>,
-    pub handshake_timeout: ngx_msec_t,
-}
+use super::stream_conf::Confs;
+use crate::core::handshake::Handshake;
 
 extern "C" {
     /// nginx's stream session event handler (`ngx_stream.h`): runs the session's phases.
@@ -42,13 +34,10 @@ extern "C" {
 
 const ERROR: ngx_int_t = NGX_STREAM_INTERNAL_SERVER_ERROR as ngx_int_t;
 
-/// Runs (or resumes) the server handshake of session `s`. Returns a phase handler result.
-///
-/// # Safety
-/// `s` must be a live stream session in its SSL phase, accepted on a NoiseSocket listener.
-pub unsafe fn handshake_phase(s: *mut ngx_stream_session_t, side: &ServerSide) -> ngx_int_t {
-    // SAFETY: s is live, so is its connection and the connection's events and log.
-    let (c, ssl) = unsafe { ((*s).connection, (*s).ssl() != 0) };
+/// Runs (or resumes) the server handshake of session `s`, in its SSL phase, accepted on a
+/// NoiseSocket address. Returns a phase handler result.
+pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t {
+    let (c, ssl) = (s.connection, s.ssl() != 0);
     // SAFETY: as above.
     let (rev, wev, log) = unsafe { ((*c).read, (*c).write, (*c).log) };
     if ssl {
@@ -73,10 +62,7 @@ pub unsafe fn handshake_phase(s: *mut ngx_stream_session_t, side: &ServerSide) -
             // SAFETY: c, its events and log are live.
             unsafe {
                 // As ngx_stream_ssl_init_connection: only where the server wants it.
-                let cscf = *(*s)
-                    .srv_conf
-                    .add(nginx_sys::ngx_stream_core_module.ctx_index)
-                    as *const nginx_sys::ngx_stream_core_srv_conf_t;
+                let cscf = Confs::of_session(s).core_srv();
                 if (*cscf).tcp_nodelay != 0 && ngx_tcp_nodelay(c) != NGX_OK as ngx_int_t {
                     return ERROR;
                 }

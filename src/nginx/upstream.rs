@@ -19,7 +19,8 @@
 //!   NoiseSocket (a `proxy_pass` to a variable that resolved to a bare address bypasses
 //!   the balancer); the session ends with an error-log line.
 //!
-//! The per-session wrapper lives in the session pool; its cleanup unposts its event.
+//! The per-session wrapper lives in the session pool ([`super::pool`]); dropping it
+//! unposts its event.
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -28,31 +29,17 @@ use nginx_sys::{
     ngx_add_timer, ngx_chain_t, ngx_close_connection, ngx_conf_t, ngx_connection_t, ngx_del_timer,
     ngx_delete_posted_event, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_handler_pt,
     ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_int_t, ngx_peer_connection_t,
-    ngx_pool_cleanup_add, ngx_post_event, ngx_posted_events, ngx_stream_conf_ctx_t,
-    ngx_stream_core_main_conf_t, ngx_stream_core_module, ngx_stream_core_srv_conf_t,
-    ngx_stream_filter_pt, ngx_stream_session_t, ngx_stream_top_filter,
-    ngx_stream_upstream_main_conf_t, ngx_stream_upstream_module, ngx_stream_upstream_rr_peers_t,
+    ngx_post_event, ngx_posted_events, ngx_stream_core_srv_conf_t, ngx_stream_filter_pt,
+    ngx_stream_session_t, ngx_stream_top_filter, ngx_stream_upstream_rr_peers_t,
     ngx_stream_upstream_srv_conf_t, ngx_uint_t, NGX_AGAIN, NGX_DECLINED, NGX_ERROR, NGX_OK,
 };
 
-use super::conf::SrvConf;
+use super::conf::UpstreamSide;
 use super::conn::{self, NoiseConn};
-use super::gate;
 use super::handshake::{drive, Failure, Progress};
-use super::listen::MainConf;
-use super::upstream_side::UpstreamSide;
-use super::{log, proxy_pass};
+use super::stream_conf::{noise_index, Confs};
+use super::{gate, listen, log, pool, proxy_pass, sockaddr};
 use crate::core::handshake::{Handshake, HandshakeInfo};
-
-extern "C" {
-    static mut ngx_stream_noise_module: nginx_sys::ngx_module_t;
-}
-
-/// The original `peer.init` of each upstream group, kept in the main conf.
-pub type InitPeer = unsafe extern "C" fn(
-    *mut ngx_stream_session_t,
-    *mut ngx_stream_upstream_srv_conf_t,
-) -> ngx_int_t;
 
 static mut NEXT_FILTER: ngx_stream_filter_pt = None;
 
@@ -81,52 +68,47 @@ struct PeerWrap {
     info: Option<HandshakeInfo>,
 }
 
-unsafe fn main_conf<'a>(s: *mut ngx_stream_session_t) -> &'a MainConf {
-    // SAFETY: s is live; its main_conf array holds ours at our ctx_index.
-    unsafe { &*(*(*s).main_conf.add(ngx_stream_noise_module.ctx_index) as *const MainConf) }
-}
-
-unsafe fn srv_conf<'a>(s: *mut ngx_stream_session_t) -> &'a SrvConf {
-    // SAFETY: s is live; its srv_conf array holds ours at our ctx_index.
-    unsafe { &*(*(*s).srv_conf.add(ngx_stream_noise_module.ctx_index) as *const SrvConf) }
-}
-
-/// Wraps every upstream group's `peer.init` and installs the fail-closed filter.
-///
-/// # Safety
-/// `cf` must be the stream configuration, in postconfiguration.
-pub unsafe fn install(cf: *mut ngx_conf_t) -> ngx_int_t {
-    // SAFETY: cf->ctx is the stream main context; the upstream module's main conf lists
-    // every group (implicit ones from proxy_pass included) with peer.init already set.
-    unsafe {
-        let ctx = (*cf).ctx as *mut ngx_stream_conf_ctx_t;
-        let main =
-            &mut *(*(*ctx).main_conf.add(ngx_stream_noise_module.ctx_index) as *mut MainConf);
-        let umcf = *(*ctx).main_conf.add(ngx_stream_upstream_module.ctx_index)
-            as *mut ngx_stream_upstream_main_conf_t;
-        let groups = std::slice::from_raw_parts(
-            (*umcf).upstreams.elts as *const *mut ngx_stream_upstream_srv_conf_t,
-            (*umcf).upstreams.nelts,
-        );
-        for &uscf in groups {
-            if let Some(init) = (*uscf).peer.init {
-                main.init_peers.push((uscf as usize, init));
-                (*uscf).peer.init = Some(init_peer);
-            }
+/// Wraps every upstream group's `peer.init` and installs the fail-closed filter
+/// (postconfiguration of the stream block whose confs are `confs`).
+pub fn install(cf: &mut ngx_conf_t, mut confs: Confs) -> ngx_int_t {
+    let umcf = confs.upstream_main();
+    // SAFETY: the upstream module's main conf lists every group (implicit ones from
+    // proxy_pass included) as ngx_stream_upstream_srv_conf_t pointers, each live for the
+    // configuration and with peer.init already set by its balancer.
+    let groups = unsafe {
+        (*umcf)
+            .upstreams
+            .as_slice::<*mut ngx_stream_upstream_srv_conf_t>()
+    };
+    // SAFETY: postconfiguration runs alone; nothing else holds our main conf.
+    let main = unsafe { confs.noise_main_mut() };
+    for &uscf in groups {
+        // SAFETY: uscf is a live group (above), changed only here, during configuration.
+        let peer = unsafe { &mut (*uscf).peer };
+        if let Some(init) = peer.init {
+            main.init_peers.push((uscf as usize, init));
+            peer.init = Some(init_peer);
         }
+    }
+    // SAFETY: the filter chain is plain data, set up during postconfiguration, one module
+    // after the other.
+    unsafe {
         NEXT_FILTER = ngx_stream_top_filter;
         ngx_stream_top_filter = Some(fail_closed_filter);
-        let cmcf = *(*ctx).main_conf.add(ngx_stream_core_module.ctx_index)
-            as *mut ngx_stream_core_main_conf_t;
-        let servers = std::slice::from_raw_parts(
-            (*cmcf).servers.elts as *const *mut ngx_stream_core_srv_conf_t,
-            (*cmcf).servers.nelts,
-        );
-        for &cscf in servers {
-            if let Err(msg) = check_server(cf, cscf, groups) {
-                log::write((*cf).log, log::EMERG, &msg);
-                return NGX_ERROR as ngx_int_t;
-            }
+    }
+    let cmcf = confs.core_main();
+    // SAFETY: the core main conf lists every server's ngx_stream_core_srv_conf_t.
+    let servers = unsafe {
+        (*cmcf)
+            .servers
+            .as_slice::<*mut ngx_stream_core_srv_conf_t>()
+    };
+    for &cscf in servers {
+        // SAFETY: every entry is a live server conf of this configuration.
+        if let Err(msg) = check_server(cf, unsafe { &*cscf }, groups) {
+            // SAFETY: cf->log is live.
+            unsafe { log::write(cf.log, log::EMERG, &msg) };
+            return NGX_ERROR as ngx_int_t;
         }
     }
     NGX_OK as ngx_int_t
@@ -135,41 +117,36 @@ pub unsafe fn install(cf: *mut ngx_conf_t) -> ngx_int_t {
 /// Configuration-time checks of a `noise_upstream on` server against its `proxy_pass`:
 /// every server of its group must have a key when the pattern needs one, and a variable
 /// target gets a warning (targets that are not groups are refused at run time).
-///
-/// # Safety
-/// `cf` and `cscf` must belong to the stream configuration being finished.
-unsafe fn check_server(
-    cf: *mut ngx_conf_t,
-    cscf: *mut ngx_stream_core_srv_conf_t,
+fn check_server(
+    cf: &mut ngx_conf_t,
+    cscf: &ngx_stream_core_srv_conf_t,
     groups: &[*mut ngx_stream_upstream_srv_conf_t],
 ) -> Result<(), String> {
-    // SAFETY: cscf->ctx is the server's conf context; ours sits at our ctx_index.
-    unsafe {
-        let ctx = (*cscf).ctx;
-        let conf = &*(*(*ctx).srv_conf.add(ngx_stream_noise_module.ctx_index) as *const SrvConf);
-        let Some(side) = conf.upstream_side.as_ref() else {
-            return Ok(());
-        };
-        let at = format!(
-            "{}:{}",
-            std::ffi::CStr::from_ptr((*cscf).file_name.cast()).to_string_lossy(),
-            (*cscf).line
-        );
-        match proxy_pass::target(cf, conf, groups) {
-            proxy_pass::Target::Variable => log::write(
-                (*cf).log,
-                log::WARN,
-                &format!(
-                    "\"noise_upstream on\" with \"proxy_pass\" to a variable in the server at {at}: targets that are not upstream groups will be refused"
-                ),
-            ),
-            proxy_pass::Target::Group(uscf) if side.needs_server_key() => {
-                let peers = (*uscf).peer.data as *const ngx_stream_upstream_rr_peers_t;
-                let mut list = peers;
+    // SAFETY: a server's core conf points at the server's own conf context.
+    let conf = Confs::of_ctx(unsafe { &*cscf.ctx }).noise_srv();
+    let Some(side) = conf.upstream_side.as_ref() else {
+        return Ok(());
+    };
+    // SAFETY: file_name is nginx's NUL-terminated configuration file name.
+    let at = unsafe { listen::server_position(cscf) };
+    match proxy_pass::target(cf, conf, groups) {
+        proxy_pass::Target::Variable => {
+            let msg = format!(
+                "\"noise_upstream on\" with \"proxy_pass\" to a variable in the server at {at}: targets that are not upstream groups will be refused"
+            );
+            // SAFETY: cf->log is live.
+            unsafe { log::write(cf.log, log::WARN, &msg) };
+        }
+        proxy_pass::Target::Group(uscf) if side.needs_server_key() => {
+            // SAFETY: target() returned one of the live groups; a group's peer.data is its
+            // round-robin peer lists (set by its balancer's init, which runs before
+            // postconfiguration), each a linked list of live peers.
+            unsafe {
+                let mut list = (*uscf).peer.data as *const ngx_stream_upstream_rr_peers_t;
                 while !list.is_null() {
                     let mut peer = (*list).peer;
                     while !peer.is_null() {
-                        let raw = std::slice::from_raw_parts((*peer).sockaddr as *const u8, (*peer).socklen as usize);
+                        let raw = sockaddr::view((*peer).sockaddr, (*peer).socklen);
                         if side.server_key(raw).is_none() {
                             return Err(format!(
                                 "no \"noise_upstream_server_key\" for {} of upstream \"{}\", which \"{}\" needs (server at {at})",
@@ -183,8 +160,8 @@ unsafe fn check_server(
                     list = (*list).next;
                 }
             }
-            _ => {}
         }
+        _ => {}
     }
     Ok(())
 }
@@ -194,136 +171,160 @@ unsafe extern "C" fn init_peer(
     s: *mut ngx_stream_session_t,
     us: *mut ngx_stream_upstream_srv_conf_t,
 ) -> ngx_int_t {
-    // SAFETY: s is a live session; main conf recorded every group's original init.
-    unsafe {
-        let Some(&(_, original)) = main_conf(s)
-            .init_peers
-            .iter()
-            .find(|(u, _)| *u == us as usize)
-        else {
-            return NGX_ERROR as ngx_int_t;
-        };
-        let rc = original(s, us);
-        if rc != NGX_OK as ngx_int_t {
-            return rc;
-        }
-        let Some(side) = srv_conf(s).upstream_side.clone() else {
-            return rc;
-        };
-        let u = (*s).upstream;
-        let pc: *mut ngx_peer_connection_t = &mut (*u).peer;
-        let wrap = PeerWrap {
-            data: (*pc).data,
-            get: (*pc).get,
-            free: (*pc).free,
-            notify: (*pc).notify,
-            set_session: (*pc).set_session,
-            save_session: (*pc).save_session,
-            side,
-            session: s,
-            pc,
-            conn: std::ptr::null_mut(),
-            number: 0,
-            connected: false,
-            saved_read: None,
-            saved_write: None,
-            event: std::mem::zeroed(),
-            info: None,
-        };
-        let cleanup = ngx_pool_cleanup_add((*(*s).connection).pool, 0);
-        if cleanup.is_null() {
-            return NGX_ERROR as ngx_int_t;
-        }
-        let raw = Box::into_raw(Box::new(wrap));
-        (*cleanup).handler = Some(release_wrap);
-        (*cleanup).data = raw.cast();
-        (*raw).event.data = raw.cast();
-        (*raw).event.handler = Some(take_over);
-        (*raw).event.log = (*(*s).connection).log;
-        *(*s).ctx.add(ngx_stream_noise_module.ctx_index) = raw.cast();
-        (*pc).data = raw.cast();
-        (*pc).get = Some(get_peer);
-        (*pc).free = Some(free_peer);
-        (*pc).notify = (*raw)
-            .notify
-            .map(|_| notify_peer as unsafe extern "C" fn(_, _, _));
-        (*pc).set_session = (*raw)
-            .set_session
-            .map(|_| set_session as unsafe extern "C" fn(_, _) -> _);
-        (*pc).save_session = (*raw)
-            .save_session
-            .map(|_| save_session as unsafe extern "C" fn(_, _));
-        rc
+    let Some(original) = ({
+        // SAFETY: nginx calls peer.init with a live session.
+        let confs = Confs::of_session(unsafe { &*s });
+        confs.noise_main().init_peer_of(us)
+    }) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    // SAFETY: the group's own peer.init, with nginx's arguments.
+    let rc = unsafe { original(s, us) };
+    if rc != NGX_OK as ngx_int_t {
+        return rc;
     }
+    // SAFETY: the session is live, and so is its upstream (set before peer.init); nothing
+    // else runs while we change its peer functions.
+    let (s, pc) = unsafe { (&mut *s, &mut (*(*s).upstream).peer) };
+    let Some(side) = Confs::of_session(s).noise_srv().upstream_side.clone() else {
+        return rc;
+    };
+    let wrap = PeerWrap {
+        data: pc.data,
+        get: pc.get,
+        free: pc.free,
+        notify: pc.notify,
+        set_session: pc.set_session,
+        save_session: pc.save_session,
+        side,
+        session: s,
+        pc,
+        conn: std::ptr::null_mut(),
+        number: 0,
+        connected: false,
+        saved_read: None,
+        saved_write: None,
+        // SAFETY: ngx_event_t is a plain C struct; all-zero is an idle event.
+        event: unsafe { std::mem::zeroed() },
+        info: None,
+    };
+    // SAFETY: the client connection's pool is the session's, alive as long as the session
+    // that uses the wrapper.
+    let Some(raw) = (unsafe { pool::allocate((*s.connection).pool, wrap) }) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    let raw = raw.as_ptr();
+    // SAFETY: raw was just allocated and is ours; s->ctx has a slot per stream module.
+    unsafe {
+        let w = &mut *raw;
+        w.event.data = raw.cast();
+        w.event.handler = Some(take_over);
+        w.event.log = (*s.connection).log;
+        *s.ctx.add(noise_index()) = raw.cast();
+    }
+    pc.data = raw.cast();
+    pc.get = Some(get_peer);
+    pc.free = Some(free_peer);
+    // SAFETY: raw is live (above).
+    let w = unsafe { &*raw };
+    pc.notify = w
+        .notify
+        .map(|_| notify_peer as unsafe extern "C" fn(_, _, _));
+    pc.set_session = w
+        .set_session
+        .map(|_| set_session as unsafe extern "C" fn(_, _) -> _);
+    pc.save_session = w
+        .save_session
+        .map(|_| save_session as unsafe extern "C" fn(_, _));
+    rc
 }
 
-unsafe extern "C" fn release_wrap(data: *mut c_void) {
-    // SAFETY: data came from Box::into_raw in init_peer and is released once, here.
-    unsafe {
-        let wrap = Box::from_raw(data.cast::<PeerWrap>());
-        if wrap.event.posted() != 0 {
-            ngx_delete_posted_event(&wrap.event as *const ngx_event_t as *mut ngx_event_t);
+impl Drop for PeerWrap {
+    /// The session is ending (its pool goes): our event must not fire after it.
+    fn drop(&mut self) {
+        if self.event.posted() != 0 {
+            // SAFETY: the event is in nginx's posted queue, which we take it out of.
+            unsafe { ngx_delete_posted_event(&mut self.event) };
         }
-        drop(wrap);
     }
 }
 
 /// The wrapped `peer.get`: the balancer's choice, connected by us, with a handshake.
 unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: data is our PeerWrap (set by init_peer); pc is the session's peer.
-    unsafe {
-        let w = &mut *(data as *mut PeerWrap);
-        let Some(get) = w.get else {
-            return NGX_ERROR as ngx_int_t;
-        };
-        let rc = get(pc, w.data);
-        if rc != NGX_OK as ngx_int_t {
-            return rc;
-        }
-        let saved = (*pc).get;
-        (*pc).get = Some(ngx_event_get_peer);
-        let rc = ngx_event_connect_peer(pc);
-        (*pc).get = saved;
-        if rc != NGX_OK as ngx_int_t && rc != NGX_AGAIN as ngx_int_t {
-            return rc; // NGX_ERROR or NGX_DECLINED: pc->connection is already NULL
-        }
-        let c = (*pc).connection;
-        let sockaddr =
-            std::slice::from_raw_parts((*pc).sockaddr as *const u8, (*pc).socklen as usize);
-        let log = (*c).log;
-        let name = String::from_utf8_lossy((*(*pc).name).as_bytes()).into_owned();
-        let hs = w
-            .side
-            .policy_for(sockaddr)
-            .and_then(|policy| Handshake::initiator(Arc::new(policy), w.side.settings.clone()));
-        let hs = match hs {
-            Ok(hs) => hs,
-            Err(e) => {
+    // SAFETY: data is our PeerWrap (set by init_peer), live as long as the session.
+    let w = unsafe { &mut *(data as *mut PeerWrap) };
+    let Some(get) = w.get else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    // SAFETY: the balancer's own get, with its own data.
+    let rc = unsafe { get(pc, w.data) };
+    if rc != NGX_OK as ngx_int_t {
+        return rc;
+    }
+    // SAFETY: pc is the session's live peer connection; the balancer filled it.
+    let pc = unsafe { &mut *pc };
+    let saved = pc.get;
+    pc.get = Some(ngx_event_get_peer);
+    // SAFETY: as nginx connects a peer whose address the balancer chose.
+    let rc = unsafe { ngx_event_connect_peer(pc) };
+    pc.get = saved;
+    if rc != NGX_OK as ngx_int_t && rc != NGX_AGAIN as ngx_int_t {
+        return rc; // NGX_ERROR or NGX_DECLINED: pc->connection is already NULL
+    }
+    let c = pc.connection;
+    // SAFETY: the balancer set sockaddr/socklen and name; the connect made c live.
+    let (sockaddr, name, log) = unsafe {
+        (
+            sockaddr::view(pc.sockaddr, pc.socklen),
+            String::from_utf8_lossy((*pc.name).as_bytes()).into_owned(),
+            (*c).log,
+        )
+    };
+    let hs = w
+        .side
+        .policy_for(sockaddr)
+        .and_then(|policy| Handshake::initiator(Arc::new(policy), w.side.settings.clone()));
+    let hs = match hs {
+        Ok(hs) => hs,
+        Err(e) => {
+            // SAFETY: log is live; c is ours to close (the proxy does not know it yet).
+            unsafe {
                 log::write(
                     log,
                     log::ERR,
                     &format!("noise: upstream {name}: {e} (see \"noise_upstream_server_key\")"),
                 );
                 ngx_close_connection(c);
-                (*pc).connection = std::ptr::null_mut();
-                return NGX_DECLINED as ngx_int_t;
             }
-        };
-        if conn::attach(c, (*(*w.session).connection).pool, NoiseConn::new(hs)).is_none() {
-            ngx_close_connection(c);
-            (*pc).connection = std::ptr::null_mut();
-            return NGX_ERROR as ngx_int_t;
+            pc.connection = std::ptr::null_mut();
+            return NGX_DECLINED as ngx_int_t;
         }
-        (*c).set_sendfile(0);
-        // Fail closed: until the handshake installs NoiseSocket I/O, the proxy can neither
-        // read the back end's bytes nor write the client's (docs/nginx-integration.md §5.6).
-        gate::install(c);
-        w.conn = c;
-        w.number = (*c).number;
-        w.connected = false;
-        ngx_post_event(&mut w.event, &raw mut ngx_posted_events);
-        NGX_AGAIN as ngx_int_t
+    };
+    // SAFETY: the session pool outlives the connection (nginx closes upstream
+    // connections before finalizing the session).
+    let attached = unsafe { conn::attach(c, (*(*w.session).connection).pool, NoiseConn::new(hs)) };
+    if attached.is_none() {
+        // SAFETY: as above, c is ours to close.
+        unsafe { ngx_close_connection(c) };
+        pc.connection = std::ptr::null_mut();
+        return NGX_ERROR as ngx_int_t;
     }
+    // SAFETY: c is live and not yet seen by the proxy.
+    let conn = unsafe { &mut *c };
+    conn.set_sendfile(0);
+    // Fail closed: until the handshake installs NoiseSocket I/O, the proxy can neither
+    // read the back end's bytes nor write the client's (docs/nginx-integration.md §5.6).
+    gate::install(conn);
+    w.conn = c;
+    w.number = conn.number;
+    w.connected = false;
+    // SAFETY: our event lives in the wrap, which unposts it when dropped.
+    unsafe { ngx_post_event(&mut w.event, &raw mut ngx_posted_events) };
+    crate::noise_debug!(
+        log,
+        "noise upstream: connecting to {name}, handshake posted"
+    );
+    NGX_AGAIN as ngx_int_t
 }
 
 unsafe extern "C" fn free_peer(
@@ -377,67 +378,93 @@ unsafe extern "C" fn save_session(pc: *mut ngx_peer_connection_t, data: *mut c_v
 
 /// The posted event: runs after the proxy installed its connect handler and timer.
 unsafe extern "C" fn take_over(ev: *mut ngx_event_t) {
-    // SAFETY: ev is our PeerWrap's event; the wrap lives as long as the session.
-    unsafe {
-        let w = &mut *((*ev).data as *mut PeerWrap);
-        let c = (*w.pc).connection;
-        if c != w.conn || c.is_null() || (*c).number != w.number {
-            return;
-        }
-        w.saved_read = (*(*c).read).handler;
-        w.saved_write = (*(*c).write).handler;
-        (*(*c).read).handler = Some(handshake_event);
-        (*(*c).write).handler = Some(handshake_event);
-        step(w);
+    // SAFETY: ev is our PeerWrap's event (its data is the wrap), which lives as long as
+    // the session and unposts the event when it goes.
+    let w = unsafe { &mut *((*ev).data as *mut PeerWrap) };
+    // SAFETY: w.pc is the session's peer connection, live with the session.
+    let c = unsafe { (*w.pc).connection };
+    // SAFETY: non-null and ours (same pointer as when posted): the connection is live;
+    // its number tells a reused slot.
+    if c != w.conn || c.is_null() || unsafe { (*c).number } != w.number {
+        return;
     }
+    // SAFETY: c is live (above), so are its events; the proxy installed its handlers.
+    let (rev, wev) = unsafe { (&mut *(*c).read, &mut *(*c).write) };
+    w.saved_read = rev.handler;
+    w.saved_write = wev.handler;
+    rev.handler = Some(handshake_event);
+    wev.handler = Some(handshake_event);
+    step(w);
 }
 
 /// The session's [`PeerWrap`], if our wrapper was installed for it.
-///
-/// # Safety
-/// `s` must be a live session.
-unsafe fn wrap_of(s: *mut ngx_stream_session_t) -> *mut PeerWrap {
-    // SAFETY: s is live; s->ctx has a slot per stream module, ours set only by init_peer.
-    unsafe { *(*s).ctx.add(ngx_stream_noise_module.ctx_index) as *mut PeerWrap }
+fn wrap_of(s: &ngx_stream_session_t) -> *mut PeerWrap {
+    // SAFETY: s->ctx has a slot per stream module; ours is set only by init_peer (nginx
+    // zeroes the array when it creates the session).
+    unsafe { *s.ctx.add(noise_index()) as *mut PeerWrap }
 }
 
 /// Read and write events of the connection while it handshakes.
 unsafe extern "C" fn handshake_event(ev: *mut ngx_event_t) {
     // SAFETY: ev belongs to an upstream connection whose data is the session (set by the
     // proxy); these handlers are installed only by take_over, on a wrapped session.
-    unsafe {
+    let (c, s) = unsafe {
         let c = (*ev).data as *mut ngx_connection_t;
-        let s = (*c).data as *mut ngx_stream_session_t;
-        let w = wrap_of(s);
-        if w.is_null() {
+        (c, &*((*c).data as *const ngx_stream_session_t))
+    };
+    let w = wrap_of(s);
+    if w.is_null() {
+        // SAFETY: c is live.
+        unsafe {
             log::write(
                 (*c).log,
                 log::ALERT,
                 "noise: upstream handshake event without its session state",
-            );
-            return;
-        }
-        step(&mut *w);
+            )
+        };
+        return;
     }
+    // SAFETY: non-null: the session's live wrap.
+    step(unsafe { &mut *w });
+}
+
+/// The upstream connection being handshaken and its two events.
+///
+/// # Safety
+/// `c` must be a wrap's `conn` while an event of that connection or the posted take-over
+/// runs: [`take_over`] checked it, and only the proxy closes it, after we hand it back.
+/// The three are distinct objects and nothing else touches them meanwhile (one thread, no
+/// re-entry); the references must not be used after [`hand_back`].
+unsafe fn connection<'a>(
+    c: *mut ngx_connection_t,
+) -> (
+    &'a mut ngx_connection_t,
+    &'a mut ngx_event_t,
+    &'a mut ngx_event_t,
+) {
+    // SAFETY: see above.
+    unsafe { (&mut *c, &mut *(*c).read, &mut *(*c).write) }
 }
 
 /// Gives the proxy its handlers back and calls its connect handler, successful or not.
-unsafe fn hand_back(w: &mut PeerWrap, failed: bool) {
-    // SAFETY: w.conn is the live upstream connection; saved_* are the proxy's handlers.
-    unsafe {
-        let c = w.conn;
-        (*(*c).read).handler = w.saved_read;
-        (*(*c).write).handler = w.saved_write;
-        if failed {
-            (*(*c).write).set_timedout(1);
-        }
-        if (*(*c).write).timer_set() == 0 {
-            // The proxy's handler deletes the timer unconditionally.
-            ngx_add_timer((*c).write, w.side.handshake_timeout);
-        }
-        if let Some(h) = w.saved_write {
-            h((*c).write);
-        }
+/// That handler may finish the session (and drop `w` with its pool): nothing may use `w`
+/// after this call.
+fn hand_back(w: &mut PeerWrap, failed: bool) {
+    // SAFETY: called from step/fail, on the wrap's checked connection.
+    let (_, rev, wev) = unsafe { connection(w.conn) };
+    rev.handler = w.saved_read;
+    wev.handler = w.saved_write;
+    if failed {
+        wev.set_timedout(1);
+    }
+    if wev.timer_set() == 0 {
+        // The proxy's handler deletes the timer unconditionally.
+        // SAFETY: wev is live and not in the timer tree.
+        unsafe { ngx_add_timer(wev, w.side.handshake_timeout) };
+    }
+    if let Some(h) = w.saved_write {
+        // SAFETY: the proxy's own write handler, on its own connection's event.
+        unsafe { h(wev) };
     }
 }
 
@@ -449,31 +476,34 @@ unsafe fn hand_back(w: &mut PeerWrap, failed: bool) {
 /// for that call the connection gets a copy of its log that passes only `crit` and worse:
 /// our line is the one the operator reads. Lines about the session (the client connection's
 /// log, e.g. "no live upstreams") are not affected.
-unsafe fn fail(w: &mut PeerWrap, reason: &str) {
-    // SAFETY: w.conn is the live upstream connection, w.pc its peer; the quiet log lives
-    // in the session pool, which outlives the connection.
-    unsafe {
-        let c = w.conn;
-        let name = if (*w.pc).name.is_null() {
+fn fail(w: &mut PeerWrap, reason: &str) {
+    // SAFETY: called from step, on the wrap's checked connection.
+    let (c, _, _) = unsafe { connection(w.conn) };
+    // SAFETY: w.pc is the session's live peer connection; a non-null name is the
+    // balancer's peer name.
+    let name = unsafe {
+        let pc = &*w.pc;
+        if pc.name.is_null() {
             String::from("(unknown)")
         } else {
-            String::from_utf8_lossy((*(*w.pc).name).as_bytes()).into_owned()
-        };
-        log::write(
-            (*c).log,
-            log::UPSTREAM_FAILURE,
-            &format!("noise: NoiseSocket handshake with upstream {name} failed: {reason}"),
-        );
+            String::from_utf8_lossy((*pc.name).as_bytes()).into_owned()
+        }
+    };
+    let line = format!("noise: NoiseSocket handshake with upstream {name} failed: {reason}");
+    // SAFETY: c->log is live.
+    unsafe { log::write(c.log, log::UPSTREAM_FAILURE, &line) };
+    // SAFETY: the session pool outlives the connection; the copy is a plain C struct.
+    unsafe {
         let pool = (*(*w.session).connection).pool;
         let quiet = nginx_sys::ngx_palloc(pool, std::mem::size_of::<nginx_sys::ngx_log_t>())
             as *mut nginx_sys::ngx_log_t;
         if !quiet.is_null() {
-            std::ptr::copy_nonoverlapping((*c).log, quiet, 1);
+            std::ptr::copy_nonoverlapping(c.log, quiet, 1);
             (*quiet).log_level = nginx_sys::NGX_LOG_CRIT as ngx_uint_t;
-            (*c).log = quiet;
+            c.log = quiet;
         }
-        hand_back(w, true);
     }
+    hand_back(w, true);
 }
 
 /// The reason text of a handshake failure.
@@ -485,59 +515,64 @@ fn reason(failure: &Failure) -> String {
 }
 
 /// Advances connect-then-handshake.
-unsafe fn step(w: &mut PeerWrap) {
-    // SAFETY: w.conn is the live upstream connection (checked by the callers' paths).
-    unsafe {
-        let c = w.conn;
-        let (rev, wev) = ((*c).read, (*c).write);
-        if !w.connected {
-            if (*wev).timedout() != 0 || (*rev).timedout() != 0 {
-                (*wev).set_timedout(1);
-                return hand_back(w, true); // the proxy's own connect timeout
-            }
-            if (*wev).ready() == 0 {
-                return;
-            }
-            match tcp_state((*c).fd) {
-                Some(TCP_SYN_SENT) => return,
-                // Connected; in CLOSE_WAIT the back end already sent and closed: the
-                // handshake reads what it sent, and fails on it.
-                Some(TCP_ESTABLISHED | TCP_CLOSE_WAIT) => {}
-                // Any other state: the connect failed. Never hand a socket that did not
-                // handshake to the proxy as connected, even if no error is pending: say
-                // what happened and count a failed attempt.
-                _ => return fail(w, &connect_failure((*c).fd)),
-            }
-            w.connected = true;
-            if (*wev).timer_set() != 0 {
+fn step(w: &mut PeerWrap) {
+    // SAFETY: step runs from take_over or an event of w.conn (checked there).
+    let (c, rev, wev) = unsafe { connection(w.conn) };
+    if !w.connected {
+        if wev.timedout() != 0 || rev.timedout() != 0 {
+            wev.set_timedout(1);
+            return hand_back(w, true); // the proxy's own connect timeout
+        }
+        if wev.ready() == 0 {
+            return;
+        }
+        match tcp_state(c.fd) {
+            Some(TCP_SYN_SENT) => return,
+            // Connected; in CLOSE_WAIT the back end already sent and closed: the
+            // handshake reads what it sent, and fails on it.
+            Some(TCP_ESTABLISHED | TCP_CLOSE_WAIT) => {}
+            // Any other state: the connect failed. Never hand a socket that did not
+            // handshake to the proxy as connected, even if no error is pending: say
+            // what happened and count a failed attempt.
+            _ => return fail(w, &connect_failure(c.fd)),
+        }
+        w.connected = true;
+        // SAFETY: wev is live; its timer is deleted only if set, then set anew.
+        unsafe {
+            if wev.timer_set() != 0 {
                 ngx_del_timer(wev);
             }
             ngx_add_timer(wev, w.side.handshake_timeout);
         }
-        if (*wev).timedout() != 0 || (*rev).timedout() != 0 {
-            return fail(w, "timed out");
+        crate::noise_debug!(c.log, "noise upstream: connected, handshaking");
+    }
+    if wev.timedout() != 0 || rev.timedout() != 0 {
+        return fail(w, "timed out");
+    }
+    // SAFETY: c is live with the state get_peer attached.
+    match unsafe { drive(c) } {
+        Progress::Done => {
+            // SAFETY: c is live; the reference ends in this statement.
+            if let Some(info) = unsafe { conn::get(c) }.and_then(|st| st.info.as_deref()) {
+                w.info = Some(info.clone());
+            }
+            // drive() left rev.ready saying whether there may be something to read.
+            wev.set_ready(1);
+            hand_back(w, false);
         }
-        match drive(c) {
-            Progress::Done => {
-                if let Some(info) = conn::get(c).and_then(|st| st.info.as_deref()) {
-                    w.info = Some(info.clone());
-                }
-                // drive() left rev.ready saying whether there may be something to read.
-                (*wev).set_ready(1);
-                hand_back(w, false);
+        Progress::WantRead => {
+            // SAFETY: rev is live.
+            if unsafe { ngx_handle_read_event(rev, 0) } != NGX_OK as ngx_int_t {
+                fail(w, "cannot wait for the read event");
             }
-            Progress::WantRead => {
-                if ngx_handle_read_event(rev, 0) != NGX_OK as ngx_int_t {
-                    fail(w, "cannot wait for the read event");
-                }
-            }
-            Progress::WantWrite => {
-                if ngx_handle_write_event(wev, 0) != NGX_OK as ngx_int_t {
-                    fail(w, "cannot wait for the write event");
-                }
-            }
-            Progress::Failed(failure) => fail(w, &reason(&failure)),
         }
+        Progress::WantWrite => {
+            // SAFETY: wev is live.
+            if unsafe { ngx_handle_write_event(wev, 0) } != NGX_OK as ngx_int_t {
+                fail(w, "cannot wait for the write event");
+            }
+        }
+        Progress::Failed(failure) => fail(w, &reason(&failure)),
     }
 }
 
@@ -586,18 +621,12 @@ fn tcp_state(fd: i32) -> Option<i32> {
 }
 
 /// What the upstream handshake of session `s` established (for variables).
-///
-/// # Safety
-/// `s` must be a live session.
-pub unsafe fn session_info<'a>(s: *mut ngx_stream_session_t) -> Option<&'a HandshakeInfo> {
-    // SAFETY: s is live; the wrap lives in the session pool as long as the session.
-    unsafe {
-        let w = wrap_of(s);
-        if w.is_null() {
-            return None;
-        }
-        (*w).info.as_ref()
-    }
+pub fn session_info(s: &ngx_stream_session_t) -> Option<&HandshakeInfo> {
+    let w = wrap_of(s);
+    // SAFETY: non-null is the session's wrap, in the session pool as long as the session.
+    (!w.is_null())
+        .then(|| unsafe { (*w).info.as_ref() })
+        .flatten()
 }
 
 /// Refuses to send toward an upstream connection that does not speak NoiseSocket.
@@ -606,28 +635,43 @@ unsafe extern "C" fn fail_closed_filter(
     chain: *mut ngx_chain_t,
     from_upstream: ngx_uint_t,
 ) -> ngx_int_t {
-    // SAFETY: s is live; NEXT_FILTER was set at postconfiguration, before any session.
-    unsafe {
-        if from_upstream == 0 && srv_conf(s).upstream_side.is_some() {
-            let u = (*s).upstream;
+    {
+        // SAFETY: nginx runs filters with a live session.
+        let session = unsafe { &*s };
+        if from_upstream == 0
+            && Confs::of_session(session)
+                .noise_srv()
+                .upstream_side
+                .is_some()
+        {
+            let u = session.upstream;
             let pc = if u.is_null() {
                 std::ptr::null_mut()
             } else {
-                (*u).peer.connection
+                // SAFETY: a non-null upstream is the session's live one.
+                unsafe { (*u).peer.connection }
             };
-            let noise = !pc.is_null() && conn::get(pc).is_some_and(|st| st.transport().is_some());
+            // SAFETY: a non-null peer connection is live; the state reference ends here.
+            let noise = !pc.is_null()
+                && unsafe { conn::get(pc) }.is_some_and(|st| st.transport().is_some());
             if !pc.is_null() && !noise {
-                log::write(
-                    (*(*s).connection).log,
-                    log::ERR,
-                    "noise: refusing to send plaintext upstream: this connection bypassed the upstream group (proxy_pass to a variable that is a bare address?)",
-                );
+                // SAFETY: the client connection's log is live.
+                unsafe {
+                    log::write(
+                        (*session.connection).log,
+                        log::ERR,
+                        "noise: refusing to send plaintext upstream: this connection bypassed the upstream group (proxy_pass to a variable that is a bare address?)",
+                    )
+                };
                 return NGX_ERROR as ngx_int_t;
             }
         }
-        match NEXT_FILTER {
-            Some(next) => next(s, chain, from_upstream),
-            None => NGX_OK as ngx_int_t,
-        }
+    }
+    // SAFETY: NEXT_FILTER was set at postconfiguration, before any session; it is the
+    // next filter, called as nginx would.
+    match unsafe { NEXT_FILTER } {
+        // SAFETY: see above.
+        Some(next) => unsafe { next(s, chain, from_upstream) },
+        None => NGX_OK as ngx_int_t,
     }
 }

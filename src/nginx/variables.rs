@@ -49,11 +49,8 @@ fn value(info: &HandshakeInfo, which: Which) -> String {
     }
 }
 
-/// Registers the variables (preconfiguration).
-///
-/// # Safety
-/// `cf` must be the stream configuration being parsed.
-pub unsafe fn add(cf: *mut ngx_conf_t) -> ngx_int_t {
+/// Registers the variables (preconfiguration of the stream configuration `cf`).
+pub fn add(cf: &mut ngx_conf_t) -> ngx_int_t {
     for (index, (name, _)) in VARIABLES.iter().enumerate() {
         let mut name = ngx_str_t {
             len: name.len(),
@@ -88,7 +85,7 @@ unsafe extern "C" fn get(
     let text = match which {
         Which::UpstreamProtocol | Which::UpstreamServerKey => {
             // SAFETY: s is live.
-            unsafe { upstream::session_info(s) }.map(|info| value(info, *which))
+            upstream::session_info(unsafe { &*s }).map(|info| value(info, *which))
         }
         _ => {
             // SAFETY: c is live; the reference ends before we return.

@@ -11,6 +11,7 @@ use super::codec::{self, Codec, Offer, VIRGIL_REJECT};
 use super::{Credentials, Decision, Negotiator, Response, Stage};
 use crate::core::error::{Error, Result};
 use crate::core::protocol::{Protocol, Role};
+use crate::core::requirements::{self, Need};
 
 /// Allowed protocols plus keys; see the module doc.
 #[derive(Clone, Debug)]
@@ -69,30 +70,20 @@ impl Policy {
     /// Checks that every allowed protocol can run in `role` with the configured keys.
     pub fn validate(&self, role: Role) -> Result<()> {
         for p in &self.protocols {
-            if p.needs_local_static(role) && self.credentials.static_key.is_none() {
-                return Err(Error::Config(format!("{p} needs a private key")));
-            }
             // A responder may take the initiator's key from its trusted keys (K patterns).
             let from_trusted = role == Role::Responder && self.require_initiator_static;
-            if p.needs_remote_static(role)
-                && self.credentials.remote_static.is_none()
-                && !from_trusted
-            {
-                return Err(Error::Config(format!(
-                    "{p} needs the peer's public key in advance"
-                )));
-            }
-            if p.has_psk() && self.credentials.psks.is_empty() {
-                return Err(Error::Config(format!("{p} needs a psk")));
-            }
+            requirements::check(p, role, &self.credentials, from_trusted)?;
             if role == Role::Initiator && self.codec == Codec::Virgil {
                 codec::encode_virgil(p)?;
             }
         }
         if let Some(p) = &self.switch_on_failure {
-            // After a switch the responder is the Noise initiator of `p`.
-            if p.needs_local_static(Role::Initiator) && self.credentials.static_key.is_none() {
-                return Err(Error::Config(format!("{p} needs a private key")));
+            // After a switch the responder is the Noise initiator of `p`, with only its
+            // own key.
+            if requirements::unmet(p, Role::Initiator, &self.credentials, false)
+                == Some(Need::PrivateKey)
+            {
+                requirements::check(p, Role::Initiator, &self.credentials, false)?;
             }
             if p.needs_remote_static(Role::Initiator) || p.has_psk() {
                 return Err(Error::Config(format!("cannot switch to {p}")));

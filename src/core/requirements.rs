@@ -1,0 +1,188 @@
+//! What a protocol needs from the local configuration, each rule in one function. The
+//! configuration checks ([`super::negotiation::Policy::validate`], which the nginx module's
+//! merge and the CLI's options call) and the handshake, when it builds a Noise state, ask
+//! the same functions, so a configuration that passes the check cannot fail the handshake
+//! for a missing key.
+
+use std::fmt;
+
+use super::error::{Error, Result};
+use super::negotiation::Credentials;
+use super::protocol::{Protocol, Role};
+
+/// Something a protocol needs that the configuration may lack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Our own static key.
+    PrivateKey,
+    /// The peer's static key, before the handshake.
+    PeerKey,
+    /// A pre-shared key per psk modifier (the last one given serves the rest).
+    Psk,
+}
+
+impl fmt::Display for Need {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Need::PrivateKey => "a private key",
+            Need::PeerKey => "the peer's public key in advance",
+            Need::Psk => "a psk",
+        })
+    }
+}
+
+/// The first thing `protocol` needs in `role` that `credentials` lack. `peer_key_elsewhere`
+/// says the peer's key comes from somewhere else (a responder's trusted keys, see
+/// [`peer_key_candidates`]).
+pub fn unmet(
+    protocol: &Protocol,
+    role: Role,
+    credentials: &Credentials,
+    peer_key_elsewhere: bool,
+) -> Option<Need> {
+    if protocol.needs_local_static(role) && credentials.static_key.is_none() {
+        return Some(Need::PrivateKey);
+    }
+    if protocol.needs_remote_static(role)
+        && credentials.remote_static.is_none()
+        && !peer_key_elsewhere
+    {
+        return Some(Need::PeerKey);
+    }
+    if protocol.has_psk() && credentials.psks.is_empty() {
+        return Some(Need::Psk);
+    }
+    None
+}
+
+/// [`unmet`] as an error.
+pub fn check(
+    protocol: &Protocol,
+    role: Role,
+    credentials: &Credentials,
+    peer_key_elsewhere: bool,
+) -> Result<()> {
+    match unmet(protocol, role, credentials, peer_key_elsewhere) {
+        Some(need) => Err(Error::Missing {
+            protocol: protocol.name().to_string(),
+            need,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Trusted keys a responder may try, one after the other, on an encrypted first message
+/// whose pattern needs the initiator's key in advance (KK): each try costs two DH.
+pub const MAX_TRIED_PEER_KEYS: usize = 32;
+
+/// Why a responder's trusted keys cannot supply the initiator's key ([`peer_key_candidates`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerKeysProblem {
+    /// No trusted keys at all.
+    None,
+    /// A cleartext first message and not exactly one key.
+    NotExactlyOne,
+    /// More than [`MAX_TRIED_PEER_KEYS`].
+    TooMany,
+}
+
+impl PeerKeysProblem {
+    /// Says what is wrong with `count` trusted keys.
+    pub fn describe(self, count: usize) -> String {
+        match self {
+            PeerKeysProblem::None => {
+                "needs the initiator's key before the handshake: set trusted keys".into()
+            }
+            PeerKeysProblem::NotExactlyOne => {
+                format!(
+                    "can take the initiator's key only from exactly one trusted key, not {count}"
+                )
+            }
+            PeerKeysProblem::TooMany => format!(
+                "tries each trusted key in turn; list at most {MAX_TRIED_PEER_KEYS}, not {count}"
+            ),
+        }
+    }
+}
+
+/// A responder whose pattern needs the initiator's key in advance (KN, KK, KX) takes it from
+/// its `count` trusted keys: it needs at least one; a cleartext first message (KN, KX)
+/// cannot tell which key is meant, so exactly one; an encrypted one (KK) tells by
+/// authenticating, trying at most [`MAX_TRIED_PEER_KEYS`].
+pub fn peer_key_candidates(protocol: &Protocol, count: usize) -> Result<()> {
+    let problem = if count == 0 {
+        PeerKeysProblem::None
+    } else if !protocol.payload_encrypted(0) && count != 1 {
+        PeerKeysProblem::NotExactlyOne
+    } else if count > MAX_TRIED_PEER_KEYS {
+        PeerKeysProblem::TooMany
+    } else {
+        return Ok(());
+    };
+    Err(Error::PeerKeys {
+        protocol: protocol.name().to_string(),
+        count,
+        problem,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::keys::Secret;
+
+    fn p(name: &str) -> Protocol {
+        Protocol::parse(name).unwrap()
+    }
+
+    #[test]
+    fn each_need_is_named_once() {
+        let none = Credentials::default();
+        let xx = p("Noise_XX_25519_ChaChaPoly_BLAKE2s");
+        assert_eq!(
+            unmet(&xx, Role::Responder, &none, false),
+            Some(Need::PrivateKey)
+        );
+        let nk = p("Noise_NK_25519_ChaChaPoly_BLAKE2s");
+        assert_eq!(
+            unmet(&nk, Role::Initiator, &none, false),
+            Some(Need::PeerKey)
+        );
+        assert_eq!(unmet(&nk, Role::Initiator, &none, true), None);
+        let nnpsk = p("Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s");
+        assert_eq!(
+            unmet(&nnpsk, Role::Initiator, &none, false),
+            Some(Need::Psk)
+        );
+        let keyed = Credentials {
+            static_key: Some(Secret::from_bytes([7; 32])),
+            ..Credentials::default()
+        };
+        assert_eq!(unmet(&xx, Role::Responder, &keyed, false), None);
+        let e = check(&xx, Role::Initiator, &none, false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: Noise_XX_25519_ChaChaPoly_BLAKE2s needs a private key"
+        );
+        assert!(!e.is_peer_fault());
+    }
+
+    #[test]
+    fn trusted_keys_for_k_patterns() {
+        let kn = p("Noise_KN_25519_ChaChaPoly_BLAKE2s");
+        let kk = p("Noise_KK_25519_ChaChaPoly_BLAKE2s");
+        let problem = |p: &Protocol, n| match peer_key_candidates(p, n) {
+            Err(Error::PeerKeys { problem, .. }) => Some(problem),
+            _ => None,
+        };
+        assert_eq!(problem(&kn, 0), Some(PeerKeysProblem::None));
+        assert_eq!(problem(&kn, 1), None);
+        assert_eq!(problem(&kn, 2), Some(PeerKeysProblem::NotExactlyOne));
+        assert_eq!(problem(&kk, 2), None);
+        assert_eq!(problem(&kk, MAX_TRIED_PEER_KEYS), None);
+        assert_eq!(
+            problem(&kk, MAX_TRIED_PEER_KEYS + 1),
+            Some(PeerKeysProblem::TooMany)
+        );
+    }
+}

@@ -1,0 +1,42 @@
+//! The module's main conf (one per `stream {}` block): the NoiseSocket addresses of the
+//! configuration, which the gate classifies connections by (docs/nginx-integration.md
+//! §2.4), and the original `peer.init` of each upstream group that the upstream wrapper
+//! replaced (§5).
+
+use nginx_sys::{ngx_int_t, ngx_stream_session_t, ngx_stream_upstream_srv_conf_t};
+
+/// One recorded `noise_listen` address.
+pub struct NoiseAddress {
+    pub text: String,
+    /// Raw `sockaddr` bytes.
+    pub sockaddr: Vec<u8>,
+    /// "file:line" of the directive.
+    pub at: String,
+    /// The server it belongs to (its `ngx_stream_core_srv_conf_t`, one per `server {}`
+    /// block for the life of the configuration); only compared.
+    pub server: usize,
+}
+
+/// An upstream group's `peer.init`.
+pub type InitPeer = unsafe extern "C" fn(
+    *mut ngx_stream_session_t,
+    *mut ngx_stream_upstream_srv_conf_t,
+) -> ngx_int_t;
+
+/// The module's main conf.
+#[derive(Default)]
+pub struct MainConf {
+    pub addresses: Vec<NoiseAddress>,
+    /// The original `peer.init` of each upstream group, by the group's address.
+    pub init_peers: Vec<(usize, InitPeer)>,
+}
+
+impl MainConf {
+    /// The original `peer.init` of the group at `group`.
+    pub fn init_peer_of(&self, group: *const ngx_stream_upstream_srv_conf_t) -> Option<InitPeer> {
+        self.init_peers
+            .iter()
+            .find(|(g, _)| *g == group as usize)
+            .map(|(_, init)| *init)
+    }
+}

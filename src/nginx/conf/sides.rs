@@ -1,0 +1,102 @@
+//! What a server runs with, built once per configuration by merge: [`ServerSide`] for a
+//! `noise_listen` server, [`UpstreamSide`] for a `noise_upstream on` one. Sessions share
+//! them (`Arc`); nothing in them changes after merge.
+
+use std::sync::Arc;
+
+use nginx_sys::ngx_msec_t;
+
+use super::rules::{self, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_UPSTREAM_PROTOCOL};
+use super::srv::{ServerKey, SrvConf};
+use crate::core::handshake::Settings;
+use crate::core::negotiation::codec::Codec;
+use crate::core::negotiation::{Credentials, Policy};
+use crate::core::protocol::{Protocol, Role};
+use crate::core::Error;
+use crate::nginx::sockaddr::same_address;
+
+/// What a `noise_listen` server needs at run time.
+pub struct ServerSide {
+    pub policy: Arc<Policy>,
+    pub settings: Arc<Settings>,
+    pub handshake_timeout: ngx_msec_t,
+}
+
+impl ServerSide {
+    /// The server side of a merged conf.
+    pub fn build(conf: &SrvConf) -> Result<ServerSide, String> {
+        let protocols = conf
+            .protocols
+            .clone()
+            .unwrap_or_else(rules::default_protocols);
+        let side = &conf.server;
+        rules::server_keys(&protocols, side)?;
+        let trusted = side.trusted_keys.is_some();
+        let policy = Policy::new(protocols, Codec::Virgil, side.credentials())
+            .map_err(|e| e.to_string())?
+            .with_initiator_static_required(trusted);
+        // The rules above already hold; this is the core's own check of the same facts.
+        policy
+            .validate(Role::Responder)
+            .map_err(|e| e.to_string())?;
+        Ok(ServerSide {
+            policy: Arc::new(policy),
+            settings: side.settings(true),
+            handshake_timeout: side.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+        })
+    }
+}
+
+/// What a `noise_upstream on` server needs at run time.
+pub struct UpstreamSide {
+    pub protocol: Protocol,
+    pub codec: Codec,
+    pub credentials: Credentials,
+    pub settings: Arc<Settings>,
+    pub server_keys: Vec<ServerKey>,
+    pub handshake_timeout: ngx_msec_t,
+}
+
+impl UpstreamSide {
+    /// The upstream side of a merged conf.
+    pub fn build(conf: &SrvConf) -> Result<UpstreamSide, String> {
+        let protocol = match &conf.upstream_protocol {
+            Some(p) => p.clone(),
+            None => Protocol::parse(DEFAULT_UPSTREAM_PROTOCOL).map_err(|e| e.to_string())?,
+        };
+        let side = &conf.upstream_conf;
+        rules::upstream_keys(&protocol, side, !conf.upstream_server_keys.is_empty())?;
+        let codec = conf.upstream_negotiation.unwrap_or_default();
+        rules::nameable(&protocol, codec)?;
+        Ok(UpstreamSide {
+            protocol,
+            codec,
+            credentials: side.credentials(),
+            settings: side.settings(true),
+            server_keys: conf.upstream_server_keys.clone(),
+            handshake_timeout: side.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+        })
+    }
+
+    /// The configured key of the server at `sockaddr`, if any.
+    pub fn server_key(&self, sockaddr: &[u8]) -> Option<[u8; 32]> {
+        self.server_keys
+            .iter()
+            .find(|k| k.sockaddrs.iter().any(|a| same_address(a, sockaddr)))
+            .map(|k| k.key)
+    }
+
+    /// Whether the protocol needs the server's key before the handshake.
+    pub fn needs_server_key(&self) -> bool {
+        self.protocol.needs_remote_static(Role::Initiator)
+    }
+
+    /// The initiator policy for a connection to the server at `sockaddr`.
+    pub fn policy_for(&self, sockaddr: &[u8]) -> Result<Policy, Error> {
+        let mut credentials = self.credentials.clone();
+        credentials.remote_static = self.server_key(sockaddr);
+        let policy = Policy::new(vec![self.protocol.clone()], self.codec, credentials)?;
+        policy.validate(Role::Initiator)?;
+        Ok(policy)
+    }
+}

@@ -1,0 +1,144 @@
+//! The per-server (and `stream`-level) conf and its merge: a server inherits what it does
+//! not set; merge then builds the run-time sides ([`ServerSide`], [`UpstreamSide`]) once
+//! per server, checking that every protocol can actually run ([`super::rules`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nginx_sys::ngx_msec_t;
+
+use super::sides::{ServerSide, UpstreamSide};
+use crate::core::handshake::Settings;
+use crate::core::keys::{KeySet, Secret};
+use crate::core::negotiation::codec::Codec;
+use crate::core::negotiation::Credentials;
+use crate::core::protocol::Protocol;
+
+/// A key file loaded at configuration time, with where it came from.
+#[derive(Clone, Debug)]
+pub struct Loaded<T> {
+    pub path: PathBuf,
+    pub value: T,
+}
+
+/// One `noise_upstream_server_key`: the key the server at these addresses must prove.
+#[derive(Clone, Debug)]
+pub struct ServerKey {
+    pub address: String,
+    /// Socket addresses as raw `sockaddr` bytes.
+    pub sockaddrs: Vec<Vec<u8>>,
+    pub key: [u8; 32],
+}
+
+/// Settings shared by both sides' directive sets.
+#[derive(Clone, Debug, Default)]
+pub struct SideConf {
+    pub private_key: Option<Loaded<Secret>>,
+    pub trusted_keys: Option<Loaded<KeySet>>,
+    /// `noise_revoked_keys` / `noise_upstream_revoked_keys`: refused even when trusted.
+    pub revoked_keys: Option<Loaded<KeySet>>,
+    pub psk: Option<Loaded<Secret>>,
+    pub prologue: Option<Vec<u8>>,
+    pub padding: Option<usize>,
+    pub handshake_timeout: Option<ngx_msec_t>,
+}
+
+impl SideConf {
+    fn merge(&mut self, parent: &SideConf) {
+        fn inherit<T: Clone>(child: &mut Option<T>, parent: &Option<T>) {
+            if child.is_none() {
+                child.clone_from(parent);
+            }
+        }
+        inherit(&mut self.private_key, &parent.private_key);
+        inherit(&mut self.trusted_keys, &parent.trusted_keys);
+        inherit(&mut self.revoked_keys, &parent.revoked_keys);
+        inherit(&mut self.psk, &parent.psk);
+        inherit(&mut self.prologue, &parent.prologue);
+        inherit(&mut self.padding, &parent.padding);
+        inherit(&mut self.handshake_timeout, &parent.handshake_timeout);
+    }
+
+    pub fn settings(&self, trusted: bool) -> Arc<Settings> {
+        Arc::new(Settings {
+            app_prologue: self.prologue.clone().unwrap_or_default(),
+            padding: self.padding.unwrap_or(0),
+            trusted: trusted
+                .then(|| self.trusted_keys.as_ref().map(|k| k.value.clone()))
+                .flatten(),
+            revoked: self
+                .revoked_keys
+                .as_ref()
+                .map(|k| k.value.clone())
+                .filter(|k| !k.is_empty()),
+        })
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            static_key: self.private_key.as_ref().map(|k| k.value.clone()),
+            remote_static: None,
+            psks: self.psk.iter().map(|k| k.value.clone()).collect(),
+            fixed_ephemeral: None,
+        }
+    }
+}
+
+/// The module's per-server (and `stream`-level) configuration.
+#[derive(Default)]
+pub struct SrvConf {
+    /// "file:line" of this server's first `noise_listen`, if any.
+    pub listen_at: Option<String>,
+    pub protocols: Option<Vec<Protocol>>,
+    pub server: SideConf,
+    pub upstream: Option<bool>,
+    /// "file:line" of the `noise_upstream` directive in force (this server's or inherited).
+    pub upstream_at: Option<String>,
+    pub upstream_protocol: Option<Protocol>,
+    pub upstream_negotiation: Option<Codec>,
+    pub upstream_server_keys: Vec<ServerKey>,
+    pub upstream_conf: SideConf,
+    /// Built by merge for servers with `noise_listen`.
+    pub server_side: Option<ServerSide>,
+    /// Built by merge for servers with `noise_upstream on`.
+    pub upstream_side: Option<Arc<UpstreamSide>>,
+    /// What this server's `proxy_pass` was given (learnt by [`super::proxy_pass`]).
+    pub proxy_pass: Option<Vec<u8>>,
+}
+
+impl SrvConf {
+    /// Inherits unset values from the `stream` level and builds the run-time sides.
+    pub fn merge(&mut self, parent: &SrvConf) -> Result<(), String> {
+        if self.protocols.is_none() {
+            self.protocols.clone_from(&parent.protocols);
+        }
+        self.server.merge(&parent.server);
+        if self.upstream.is_none() {
+            self.upstream = parent.upstream;
+            self.upstream_at.clone_from(&parent.upstream_at);
+        }
+        if self.upstream_protocol.is_none() {
+            self.upstream_protocol.clone_from(&parent.upstream_protocol);
+        }
+        if self.upstream_negotiation.is_none() {
+            self.upstream_negotiation = parent.upstream_negotiation;
+        }
+        if self.upstream_server_keys.is_empty() {
+            self.upstream_server_keys
+                .clone_from(&parent.upstream_server_keys);
+        }
+        self.upstream_conf.merge(&parent.upstream_conf);
+        if let Some(at) = self.listen_at.clone() {
+            self.server_side =
+                Some(ServerSide::build(self).map_err(|e| format!("{e} (noise_listen in {at})"))?);
+        }
+        if self.upstream == Some(true) {
+            let at = self.upstream_at.clone().unwrap_or_default();
+            self.upstream_side = Some(Arc::new(
+                UpstreamSide::build(self)
+                    .map_err(|e| format!("{e} (noise_upstream on in {at})"))?,
+            ));
+        }
+        Ok(())
+    }
+}
