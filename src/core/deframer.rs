@@ -27,6 +27,9 @@ pub struct Deframer {
     plain: Range<usize>,
     /// An error found after some plaintext was already copied out; reported next call.
     failed: Option<Error>,
+    /// Lengths of the frames opened since the last [`Deframer::take_frames`], while
+    /// recording (debug logs); `None` costs one branch per frame.
+    frames: Option<Vec<usize>>,
 }
 
 impl Deframer {
@@ -75,6 +78,16 @@ impl Deframer {
         n
     }
 
+    /// Starts recording the length of every frame opened (for debug logs).
+    pub fn record_frames(&mut self) {
+        self.frames.get_or_insert_with(Vec::new);
+    }
+
+    /// The lengths of the frames opened since the last call (none unless recording).
+    pub fn take_frames(&mut self) -> Vec<usize> {
+        self.frames.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Ciphertext received but not yet opened.
     pub fn buffered(&self) -> usize {
         self.end - self.start
@@ -108,6 +121,9 @@ impl Deframer {
             Opened::Frame { consumed, body } => {
                 self.plain = self.start + body.start..self.start + body.end;
                 self.start += consumed;
+                if let Some(frames) = &mut self.frames {
+                    frames.push(consumed);
+                }
                 Ok(true)
             }
         }

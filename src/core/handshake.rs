@@ -26,12 +26,13 @@ use zeroize::Zeroizing;
 use super::crypto::Resolver;
 use super::error::{Error, Result};
 use super::frame::HandshakeReader;
-use super::keys::KeySet;
+use super::keys::{self, KeySet};
 use super::negotiation::{Decision, Negotiator, Response, Stage};
 use super::payload::{self, MAX_BODY, MAX_MESSAGE};
 use super::prologue;
 use super::protocol::{Protocol, Role};
 use super::requirements;
+use super::trace::Step;
 use super::transport::{CipherState, Transport};
 
 /// Settings shared by every connection of one configuration.
@@ -102,6 +103,8 @@ pub struct Handshake {
     received: Vec<Vec<u8>>,
     /// While trying trusted keys as the initiator's (K patterns), the key being tried.
     remote_override: Option<[u8; 32]>,
+    /// Recorded steps, once tracing is on ([`Handshake::trace`]).
+    steps: Option<Vec<Step>>,
 }
 
 impl Handshake {
@@ -130,6 +133,35 @@ impl Handshake {
             next_payload: None,
             received: Vec::new(),
             remote_override: None,
+            steps: None,
+        }
+    }
+
+    /// Starts recording [`Step`]s (see [`crate::core::trace`]); an initiator's first
+    /// message, queued at construction, is recorded now.
+    pub fn trace(&mut self) {
+        if self.steps.is_some() {
+            return;
+        }
+        let mut steps = Vec::new();
+        if self.role.is_initiator() && !self.msg_a1.is_empty() {
+            steps.push(Step::Sent {
+                message: 1,
+                negotiation: self.neg_a1.len(),
+                noise: self.msg_a1.len(),
+            });
+        }
+        self.steps = Some(steps);
+    }
+
+    /// The steps recorded since the last call (none unless tracing).
+    pub fn take_steps(&mut self) -> Vec<Step> {
+        self.steps.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn note(&mut self, step: impl FnOnce() -> Step) {
+        if let Some(steps) = &mut self.steps {
+            steps.push(step());
         }
     }
 
@@ -216,6 +248,10 @@ impl Handshake {
             }
             if self.reader.is_complete() {
                 let (neg, noise) = self.reader.take();
+                self.note(|| Step::Received {
+                    negotiation: neg.len(),
+                    noise: noise.len(),
+                });
                 if let Err(e) = self.process(neg, noise) {
                     self.phase = Phase::Failed;
                     return Err(e);
@@ -306,6 +342,7 @@ impl Handshake {
     fn apply(&mut self, decision: Decision, may_rescue: bool) -> Result<()> {
         match decision {
             Decision::Accept(protocol) => {
+                self.note(|| Step::Accepted(protocol.name().to_string()));
                 let prologue = prologue::init1(&self.neg_a1, &self.settings.app_prologue);
                 let msg = std::mem::take(&mut self.msg_a1);
                 let mut read = Err(Error::Internal("no candidate key".into()));
@@ -320,6 +357,13 @@ impl Handshake {
                     self.remote_override = None;
                     started?;
                     read = self.read_noise(&msg);
+                    if let Some(key) = candidate {
+                        let matched = read.is_ok();
+                        self.note(|| Step::TriedKey {
+                            fingerprint: keys::fingerprint(&key),
+                            matched,
+                        });
+                    }
                     if read.is_ok() {
                         break;
                     }
@@ -344,6 +388,7 @@ impl Handshake {
                 if data.is_empty() {
                     return Err(Error::Internal("switch without negotiation data".into()));
                 }
+                self.note(|| Step::Switching(protocol.name().to_string()));
                 let prologue = prologue::init2(
                     &self.neg_a1,
                     &self.msg_a1,
@@ -361,6 +406,7 @@ impl Handshake {
                 if data.is_empty() {
                     return Err(Error::Internal("retry without negotiation data".into()));
                 }
+                self.note(|| Step::AskingRetry(protocol.name().to_string()));
                 push_sized(&mut self.out, &data);
                 push_sized(&mut self.out, &[]);
                 self.neg_b1 = data;
@@ -369,6 +415,7 @@ impl Handshake {
                 Ok(())
             }
             Decision::Reject { data } => {
+                self.note(|| Step::Rejecting);
                 push_sized(&mut self.out, &data);
                 push_sized(&mut self.out, &[]);
                 Err(Error::Refused(self.neg_a1.clone()))
@@ -402,9 +449,18 @@ impl Handshake {
     /// Initiator: the responder's first message.
     fn on_response(&mut self, neg: Vec<u8>, noise: Vec<u8>) -> Result<()> {
         if neg.is_empty() {
+            self.note(|| Step::PeerAnswered("accepted our offer"));
             return self.read_and_answer(&noise);
         }
-        match self.negotiator.response(&neg, noise.is_empty())? {
+        let response = self.negotiator.response(&neg, noise.is_empty())?;
+        self.note(|| {
+            Step::PeerAnswered(match &response {
+                Response::Reject => "rejected our offer",
+                Response::Switch(_) => "switched protocols",
+                Response::Retry { .. } => "asked for a retry",
+            })
+        });
+        match response {
             Response::Reject => Err(Error::Rejected(neg)),
             Response::Switch(protocol) => {
                 if noise.is_empty() {
@@ -484,6 +540,7 @@ impl Handshake {
     }
 
     fn queue_reject(&mut self) {
+        self.note(|| Step::Rejecting);
         let data = self.negotiator.reject_data();
         push_sized(&mut self.out, &data);
         push_sized(&mut self.out, &[]);
@@ -600,6 +657,12 @@ impl Handshake {
         self.index += 1;
         push_sized(&mut self.out, neg);
         push_sized(&mut self.out, &msg);
+        let message = self.index;
+        self.note(|| Step::Sent {
+            message,
+            negotiation: neg.len(),
+            noise: n,
+        });
         Ok(msg)
     }
 
@@ -666,6 +729,7 @@ impl Handshake {
         {
             return Err(Error::UntrustedKey { role, key });
         }
+        self.note(|| Step::PeerKey(keys::fingerprint(&key)));
         Ok(())
     }
 }

@@ -110,6 +110,18 @@ pub fn encode_key(key: &[u8]) -> String {
     STANDARD.encode(key)
 }
 
+/// A public key's fingerprint for logs: `SHA256:` and the first 8 bytes of its SHA-256, in
+/// hex. Debug logs name keys by fingerprint; a full key appears only where an operator must
+/// copy it (the error line of a refused key, `$noise_client_key`).
+pub fn fingerprint(key: &[u8; KEY_LEN]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("SHA256:{hex}")
+}
+
 /// Decodes one base64 key of exactly 32 bytes.
 pub fn decode_key(text: &str) -> Result<[u8; KEY_LEN], String> {
     let text = text.trim();

@@ -35,6 +35,7 @@ pub mod prologue;
 pub mod protocol;
 pub mod requirements;
 pub mod send_buffer;
+pub mod trace;
 pub mod transport;
 
 pub use error::{Error, Result};

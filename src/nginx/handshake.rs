@@ -9,9 +9,12 @@
 use nginx_sys::ngx_connection_t;
 
 use super::conn::{self, Phase};
-use super::io;
 use super::socket::{self, Io};
+use super::{io, log};
+use crate::core::handshake::Handshake;
+use crate::core::keys;
 use crate::core::Error;
+use crate::noise_debug;
 
 /// Where a handshake stands after [`drive`].
 #[derive(Debug)]
@@ -45,7 +48,9 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
         )));
     };
     // SAFETY: c is live.
-    let fd = unsafe { (*c).fd };
+    let (fd, log) = unsafe { ((*c).fd, (*c).log) };
+    // SAFETY: the connection's log is live.
+    let debug = unsafe { log::debug_on(log) };
     let mut buf = [0u8; 4096];
     let mut drained = false;
     let mut sent = false;
@@ -53,9 +58,18 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
         let Phase::Handshake(hs) = &mut st.phase else {
             return Progress::Done;
         };
+        if debug {
+            hs.trace();
+            log_steps(log, hs);
+        }
         while !hs.pending_output().is_empty() {
             match socket::send(fd, hs.pending_output()) {
                 Io::Done(n) => {
+                    noise_debug!(
+                        log,
+                        "noise handshake: send() {n} of {} bytes",
+                        hs.pending_output().len()
+                    );
                     hs.consume_output(n);
                     sent = true;
                 }
@@ -89,20 +103,27 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
             return Progress::WantRead;
         }
         match socket::recv(fd, &mut buf) {
-            Io::Done(n) => match hs.read(&buf[..n]) {
-                Ok(used) => {
-                    drained = n < buf.len() && io::short_read_drains(rev);
-                    // At most 4 KiB behind the last message: always fits the empty input.
-                    st.input.push(&buf[used..n]);
+            Io::Done(n) => {
+                noise_debug!(log, "noise handshake: recv() {n} bytes");
+                let result = hs.read(&buf[..n]);
+                if debug {
+                    log_steps(log, hs);
                 }
-                Err(e) => {
-                    // An explicit reject may be pending: one best-effort write.
-                    if !hs.pending_output().is_empty() {
-                        let _ = socket::send(fd, hs.pending_output());
+                match result {
+                    Ok(used) => {
+                        drained = n < buf.len() && io::short_read_drains(rev);
+                        // At most 4 KiB behind the last message: always fits the empty input.
+                        st.input.push(&buf[used..n]);
                     }
-                    return Progress::Failed(Failure::Noise(e));
+                    Err(e) => {
+                        // An explicit reject may be pending: one best-effort write.
+                        if !hs.pending_output().is_empty() {
+                            let _ = socket::send(fd, hs.pending_output());
+                        }
+                        return Progress::Failed(Failure::Noise(e));
+                    }
                 }
-            },
+            }
             Io::Eof => return Progress::Failed(Failure::Noise(hs.eof())),
             Io::Again => {
                 rev.set_ready(0);
@@ -115,6 +136,13 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
                 })
             }
         }
+    }
+}
+
+/// Logs the handshake's recorded steps at debug level.
+fn log_steps(log: *mut nginx_sys::ngx_log_t, hs: &mut Handshake) {
+    for step in hs.take_steps() {
+        noise_debug!(log, "noise handshake: {step}");
     }
 }
 
@@ -134,6 +162,26 @@ unsafe fn establish(c: *mut ngx_connection_t, st: &mut conn::NoiseConn) -> Resul
         ));
     }
     let replayable = est.info.protocol.initiator_auth_replayable();
+    // SAFETY: c is live.
+    let log = unsafe { (*c).log };
+    // SAFETY: the connection's log is live.
+    if unsafe { log::debug_on(log) } {
+        let peer = est
+            .info
+            .remote_static
+            .map_or_else(|| "none".to_string(), |k| keys::fingerprint(&k));
+        noise_debug!(
+            log,
+            "noise: {} established ({:?} stage), peer static key {peer}, handshake hash {}...",
+            est.info.protocol,
+            est.info.stage,
+            est.info.handshake_hash[..8.min(est.info.handshake_hash.len())]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        st.input.record_frames();
+    }
     st.phase = Phase::Transport(Box::new(est.transport));
     st.info = Some(Box::new(est.info));
     // SAFETY: c is live and now has an established state.

@@ -24,6 +24,7 @@ use nginx_sys::{
 use super::conn::{self, NoiseConn};
 use super::log;
 use super::socket::{self, Io};
+use crate::noise_debug;
 
 /// Our bit of `c->buffered` while ciphertext waits (0x01 is SSL's, 0x02 HTTP/2's).
 pub const BUFFERED: u32 = 0x08;
@@ -81,6 +82,18 @@ pub unsafe fn send_empty_frame(c: *mut ngx_connection_t, st: &mut NoiseConn) -> 
 /// # Safety
 /// Called by nginx with a live connection and a buffer of `size` bytes.
 pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
+    // SAFETY: forwarded from nginx.
+    let n = unsafe { recv(c, buf, size) };
+    // SAFETY: c is live.
+    noise_debug!(unsafe { (*c).log }, "noise_recv: {n} of {size}");
+    n
+}
+
+/// [`noise_recv`] without its debug line.
+///
+/// # Safety
+/// As [`noise_recv`].
+unsafe fn recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
     // SAFETY: nginx passes a live connection; the state reference ends with this call.
     let Some(st) = (unsafe { conn::get(c) }) else {
         return NGX_ERROR as isize;
@@ -111,7 +124,14 @@ pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size
             else {
                 return NGX_ERROR as isize;
             };
-            match input.read_plain(&mut tr.opener, &mut out[got..]) {
+            let opened = input.read_plain(&mut tr.opener, &mut out[got..]);
+            // SAFETY: the connection's log is live.
+            if unsafe { log::debug_on(log) } {
+                for frame in input.take_frames() {
+                    noise_debug!(log, "noise recv: opened a frame of {frame} bytes");
+                }
+            }
+            match opened {
                 Ok(n) => got += n,
                 Err(e) => {
                     // SAFETY: log belongs to the live connection.
@@ -142,6 +162,7 @@ pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size
         let room = spare.len();
         match socket::recv(fd, spare) {
             Io::Done(n) => {
+                noise_debug!(log, "noise recv: recv() {n} of {room} bytes");
                 st.input.commit(n);
                 drained = n < room && short_read_drains(rev);
             }
@@ -248,6 +269,18 @@ pub unsafe extern "C" fn noise_recv_chain(
 /// # Safety
 /// Called by nginx with a live connection and `size` readable bytes at `buf`.
 pub unsafe extern "C" fn noise_send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
+    // SAFETY: forwarded from nginx.
+    let n = unsafe { send(c, buf, size) };
+    // SAFETY: c is live.
+    noise_debug!(unsafe { (*c).log }, "noise_send: {n} of {size}");
+    n
+}
+
+/// [`noise_send`] without its debug line.
+///
+/// # Safety
+/// As [`noise_send`].
+unsafe fn send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
     // SAFETY: nginx passes a live connection; the state reference ends with this call.
     let Some(st) = (unsafe { conn::get(c) }) else {
         return NGX_ERROR as isize;
@@ -368,6 +401,7 @@ pub unsafe extern "C" fn noise_send_chain(
             Ok(false)
         })
     };
+    noise_debug!(log, "noise_send_chain: {sent} bytes sealed");
     match result {
         Err(()) => chain_error(),
         Ok(()) => cl,
@@ -387,10 +421,21 @@ unsafe fn seal_and_flush(
 ) -> Result<(), ()> {
     // SAFETY: c is live; its write event exists for its whole life.
     let (fd, log, wev) = unsafe { ((*c).fd, (*c).log, &mut *(*c).write) };
+    // SAFETY: the connection's log is live.
+    let debug = unsafe { log::debug_on(log) };
     let mut more = true;
     loop {
         if more {
-            more = match fill(st) {
+            let before = if debug { st.output.pending().len() } else { 0 };
+            let filled = fill(st);
+            if debug {
+                noise_debug!(
+                    log,
+                    "noise send: sealed {} bytes of frames",
+                    st.output.pending().len().saturating_sub(before)
+                );
+            }
+            more = match filled {
                 Ok(more) => more,
                 Err(e) => {
                     // SAFETY: log belongs to the live connection.
@@ -406,6 +451,11 @@ unsafe fn seal_and_flush(
         }
         match socket::send(fd, st.output.pending()) {
             Io::Done(n) => {
+                noise_debug!(
+                    log,
+                    "noise send: send() {n} of {} bytes",
+                    st.output.pending().len()
+                );
                 let all = n == st.output.pending().len();
                 st.output.consume(n);
                 if !all {
@@ -437,6 +487,11 @@ unsafe fn seal_and_flush(
             st.output.release();
         } else {
             (*c).set_buffered(buffered | BUFFERED);
+            noise_debug!(
+                log,
+                "noise send: {} bytes of frames wait for the socket (buffered)",
+                st.output.pending().len()
+            );
         }
     }
     Ok(())

@@ -24,6 +24,18 @@ pub const INFO: ngx_uint_t = NGX_LOG_INFO as ngx_uint_t;
 /// reached is the operator's concern, as nginx's own "connect() failed" lines are.
 pub const UPSTREAM_FAILURE: ngx_uint_t = ERR;
 
+/// Whether debug lines on `log` would be written: nginx built `--with-debug` (a constant:
+/// without it every debug branch compiles away) and the `event` mask on.
+///
+/// # Safety
+/// `log` must be null or a live log.
+pub unsafe fn debug_on(log: *mut ngx_log_t) -> bool {
+    // SAFETY: non-null, log is live (caller's promise).
+    ngx::log::DEBUG
+        && !log.is_null()
+        && ngx::log::check_mask(ngx::log::DebugMask::Event, unsafe { (*log).log_level })
+}
+
 /// Log level for a core error.
 pub fn level_of(e: &Error) -> ngx_uint_t {
     if e.is_peer_fault() {

@@ -26,6 +26,7 @@ use super::handshake::{await_first_frame, drive, Failure, Progress};
 use super::log;
 use super::stream_conf::Confs;
 use crate::core::handshake::Handshake;
+use crate::noise_debug;
 
 extern "C" {
     /// nginx's stream session event handler (`ngx_stream.h`): runs the session's phases.
@@ -51,6 +52,13 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         };
         return ERROR;
     }
+    // SAFETY: c is live; the reference ends in this statement.
+    let fresh = unsafe { conn::get(c) }.is_none();
+    noise_debug!(
+        log,
+        "noise handshake handler: {}",
+        if fresh { "start" } else { "resume" }
+    );
     // SAFETY: c is live.
     match unsafe { conn::get(c) } {
         None => {
