@@ -13,6 +13,13 @@
 //!   `send_chain(c, NULL)` to flush it. `c->sent` counts plaintext, as SSL does.
 //! * File buffers (`sendfile` off is forced, but `http` may still pass `in_file` buffers)
 //!   are read with `pread` straight into the frame being sealed.
+//!
+//! Safety contract of this file ("the call contract" below): nginx calls these functions,
+//! and our handshake code calls [`install`] and [`send_empty_frame`], with a connection that
+//! is live for the whole call; its `read` and `write` events and its `log` were allocated
+//! with it and live as long; a chain passed in is nginx's, valid for the call; and the
+//! connection's [`NoiseConn`] is referenced by nothing else during the call (one thread,
+//! these functions do not call each other re-entrantly).
 
 use std::slice;
 
@@ -39,7 +46,7 @@ fn chain_error() -> *mut ngx_chain_t {
 /// # Safety
 /// `c` must be a live connection with an established [`NoiseConn`].
 pub unsafe fn install(c: *mut ngx_connection_t) {
-    // SAFETY: c is live.
+    // SAFETY: the call contract (module doc): c is live for this call.
     unsafe {
         (*c).recv = Some(noise_recv);
         (*c).send = Some(noise_send);
@@ -84,7 +91,7 @@ pub unsafe fn send_empty_frame(c: *mut ngx_connection_t, st: &mut NoiseConn) -> 
 pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
     // SAFETY: forwarded from nginx.
     let n = unsafe { recv(c, buf, size) };
-    // SAFETY: c is live.
+    // SAFETY: the call contract (module doc): c is live for this call.
     noise_debug!(unsafe { (*c).log }, "noise_recv: {n} of {size}");
     n
 }
@@ -94,11 +101,12 @@ pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size
 /// # Safety
 /// As [`noise_recv`].
 unsafe fn recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
-    // SAFETY: nginx passes a live connection; the state reference ends with this call.
+    // SAFETY: the call contract: c is live and its state unreferenced elsewhere; the
+    // reference ends with this call.
     let Some(st) = (unsafe { conn::get(c) }) else {
         return NGX_ERROR as isize;
     };
-    // SAFETY: c is live; its read event exists for its whole life.
+    // SAFETY: the call contract: c and its read event are live for this call.
     let rev = unsafe { &mut *(*c).read };
     if st.read_error {
         rev.set_ready(0);
@@ -110,7 +118,7 @@ unsafe fn recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
     }
     // SAFETY: nginx gives a writable buffer of `size` bytes.
     let out = unsafe { slice::from_raw_parts_mut(buf, size) };
-    // SAFETY: c is live.
+    // SAFETY: the call contract (module doc): c is live for this call.
     let (fd, log) = unsafe { ((*c).fd, (*c).log) };
     let mut got = 0;
     let mut drained = false;
@@ -134,7 +142,7 @@ unsafe fn recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
             match opened {
                 Ok(n) => got += n,
                 Err(e) => {
-                    // SAFETY: log belongs to the live connection.
+                    // SAFETY: the call contract: the connection's log is live.
                     unsafe { log::error(log, "reading from peer", &e) };
                     st.read_error = true;
                 }
@@ -246,7 +254,7 @@ pub unsafe extern "C" fn noise_recv_chain(
             // SAFETY: n <= room bytes were written at b.last.
             b.last = unsafe { b.last.add(n as usize) };
             total += n;
-            // SAFETY: c is live.
+            // SAFETY: the call contract (module doc): c is live for this call.
             if (n as usize) < room && unsafe { (*(*c).read).ready() } == 0 {
                 break;
             }
@@ -254,7 +262,7 @@ pub unsafe extern "C" fn noise_recv_chain(
         }
         if total > 0 {
             if n != NGX_AGAIN as isize {
-                // SAFETY: c is live; report the EOF or error on the next call.
+                // SAFETY: the call contract; the EOF or error is reported on the next call.
                 unsafe { (*(*c).read).set_ready(1) };
             }
             return total;
@@ -271,7 +279,7 @@ pub unsafe extern "C" fn noise_recv_chain(
 pub unsafe extern "C" fn noise_send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
     // SAFETY: forwarded from nginx.
     let n = unsafe { send(c, buf, size) };
-    // SAFETY: c is live.
+    // SAFETY: the call contract (module doc): c is live for this call.
     noise_debug!(unsafe { (*c).log }, "noise_send: {n} of {size}");
     n
 }
@@ -281,7 +289,8 @@ pub unsafe extern "C" fn noise_send(c: *mut ngx_connection_t, buf: *mut u8, size
 /// # Safety
 /// As [`noise_send`].
 unsafe fn send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
-    // SAFETY: nginx passes a live connection; the state reference ends with this call.
+    // SAFETY: the call contract: c is live and its state unreferenced elsewhere; the
+    // reference ends with this call.
     let Some(st) = (unsafe { conn::get(c) }) else {
         return NGX_ERROR as isize;
     };
@@ -291,7 +300,7 @@ unsafe fn send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
     // SAFETY: nginx gives `size` readable bytes.
     let data = unsafe { slice::from_raw_parts(buf, size) };
     let mut taken = 0;
-    // SAFETY: c is live.
+    // SAFETY: the call contract (module doc): c is live for this call.
     let result = unsafe {
         seal_and_flush(c, st, |st| {
             let NoiseConn {
@@ -311,7 +320,7 @@ unsafe fn send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
         Err(()) => NGX_ERROR as isize,
         Ok(()) if taken == 0 && size > 0 => NGX_AGAIN as isize,
         Ok(()) => {
-            // SAFETY: c is live.
+            // SAFETY: the call contract (module doc): c is live for this call.
             unsafe { (*c).sent += taken as off_t };
             taken as isize
         }
@@ -327,7 +336,8 @@ pub unsafe extern "C" fn noise_send_chain(
     input: *mut ngx_chain_t,
     limit: off_t,
 ) -> *mut ngx_chain_t {
-    // SAFETY: nginx passes a live connection; the state reference ends with this call.
+    // SAFETY: the call contract: c is live and its state unreferenced elsewhere; the
+    // reference ends with this call.
     let Some(st) = (unsafe { conn::get(c) }) else {
         return chain_error();
     };
@@ -341,7 +351,7 @@ pub unsafe extern "C" fn noise_send_chain(
     };
     let mut cl = input;
     let mut sent: i64 = 0;
-    // SAFETY: c is live.
+    // SAFETY: the call contract (module doc): c is live for this call.
     let log = unsafe { (*c).log };
     // SAFETY: c is live; the closure walks nginx's valid chain.
     let result = unsafe {
@@ -419,7 +429,7 @@ unsafe fn seal_and_flush(
     st: &mut NoiseConn,
     mut fill: impl FnMut(&mut NoiseConn) -> Result<bool, crate::core::Error>,
 ) -> Result<(), ()> {
-    // SAFETY: c is live; its write event exists for its whole life.
+    // SAFETY: the call contract: c and its write event are live for this call.
     let (fd, log, wev) = unsafe { ((*c).fd, (*c).log, &mut *(*c).write) };
     // SAFETY: the connection's log is live.
     let debug = unsafe { log::debug_on(log) };
@@ -438,7 +448,7 @@ unsafe fn seal_and_flush(
             more = match filled {
                 Ok(more) => more,
                 Err(e) => {
-                    // SAFETY: log belongs to the live connection.
+                    // SAFETY: the call contract: the connection's log is live.
                     unsafe { log::error(log, "sealing", &e) };
                     st.write_error = true;
                     wev.set_error(1);
@@ -479,7 +489,7 @@ unsafe fn seal_and_flush(
             break;
         }
     }
-    // SAFETY: c is live.
+    // SAFETY: the call contract (module doc): c is live for this call.
     unsafe {
         let buffered = (*c).buffered();
         if st.output.is_empty() {

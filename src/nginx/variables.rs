@@ -10,6 +10,8 @@ use nginx_sys::{
     ngx_stream_variable_value_t, NGX_ERROR, NGX_OK, NGX_STREAM_VAR_NOCACHEABLE,
 };
 
+use ngx::ngx_string;
+
 use super::{conn, upstream};
 use crate::core::handshake::HandshakeInfo;
 use crate::core::keys::encode_key;
@@ -24,13 +26,21 @@ enum Which {
     UpstreamServerKey,
 }
 
-const VARIABLES: [(&str, Which); 6] = [
-    ("noise_protocol", Which::Protocol),
-    ("noise_client_key", Which::ClientKey),
-    ("noise_handshake_hash", Which::HandshakeHash),
-    ("noise_negotiation", Which::Negotiation),
-    ("noise_upstream_protocol", Which::UpstreamProtocol),
-    ("noise_upstream_server_key", Which::UpstreamServerKey),
+/// Names (nginx strings, as `ngx_stream_add_variable` takes them) and what each shows; a
+/// variable's `data` is its index here.
+const VARIABLES: [(ngx_str_t, Which); 6] = [
+    (ngx_string!("noise_protocol"), Which::Protocol),
+    (ngx_string!("noise_client_key"), Which::ClientKey),
+    (ngx_string!("noise_handshake_hash"), Which::HandshakeHash),
+    (ngx_string!("noise_negotiation"), Which::Negotiation),
+    (
+        ngx_string!("noise_upstream_protocol"),
+        Which::UpstreamProtocol,
+    ),
+    (
+        ngx_string!("noise_upstream_server_key"),
+        Which::UpstreamServerKey,
+    ),
 ];
 
 fn hex(bytes: &[u8]) -> String {
@@ -52,10 +62,7 @@ fn value(info: &HandshakeInfo, which: Which) -> String {
 /// Registers the variables (preconfiguration of the stream configuration `cf`).
 pub fn add(cf: &mut ngx_conf_t) -> ngx_int_t {
     for (index, (name, _)) in VARIABLES.iter().enumerate() {
-        let mut name = ngx_str_t {
-            len: name.len(),
-            data: name.as_ptr().cast_mut(),
-        };
+        let mut name = *name;
         // SAFETY: cf is live; nginx copies the name.
         let v =
             unsafe { ngx_stream_add_variable(cf, &mut name, NGX_STREAM_VAR_NOCACHEABLE as usize) };
