@@ -299,3 +299,86 @@ fn k_patterns_take_the_initiator_key_from_trusted_keys() {
         })
     ));
 }
+
+#[test]
+fn a_rotating_responder_accepts_any_of_its_keys() {
+    use nginx_noise::core::handshake::Handshake;
+    use std::sync::Arc;
+    let server = || {
+        policy(
+            &[IK_CHACHA, XX_CHACHA, "NK_25519_ChaChaPoly_BLAKE2s"],
+            Codec::Virgil,
+            creds(Some(2), None),
+        )
+        .with_alternate_static_keys(vec![secret(3), secret(4)])
+    };
+    // IK and NK clients that know the second or third key are served by it.
+    for (proto, known) in [
+        (IK_CHACHA, 3),
+        (IK_CHACHA, 4),
+        ("NK_25519_ChaChaPoly_BLAKE2s", 4),
+    ] {
+        let key = (proto == IK_CHACHA).then_some(1);
+        let (a, b) = start(
+            policy(&[proto], Codec::Virgil, creds(key, Some(public(known)))),
+            server(),
+            settings(None),
+            settings(None),
+        );
+        let out = pump(a, b, 7);
+        let bob = out.bob.expect("served by an alternate key");
+        assert_eq!(
+            bob.info.local_static,
+            Some(public(known)),
+            "{proto} with key {known}"
+        );
+        assert!(out.alice.is_ok());
+    }
+    // The first key still works, and XX sends the first.
+    let (a, b) = start(
+        policy(&[IK_CHACHA], Codec::Virgil, creds(Some(1), Some(public(2)))),
+        server(),
+        settings(None),
+        settings(None),
+    );
+    assert_eq!(
+        pump(a, b, 9).bob.unwrap().info.local_static,
+        Some(public(2))
+    );
+    let (a, b) = start(
+        policy(&[XX_CHACHA], Codec::Virgil, creds(Some(1), None)),
+        server(),
+        settings(None),
+        settings(None),
+    );
+    let out = pump(a, b, 9);
+    assert_eq!(out.alice.unwrap().info.remote_static, Some(public(2)));
+    assert_eq!(out.bob.unwrap().info.local_static, Some(public(2)));
+    // A key the server does not have: every one is tried, then the first message fails.
+    let mut b = Handshake::responder(Arc::new(server()), settings(None));
+    b.trace();
+    let a = Handshake::initiator(
+        Arc::new(policy(
+            &[IK_CHACHA],
+            Codec::Virgil,
+            creds(Some(1), Some(public(9))),
+        )),
+        settings(None),
+    )
+    .unwrap();
+    let mut a = a;
+    let first = a.pending_output().to_vec();
+    assert!(matches!(b.read(&first), Err(Error::Decrypt(_))));
+    let tried = b
+        .take_steps()
+        .iter()
+        .filter(|s| {
+            matches!(
+                s,
+                nginx_noise::core::trace::Step::TriedOwnKey { matched: false, .. }
+            )
+        })
+        .count();
+    assert_eq!(tried, 3);
+    a.consume_output(first.len());
+}

@@ -57,6 +57,9 @@ pub struct HandshakeInfo {
     /// The initiator's first negotiation data.
     pub initial_negotiation: Vec<u8>,
     pub stage: Stage,
+    /// Our static public key that served, when the negotiator knows it (a rotating
+    /// responder: `$noise_server_key`).
+    pub local_static: Option<[u8; 32]>,
 }
 
 /// A finished handshake.
@@ -105,6 +108,8 @@ pub struct Handshake {
     remote_override: Option<[u8; 32]>,
     /// Recorded steps, once tracing is on ([`Handshake::trace`]).
     steps: Option<Vec<Step>>,
+    /// Which of our static keys runs (0: the configured one, then the alternates).
+    local_index: usize,
 }
 
 impl Handshake {
@@ -134,6 +139,7 @@ impl Handshake {
             received: Vec::new(),
             remote_override: None,
             steps: None,
+            local_index: 0,
         }
     }
 
@@ -299,12 +305,17 @@ impl Handshake {
             self.settings.padding,
         );
         let remote_static = noise.get_remote_static().and_then(|k| k.try_into().ok());
+        let local_static = protocol
+            .needs_local_static(self.noise_role)
+            .then(|| self.negotiator.static_public_key(self.local_index))
+            .flatten();
         let info = HandshakeInfo {
             protocol,
             remote_static,
             handshake_hash: noise.get_handshake_hash().to_vec(),
             initial_negotiation: std::mem::take(&mut self.neg_a1),
             stage: self.stage,
+            local_static,
         };
         Ok(Established {
             transport,
@@ -346,27 +357,51 @@ impl Handshake {
                 let prologue = prologue::init1(&self.neg_a1, &self.settings.app_prologue);
                 let msg = std::mem::take(&mut self.msg_a1);
                 let mut read = Err(Error::Internal("no candidate key".into()));
-                for candidate in self.initiator_key_candidates(&protocol)? {
-                    self.remote_override = candidate;
-                    let started = self.start_protocol(
-                        protocol.clone(),
-                        Role::Responder,
-                        Stage::Initial,
-                        &prologue,
-                    );
-                    self.remote_override = None;
-                    started?;
-                    read = self.read_noise(&msg);
-                    if let Some(key) = candidate {
+                let candidates = self.initiator_key_candidates(&protocol)?;
+                // Our own keys to try: all of them (rotation) when the initiator used the
+                // one it knows in its first message, else the first.
+                let locals = if protocol.needs_remote_static(Role::Initiator) {
+                    1 + self.negotiator.alternate_static_keys().len()
+                } else {
+                    1
+                };
+                'keys: for local in 0..locals {
+                    for candidate in candidates.iter().copied() {
+                        self.local_index = local;
+                        self.remote_override = candidate;
+                        let started = self.start_protocol(
+                            protocol.clone(),
+                            Role::Responder,
+                            Stage::Initial,
+                            &prologue,
+                        );
+                        self.remote_override = None;
+                        started?;
+                        read = self.read_noise(&msg);
                         let matched = read.is_ok();
-                        self.note(|| Step::TriedKey {
-                            fingerprint: keys::fingerprint(&key),
-                            matched,
-                        });
+                        if let Some(key) = candidate {
+                            self.note(|| Step::TriedKey {
+                                fingerprint: keys::fingerprint(&key),
+                                matched,
+                            });
+                        }
+                        if locals > 1 {
+                            let ours = self.negotiator.static_public_key(local);
+                            self.note(|| Step::TriedOwnKey {
+                                fingerprint: ours.map_or_else(
+                                    || format!("#{}", local + 1),
+                                    |k| keys::fingerprint(&k),
+                                ),
+                                matched,
+                            });
+                        }
+                        if matched {
+                            break 'keys;
+                        }
                     }
-                    if read.is_ok() {
-                        break;
-                    }
+                }
+                if read.is_err() {
+                    self.local_index = 0;
                 }
                 self.msg_a1 = msg;
                 match read {
@@ -556,6 +591,13 @@ impl Handshake {
         let mut creds = self.negotiator.credentials(&protocol, noise_role, stage);
         if let Some(key) = self.remote_override {
             creds.remote_static = Some(key);
+        }
+        if self.local_index > 0 {
+            creds.static_key = self
+                .negotiator
+                .alternate_static_keys()
+                .get(self.local_index - 1)
+                .cloned();
         }
         requirements::check(&protocol, noise_role, &creds, false)?;
         let config = |what: &str, e: snow::Error| Error::Config(format!("{protocol}: {what}: {e}"));

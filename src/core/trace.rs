@@ -31,6 +31,8 @@ pub enum Step {
     PeerAnswered(&'static str),
     /// A K-pattern responder tried this trusted key as the initiator's.
     TriedKey { fingerprint: String, matched: bool },
+    /// A rotating responder tried this static key of its own on the first message.
+    TriedOwnKey { fingerprint: String, matched: bool },
     /// The peer's static key, once learnt and checked.
     PeerKey(String),
 }
@@ -61,6 +63,14 @@ impl fmt::Display for Step {
             } => write!(
                 f,
                 "trusted key {fingerprint} as the initiator's: {}",
+                if *matched { "authenticated" } else { "no" }
+            ),
+            Step::TriedOwnKey {
+                fingerprint,
+                matched,
+            } => write!(
+                f,
+                "own static key {fingerprint} for the first message: {}",
                 if *matched { "authenticated" } else { "no" }
             ),
             Step::PeerKey(fp) => write!(f, "peer static key {fp} accepted"),

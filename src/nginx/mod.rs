@@ -13,6 +13,7 @@
 //! * [`module`]: the `extern "C"` entry points of the C glue; [`listen`]: `noise_listen`
 //!   sockets; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
 //!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers.
+//! * [`http`]: the http module of the .so (`$noise_*` for requests that came through `pass`).
 //! * [`pool`]: Rust values owned by nginx pools; [`sockaddr`]: addresses as raw bytes.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -21,6 +22,7 @@ pub mod conf;
 pub mod conn;
 pub mod gate;
 pub mod handshake;
+pub mod http;
 pub mod io;
 pub mod listen;
 pub mod log;

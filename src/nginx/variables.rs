@@ -1,6 +1,7 @@
 //! Stream variables: `$noise_protocol`, `$noise_client_key` (base64, empty when none),
 //! `$noise_handshake_hash` (hex), `$noise_negotiation` (hex of the initial negotiation data),
-//! `$noise_upstream_protocol` and `$noise_upstream_server_key`.
+//! `$noise_upstream_protocol`, `$noise_upstream_server_key` and `$noise_server_key` (base64
+//! of our key that served the client: with several `noise_private_key`, which one).
 //!
 //! Like the `$ssl_*` variables they are "not found" on connections that did not speak
 //! NoiseSocket, and are never cached (a value may appear once the handshake is done).
@@ -16,19 +17,22 @@ use super::{conn, upstream};
 use crate::core::handshake::HandshakeInfo;
 use crate::core::keys::encode_key;
 
+/// What a variable shows.
 #[derive(Clone, Copy)]
-enum Which {
+pub enum Which {
     Protocol,
     ClientKey,
     HandshakeHash,
     Negotiation,
     UpstreamProtocol,
     UpstreamServerKey,
+    /// Our key that served (rotation).
+    ServerKey,
 }
 
 /// Names (nginx strings, as `ngx_stream_add_variable` takes them) and what each shows; a
 /// variable's `data` is its index here.
-const VARIABLES: [(ngx_str_t, Which); 6] = [
+const VARIABLES: [(ngx_str_t, Which); 7] = [
     (ngx_string!("noise_protocol"), Which::Protocol),
     (ngx_string!("noise_client_key"), Which::ClientKey),
     (ngx_string!("noise_handshake_hash"), Which::HandshakeHash),
@@ -41,13 +45,15 @@ const VARIABLES: [(ngx_str_t, Which); 6] = [
         ngx_string!("noise_upstream_server_key"),
         Which::UpstreamServerKey,
     ),
+    (ngx_string!("noise_server_key"), Which::ServerKey),
 ];
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn value(info: &HandshakeInfo, which: Which) -> String {
+/// The text of variable `which` for a connection whose handshake established `info`.
+pub fn value(info: &HandshakeInfo, which: Which) -> String {
     match which {
         Which::Protocol | Which::UpstreamProtocol => info.protocol.name().to_string(),
         Which::ClientKey | Which::UpstreamServerKey => info
@@ -55,6 +61,10 @@ fn value(info: &HandshakeInfo, which: Which) -> String {
             .map(|k| encode_key(&k))
             .unwrap_or_default(),
         Which::HandshakeHash => hex(&info.handshake_hash),
+        Which::ServerKey => info
+            .local_static
+            .map(|k| encode_key(&k))
+            .unwrap_or_default(),
         Which::Negotiation => hex(&info.initial_negotiation),
     }
 }

@@ -91,4 +91,17 @@ pub trait Negotiator: Send + Sync {
 
     /// Keys for running `protocol` as Noise `role` at `stage`.
     fn credentials(&self, protocol: &Protocol, role: Role, stage: Stage) -> Credentials;
+
+    /// Responder: further static keys, after the one in [`Negotiator::credentials`], that
+    /// an initiator may know as ours (key rotation). Tried in turn on a first message that
+    /// uses the responder's static key (IK, NK, KK, XK, ...); default none.
+    fn alternate_static_keys(&self) -> &[Secret] {
+        &[]
+    }
+
+    /// The public key of our static key `index` (0: the one in
+    /// [`Negotiator::credentials`], then the alternates), if known; default unknown.
+    fn static_public_key(&self, _index: usize) -> Option<[u8; 32]> {
+        None
+    }
 }

@@ -10,6 +10,7 @@
 use super::codec::{self, Codec, Offer, VIRGIL_REJECT};
 use super::{Credentials, Decision, Negotiator, Response, Stage};
 use crate::core::error::{Error, Result};
+use crate::core::keys::Secret;
 use crate::core::protocol::{Protocol, Role};
 use crate::core::requirements::{self, Need};
 
@@ -22,6 +23,10 @@ pub struct Policy {
     retry: bool,
     switch_on_failure: Option<Protocol>,
     require_initiator_static: bool,
+    alternate_static_keys: Vec<Secret>,
+    /// Public keys of the static key and the alternates, computed once (at configuration
+    /// time), only when asked for ([`Policy::with_alternate_static_keys`]).
+    static_publics: Vec<[u8; 32]>,
 }
 
 impl Policy {
@@ -38,6 +43,8 @@ impl Policy {
             retry: true,
             switch_on_failure: None,
             require_initiator_static: false,
+            alternate_static_keys: Vec::new(),
+            static_publics: Vec::new(),
         })
     }
 
@@ -56,6 +63,21 @@ impl Policy {
     /// Responder: refuse patterns in which the initiator has no static key (trusted keys).
     pub fn with_initiator_static_required(mut self, required: bool) -> Self {
         self.require_initiator_static = required;
+        self
+    }
+
+    /// Responder: `keys` are ours too, for initiators that know one of them (key
+    /// rotation); also records every static key's public key, so the handshake can say
+    /// which one served.
+    pub fn with_alternate_static_keys(mut self, keys: Vec<Secret>) -> Self {
+        self.static_publics = self
+            .credentials
+            .static_key
+            .iter()
+            .chain(keys.iter())
+            .map(Secret::public_key)
+            .collect();
+        self.alternate_static_keys = keys;
         self
     }
 
@@ -171,5 +193,13 @@ impl Negotiator for Policy {
 
     fn credentials(&self, _: &Protocol, _: Role, _: Stage) -> Credentials {
         self.credentials.clone()
+    }
+
+    fn alternate_static_keys(&self) -> &[Secret] {
+        &self.alternate_static_keys
+    }
+
+    fn static_public_key(&self, index: usize) -> Option<[u8; 32]> {
+        self.static_publics.get(index).copied()
     }
 }

@@ -93,11 +93,12 @@ fn side_directive(
     arg: &[u8],
 ) -> Result<(), String> {
     match suffix {
-        "private_key" => set_once(
-            &mut side.private_key,
-            secret(cf, directive, arg)?,
-            directive,
-        ),
+        "private_key" => {
+            let key = secret(cf, directive, arg)?;
+            rules::private_key_slot(directive, &side.private_keys, &key)?;
+            side.private_keys.push(key);
+            Ok(())
+        }
         "trusted_keys" => set_once(
             &mut side.trusted_keys,
             key_list(cf, directive, arg, keys::load_key_list)?,

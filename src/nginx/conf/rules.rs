@@ -4,7 +4,8 @@
 
 use nginx_sys::ngx_msec_t;
 
-use super::srv::SideConf;
+use super::srv::{Loaded, SideConf};
+use crate::core::keys::Secret;
 use crate::core::negotiation::codec::Codec;
 use crate::core::negotiation::Credentials;
 use crate::core::protocol::{Protocol, Role};
@@ -146,6 +147,42 @@ pub fn listen_parameters(params: &[Vec<u8>]) -> Result<(), String> {
             "\"noise_listen\" takes the \"listen\" parameters except \"ssl\", \"quic\" and \"udp\""
                 .into(),
         );
+    }
+    Ok(())
+}
+
+/// Private keys a `noise_listen` server may hold at once (key rotation: each costs a try,
+/// one DH, on a first message made for another one).
+pub const MAX_PRIVATE_KEYS: usize = 8;
+
+/// Rule: `noise_private_key` may be repeated up to [`MAX_PRIVATE_KEYS`] times per level,
+/// each a different key; `noise_upstream_private_key` is given once.
+pub fn private_key_slot(
+    directive: &str,
+    held: &[Loaded<Secret>],
+    new: &Loaded<Secret>,
+) -> Result<(), String> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    if directive != "noise_private_key" {
+        return Err(format!("\"{directive}\" directive is duplicate"));
+    }
+    if held.len() >= MAX_PRIVATE_KEYS {
+        return Err(format!(
+            "\"{directive}\": at most {MAX_PRIVATE_KEYS} keys per level ({} is one too many)",
+            new.path.display()
+        ));
+    }
+    if let Some(same) = held
+        .iter()
+        .find(|k| k.value.as_bytes() == new.value.as_bytes())
+    {
+        return Err(format!(
+            "\"{directive}\": {} holds the same key as {}",
+            new.path.display(),
+            same.path.display()
+        ));
     }
     Ok(())
 }

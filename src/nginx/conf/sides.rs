@@ -34,7 +34,8 @@ impl ServerSide {
         let trusted = side.trusted_keys.is_some();
         let policy = Policy::new(protocols, Codec::Virgil, side.credentials())
             .map_err(|e| e.to_string())?
-            .with_initiator_static_required(trusted);
+            .with_initiator_static_required(trusted)
+            .with_alternate_static_keys(side.alternate_keys());
         // The rules above already hold; this is the core's own check of the same facts.
         policy
             .validate(Role::Responder)

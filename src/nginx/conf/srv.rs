@@ -33,7 +33,10 @@ pub struct ServerKey {
 /// Settings shared by both sides' directive sets.
 #[derive(Clone, Debug, Default)]
 pub struct SideConf {
-    pub private_key: Option<Loaded<Secret>>,
+    /// `noise_private_key`, in order: the first is sent where the pattern sends it, all
+    /// are accepted where the client knows the key in advance (rotation); at most
+    /// [`super::rules::MAX_PRIVATE_KEYS`]. The upstream side takes one.
+    pub private_keys: Vec<Loaded<Secret>>,
     pub trusted_keys: Option<Loaded<KeySet>>,
     /// `noise_revoked_keys` / `noise_upstream_revoked_keys`: refused even when trusted.
     pub revoked_keys: Option<Loaded<KeySet>>,
@@ -50,7 +53,9 @@ impl SideConf {
                 child.clone_from(parent);
             }
         }
-        inherit(&mut self.private_key, &parent.private_key);
+        if self.private_keys.is_empty() {
+            self.private_keys.clone_from(&parent.private_keys);
+        }
         inherit(&mut self.trusted_keys, &parent.trusted_keys);
         inherit(&mut self.revoked_keys, &parent.revoked_keys);
         inherit(&mut self.psk, &parent.psk);
@@ -74,9 +79,18 @@ impl SideConf {
         })
     }
 
+    /// The private keys after the first, for rotation.
+    pub fn alternate_keys(&self) -> Vec<Secret> {
+        self.private_keys
+            .iter()
+            .skip(1)
+            .map(|k| k.value.clone())
+            .collect()
+    }
+
     pub fn credentials(&self) -> Credentials {
         Credentials {
-            static_key: self.private_key.as_ref().map(|k| k.value.clone()),
+            static_key: self.private_keys.first().map(|k| k.value.clone()),
             remote_static: None,
             psks: self.psk.iter().map(|k| k.value.clone()).collect(),
             fixed_ephemeral: None,

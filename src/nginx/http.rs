@@ -1,0 +1,85 @@
+//! The http side of the .so (`ngx_http_noise_module`, `nginx-module/ngx_http_noise_module.c`):
+//! `$noise_client_key`, `$noise_protocol`, `$noise_handshake_hash` and `$noise_server_key`
+//! for requests on
+//! connections that a stream `noise_listen` server handed to `http` with `pass`.
+//!
+//! `pass` gives http the very connection the stream module accepted, with our I/O
+//! functions and our state still attached ([`super::conn`] finds it by slot and number),
+//! so each request sees the NoiseSocket identity of its own connection. On any other
+//! connection, or before the client is authenticated, the values are empty (so that
+//! `proxy_set_header` drops the header and `map` sees ""), never another connection's.
+
+use nginx_sys::{
+    ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
+    ngx_pnalloc, ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
+};
+use ngx::ngx_string;
+
+use super::conn;
+use super::variables::{value, Which};
+
+/// Names and what each shows; a variable's `data` is its index here.
+const VARIABLES: [(ngx_str_t, Which); 4] = [
+    (ngx_string!("noise_protocol"), Which::Protocol),
+    (ngx_string!("noise_client_key"), Which::ClientKey),
+    (ngx_string!("noise_handshake_hash"), Which::HandshakeHash),
+    (ngx_string!("noise_server_key"), Which::ServerKey),
+];
+
+/// Registers the variables (preconfiguration of the http configuration `cf`).
+///
+/// # Safety
+/// Called only by nginx, through the http module definition, with its own argument.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_http_noise_preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    for (index, (name, _)) in VARIABLES.iter().enumerate() {
+        let mut name = *name;
+        // SAFETY: cf is the http configuration being read; nginx copies the name.
+        let v = unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as usize) };
+        if v.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        // SAFETY: v was just returned by nginx.
+        unsafe {
+            (*v).get_handler = Some(get);
+            (*v).data = index;
+        }
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// The getter of every variable; `data` is its index in [`VARIABLES`].
+unsafe extern "C" fn get(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    data: usize,
+) -> ngx_int_t {
+    let Some((_, which)) = VARIABLES.get(data) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    // SAFETY: nginx calls getters with a live request, its connection and the value slot.
+    let (r, v) = unsafe { (&*r, &mut *v) };
+    // SAFETY: r->connection is live; the state reference ends in this statement.
+    let text = unsafe { conn::get(r.connection) }
+        .and_then(|st| st.established())
+        .map(|info| value(info, *which))
+        .unwrap_or_default();
+    let data = if text.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        // SAFETY: the request pool outlives every use of the value.
+        let p = unsafe { ngx_pnalloc(r.pool, text.len()) } as *mut u8;
+        if p.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        // SAFETY: p has room for text.len() bytes.
+        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), p, text.len()) };
+        p
+    };
+    v.data = data;
+    v.set_len(text.len() as u32);
+    v.set_valid(1);
+    v.set_no_cacheable(0);
+    v.set_not_found(0);
+    NGX_OK as ngx_int_t
+}
