@@ -14,6 +14,7 @@
 //!   sockets; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
 //!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers.
 //! * [`http`]: the http module of the .so (`$noise_*` for requests that came through `pass`).
+//! * [`preread`]: preread phase handlers see plaintext.
 //! * [`pool`]: Rust values owned by nginx pools; [`sockaddr`]: addresses as raw bytes.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -28,6 +29,7 @@ pub mod listen;
 pub mod log;
 pub mod module;
 pub mod pool;
+pub mod preread;
 pub mod proxy_pass;
 pub mod server;
 pub mod sockaddr;

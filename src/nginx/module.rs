@@ -21,7 +21,7 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use super::conf::{directives, MainConf, SrvConf};
 use super::gate::{self, Class};
 use super::stream_conf::Confs;
-use super::{conn, listen, log, pool, proxy_pass, server, upstream, variables};
+use super::{conn, listen, log, pool, preread, proxy_pass, server, upstream, variables};
 
 const OK: ngx_int_t = NGX_OK as ngx_int_t;
 const ERROR: ngx_int_t = NGX_ERROR as ngx_int_t;
@@ -184,6 +184,10 @@ pub unsafe extern "C" fn ngx_stream_noise_init_module(cycle: *mut ngx_cycle_t) -
     };
     let is_noise_server =
         |ctx: &ngx_stream_conf_ctx_t| Confs::of_ctx(ctx).noise_srv().listen_at.is_some();
+    if !confs.noise_main().addresses.is_empty() {
+        // SAFETY: the cycle's stream core main conf, its phase engine built, no session yet.
+        unsafe { preread::take_over(&mut *confs.core_main()) };
+    }
     // SAFETY: as above; nothing else uses the cycle while init_module runs.
     let cycle = unsafe { &mut *cycle };
     match listen::resolve(cycle, confs.noise_main(), &is_noise_server) {
