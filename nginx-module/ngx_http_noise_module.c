@@ -1,9 +1,11 @@
 /*
  * ngx_http_noise_module: the NoiseSocket context of http requests that came through a
- * stream noise_listen server and `pass` ($noise_client_key and friends).
+ * stream noise_listen server and `pass` ($noise_client_key and friends), and the
+ * noise_status location (the module's counters in the Prometheus text format).
  *
  * Thin glue only, in the same .so as ngx_stream_noise_module (one load_module loads both):
- * the module definition. The variables are Rust (src/nginx/http.rs) behind extern "C".
+ * the module definition and the directive table. The logic is Rust (src/nginx/http.rs,
+ * src/nginx/status.rs) behind extern "C".
  */
 
 #include <ngx_config.h>
@@ -12,6 +14,20 @@
 
 
 ngx_int_t ngx_http_noise_preconfiguration(ngx_conf_t *cf);
+char *ngx_http_noise_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+
+static ngx_command_t  ngx_http_noise_commands[] = {
+
+    { ngx_string("noise_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_noise_status,
+      0,
+      0,
+      NULL },
+
+      ngx_null_command
+};
 
 
 static ngx_http_module_t  ngx_http_noise_module_ctx = {
@@ -32,7 +48,7 @@ static ngx_http_module_t  ngx_http_noise_module_ctx = {
 ngx_module_t  ngx_http_noise_module = {
     NGX_MODULE_V1,
     &ngx_http_noise_module_ctx,            /* module context */
-    NULL,                                  /* module directives */
+    ngx_http_noise_commands,               /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */

@@ -29,6 +29,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod keys;
+pub mod metrics;
 pub mod negotiation;
 pub mod payload;
 pub mod prologue;

@@ -17,7 +17,8 @@ use std::ptr;
 
 use nginx_sys::{ngx_atomic_uint_t, ngx_connection_t, ngx_cycle, ngx_pool_t};
 
-use super::pool;
+use super::{pool, status};
+use crate::core::metrics::{Side, State};
 
 use crate::core::deframer::Deframer;
 use crate::core::handshake::{Handshake, HandshakeInfo};
@@ -65,10 +66,14 @@ pub struct NoiseConn {
     /// first transport frame opens (its first message could be a replay, see
     /// `Protocol::initiator_auth_replayable`). Variables show nothing meanwhile.
     pub awaiting_first_frame: bool,
+    /// Which end nginx is, for the counters.
+    pub side: Side,
+    /// The state this connection is counted in (`nginx_noise_connections`), if any.
+    gauge: Option<State>,
 }
 
 impl NoiseConn {
-    pub fn new(handshake: Handshake) -> Self {
+    pub fn new(handshake: Handshake, side: Side) -> Self {
         let capacity = send_capacity(handshake.padding());
         NoiseConn {
             number: 0,
@@ -81,6 +86,23 @@ impl NoiseConn {
             read_error: false,
             write_error: false,
             awaiting_first_frame: false,
+            side,
+            gauge: None,
+        }
+    }
+
+    /// Counts this connection in `state` from now on (and no longer in the previous one).
+    pub fn count_as(&mut self, state: State) {
+        if let Some(old) = self.gauge.replace(state) {
+            status::connection(self.side, old, -1);
+        }
+        status::connection(self.side, state, 1);
+    }
+
+    /// Stops counting this connection (it failed; its state may linger in a pool).
+    pub fn uncount(&mut self) {
+        if let Some(old) = self.gauge.take() {
+            status::connection(self.side, old, -1);
         }
     }
 
@@ -158,7 +180,10 @@ pub unsafe fn attach<'a>(
     // SAFETY: pool is live and outlives the state's users (caller's promise).
     let raw = unsafe { pool::allocate(pool, state)? }.as_ptr();
     // SAFETY: raw was just written; only the table and the pool's cleanup know it.
-    unsafe { (*raw).slot = slot };
+    unsafe {
+        (*raw).slot = slot;
+        (*raw).count_as(State::Handshake);
+    }
     // SAFETY: single-threaded access, see the module doc.
     let table = unsafe { &mut *TABLE.0.get() };
     if table.len() <= slot {
@@ -173,8 +198,10 @@ pub unsafe fn attach<'a>(
 }
 
 impl Drop for NoiseConn {
-    /// Clears the slot if it still points at this state (keys wipe themselves).
+    /// Clears the slot if it still points at this state (keys wipe themselves), and stops
+    /// counting the connection.
     fn drop(&mut self) {
+        self.uncount();
         let me: *mut NoiseConn = self;
         // SAFETY: single-threaded access, see the module doc.
         let table = unsafe { &mut *TABLE.0.get() };

@@ -13,6 +13,7 @@ use super::socket::{self, Io};
 use super::{io, log};
 use crate::core::handshake::Handshake;
 use crate::core::keys;
+use crate::core::metrics::Reason;
 use crate::core::Error;
 use crate::noise_debug;
 
@@ -34,6 +35,16 @@ pub enum Progress {
 pub enum Failure {
     Noise(Error),
     Socket { doing: &'static str, errno: i32 },
+}
+
+impl Failure {
+    /// The `reason` label of the counters.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Failure::Noise(e) => Reason::of(e),
+            Failure::Socket { .. } => Reason::Socket,
+        }
+    }
 }
 
 /// Advances the handshake of `c` as far as the socket allows.

@@ -31,6 +31,8 @@ use nginx_sys::{
 use super::conn::{self, NoiseConn};
 use super::log;
 use super::socket::{self, Io};
+use super::status;
+use crate::core::metrics::Direction;
 use crate::noise_debug;
 
 /// Our bit of `c->buffered` while ciphertext waits (0x01 is SSL's, 0x02 HTTP/2's).
@@ -91,6 +93,12 @@ pub unsafe fn send_empty_frame(c: *mut ngx_connection_t, st: &mut NoiseConn) -> 
 pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
     // SAFETY: forwarded from nginx.
     let n = unsafe { recv(c, buf, size) };
+    if n > 0 {
+        // SAFETY: the call contract; the state reference ends in this statement.
+        if let Some(st) = unsafe { conn::get(c) } {
+            status::bytes(st.side, Direction::In, n as usize);
+        }
+    }
     // SAFETY: the call contract (module doc): c is live for this call.
     noise_debug!(unsafe { (*c).log }, "noise_recv: {n} of {size}");
     n
@@ -279,6 +287,12 @@ pub unsafe extern "C" fn noise_recv_chain(
 pub unsafe extern "C" fn noise_send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
     // SAFETY: forwarded from nginx.
     let n = unsafe { send(c, buf, size) };
+    if n > 0 {
+        // SAFETY: the call contract; the state reference ends in this statement.
+        if let Some(st) = unsafe { conn::get(c) } {
+            status::bytes(st.side, Direction::Out, n as usize);
+        }
+    }
     // SAFETY: the call contract (module doc): c is live for this call.
     noise_debug!(unsafe { (*c).log }, "noise_send: {n} of {size}");
     n
@@ -341,6 +355,7 @@ pub unsafe extern "C" fn noise_send_chain(
     let Some(st) = (unsafe { conn::get(c) }) else {
         return chain_error();
     };
+    let side = st.side;
     if st.write_error {
         return chain_error();
     }
@@ -412,6 +427,9 @@ pub unsafe extern "C" fn noise_send_chain(
         })
     };
     noise_debug!(log, "noise_send_chain: {sent} bytes sealed");
+    if sent > 0 {
+        status::bytes(side, Direction::Out, sent as usize);
+    }
     match result {
         Err(()) => chain_error(),
         Ok(()) => cl,

@@ -15,6 +15,7 @@
 //!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers.
 //! * [`http`]: the http module of the .so (`$noise_*` for requests that came through `pass`).
 //! * [`preread`]: preread phase handlers see plaintext.
+//! * [`status`]: the counters in shared memory and the http `noise_status` handler.
 //! * [`pool`]: Rust values owned by nginx pools; [`sockaddr`]: addresses as raw bytes.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -34,6 +35,7 @@ pub mod proxy_pass;
 pub mod server;
 pub mod sockaddr;
 pub mod socket;
+pub mod status;
 pub mod stream_conf;
 pub mod upstream;
 pub mod variables;

@@ -21,7 +21,7 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use super::conf::{directives, MainConf, SrvConf};
 use super::gate::{self, Class};
 use super::stream_conf::Confs;
-use super::{conn, listen, log, pool, preread, proxy_pass, server, upstream, variables};
+use super::{conn, listen, log, pool, preread, proxy_pass, server, status, upstream, variables};
 
 const OK: ngx_int_t = NGX_OK as ngx_int_t;
 const ERROR: ngx_int_t = NGX_ERROR as ngx_int_t;
@@ -126,6 +126,10 @@ pub unsafe extern "C" fn ngx_stream_noise_preconfiguration(cf: *mut ngx_conf_t) 
     // SAFETY: nginx passes the stream configuration, in preconfiguration.
     let cf = unsafe { &mut *cf };
     if proxy_pass::wrap(cf) != OK {
+        return ERROR;
+    }
+    // SAFETY: cf is the configuration being read.
+    if unsafe { status::add_zone(cf) } != OK {
         return ERROR;
     }
     variables::add(cf)

@@ -23,9 +23,10 @@ use nginx_sys::{
 use super::conf::ServerSide;
 use super::conn::{self, NoiseConn, Phase};
 use super::handshake::{await_first_frame, drive, Failure, Progress};
-use super::log;
 use super::stream_conf::Confs;
+use super::{log, status};
 use crate::core::handshake::Handshake;
+use crate::core::metrics::{Reason, Side, State};
 use crate::noise_debug;
 
 extern "C" {
@@ -64,7 +65,7 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         None => {
             let hs = Handshake::responder(side.policy.clone(), side.settings.clone());
             // SAFETY: c and its pool are live; the pool outlives every use of c.
-            if unsafe { conn::attach(c, (*c).pool, NoiseConn::new(hs)) }.is_none() {
+            if unsafe { conn::attach(c, (*c).pool, NoiseConn::new(hs, Side::Server)) }.is_none() {
                 return ERROR;
             }
             // SAFETY: c, its events and log are live.
@@ -101,6 +102,7 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         };
         // SAFETY: log is live.
         unsafe { log::write(log, log::INFO, msg) };
+        status::failed(Side::Server, Reason::Timeout);
         return NGX_STREAM_BAD_REQUEST as ngx_int_t;
     }
     // SAFETY: c is live with state attached.
@@ -120,6 +122,13 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
     }
     match progress {
         Progress::Done => {
+            // SAFETY: c is live; the reference ends in this statement.
+            if let Some(st) = unsafe { conn::get(c) } {
+                if let Some(info) = st.info.as_deref() {
+                    status::ok(Side::Server, info.protocol.name());
+                }
+                st.count_as(State::Established);
+            }
             // SAFETY: events are live; the timer is deleted only if set.
             unsafe {
                 if (*rev).timer_set() != 0 {
@@ -148,6 +157,7 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         Progress::Failed(failure) => {
             // SAFETY: log is live.
             unsafe { report(log, &failure) };
+            status::failed(Side::Server, failure.reason());
             match failure {
                 Failure::Noise(e) if !e.is_peer_fault() => ERROR,
                 _ => NGX_STREAM_BAD_REQUEST as ngx_int_t,

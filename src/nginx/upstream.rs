@@ -38,8 +38,9 @@ use super::conf::UpstreamSide;
 use super::conn::{self, NoiseConn};
 use super::handshake::{drive, Failure, Progress};
 use super::stream_conf::{noise_index, Confs};
-use super::{gate, listen, log, pool, proxy_pass, sockaddr};
+use super::{gate, listen, log, pool, proxy_pass, sockaddr, status};
 use crate::core::handshake::{Handshake, HandshakeInfo};
+use crate::core::metrics::{Reason, Side, State};
 
 static mut NEXT_FILTER: ngx_stream_filter_pt = None;
 
@@ -297,12 +298,19 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
                 ngx_close_connection(c);
             }
             pc.connection = std::ptr::null_mut();
+            status::failed(Side::Upstream, Reason::Local);
             return NGX_DECLINED as ngx_int_t;
         }
     };
     // SAFETY: the session pool outlives the connection (nginx closes upstream
     // connections before finalizing the session).
-    let attached = unsafe { conn::attach(c, (*(*w.session).connection).pool, NoiseConn::new(hs)) };
+    let attached = unsafe {
+        conn::attach(
+            c,
+            (*(*w.session).connection).pool,
+            NoiseConn::new(hs, Side::Upstream),
+        )
+    };
     if attached.is_none() {
         // SAFETY: as above, c is ours to close.
         unsafe { ngx_close_connection(c) };
@@ -476,7 +484,12 @@ fn hand_back(w: &mut PeerWrap, failed: bool) {
 /// for that call the connection gets a copy of its log that passes only `crit` and worse:
 /// our line is the one the operator reads. Lines about the session (the client connection's
 /// log, e.g. "no live upstreams") are not affected.
-fn fail(w: &mut PeerWrap, reason: &str) {
+fn fail(w: &mut PeerWrap, reason: &str, why: Reason) {
+    status::failed(Side::Upstream, why);
+    // SAFETY: w.conn is the wrap's live connection; the reference ends in this statement.
+    if let Some(st) = unsafe { conn::get(w.conn) } {
+        st.uncount();
+    }
     // SAFETY: called from step, on the wrap's checked connection.
     let (c, _, _) = unsafe { connection(w.conn) };
     // SAFETY: w.pc is the session's live peer connection; a non-null name is the
@@ -521,6 +534,11 @@ fn step(w: &mut PeerWrap) {
     if !w.connected {
         if wev.timedout() != 0 || rev.timedout() != 0 {
             wev.set_timedout(1);
+            status::failed(Side::Upstream, Reason::Connect);
+            // SAFETY: w.conn is live; the reference ends in this statement.
+            if let Some(st) = unsafe { conn::get(w.conn) } {
+                st.uncount();
+            }
             return hand_back(w, true); // the proxy's own connect timeout
         }
         if wev.ready() == 0 {
@@ -534,7 +552,7 @@ fn step(w: &mut PeerWrap) {
             // Any other state: the connect failed. Never hand a socket that did not
             // handshake to the proxy as connected, even if no error is pending: say
             // what happened and count a failed attempt.
-            _ => return fail(w, &connect_failure(c.fd)),
+            _ => return fail(w, &connect_failure(c.fd), Reason::Connect),
         }
         w.connected = true;
         // SAFETY: wev is live; its timer is deleted only if set, then set anew.
@@ -547,14 +565,18 @@ fn step(w: &mut PeerWrap) {
         crate::noise_debug!(c.log, "noise upstream: connected, handshaking");
     }
     if wev.timedout() != 0 || rev.timedout() != 0 {
-        return fail(w, "timed out");
+        return fail(w, "timed out", Reason::Timeout);
     }
     // SAFETY: c is live with the state get_peer attached.
     match unsafe { drive(c) } {
         Progress::Done => {
-            // SAFETY: c is live; the reference ends in this statement.
-            if let Some(info) = unsafe { conn::get(c) }.and_then(|st| st.info.as_deref()) {
-                w.info = Some(info.clone());
+            // SAFETY: c is live; the reference ends in this block.
+            if let Some(st) = unsafe { conn::get(c) } {
+                if let Some(info) = st.info.as_deref() {
+                    status::ok(Side::Upstream, info.protocol.name());
+                    w.info = Some(info.clone());
+                }
+                st.count_as(State::Established);
             }
             // drive() left rev.ready saying whether there may be something to read.
             wev.set_ready(1);
@@ -563,16 +585,16 @@ fn step(w: &mut PeerWrap) {
         Progress::WantRead => {
             // SAFETY: rev is live.
             if unsafe { ngx_handle_read_event(rev, 0) } != NGX_OK as ngx_int_t {
-                fail(w, "cannot wait for the read event");
+                fail(w, "cannot wait for the read event", Reason::Local);
             }
         }
         Progress::WantWrite => {
             // SAFETY: wev is live.
             if unsafe { ngx_handle_write_event(wev, 0) } != NGX_OK as ngx_int_t {
-                fail(w, "cannot wait for the write event");
+                fail(w, "cannot wait for the write event", Reason::Local);
             }
         }
-        Progress::Failed(failure) => fail(w, &reason(&failure)),
+        Progress::Failed(failure) => fail(w, &reason(&failure), failure.reason()),
     }
 }
 
