@@ -159,7 +159,7 @@ pub unsafe fn get<'a>(c: *mut ngx_connection_t) -> Option<&'a mut NoiseConn> {
     // SAFETY: non-null slots point at boxes owned by a live pool cleanup; the number check
     // rejects state left by an earlier user of the slot.
     let state = unsafe { &mut *p };
-    // SAFETY: c is live.
+    // SAFETY: the caller's promise (c is live); number is a plain field.
     (state.number == unsafe { (*c).number }).then_some(state)
 }
 
@@ -175,7 +175,7 @@ pub unsafe fn attach<'a>(
 ) -> Option<&'a mut NoiseConn> {
     // SAFETY: caller guarantees c is live.
     let slot = unsafe { slot_of(c)? };
-    // SAFETY: c is live.
+    // SAFETY: the caller's promise (c is live); number is a plain field.
     state.number = unsafe { (*c).number };
     // SAFETY: pool is live and outlives the state's users (caller's promise).
     let raw = unsafe { pool::allocate(pool, state)? }.as_ptr();

@@ -58,7 +58,7 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
             "no connection state".into(),
         )));
     };
-    // SAFETY: c is live.
+    // SAFETY: the caller's promise (a live connection); fd and log are plain fields.
     let (fd, log) = unsafe { ((*c).fd, (*c).log) };
     // SAFETY: the connection's log is live.
     let debug = unsafe { log::debug_on(log) };
@@ -173,7 +173,7 @@ unsafe fn establish(c: *mut ngx_connection_t, st: &mut conn::NoiseConn) -> Resul
         ));
     }
     let replayable = est.info.protocol.initiator_auth_replayable();
-    // SAFETY: c is live.
+    // SAFETY: the caller's promise (c is live); log is a plain field.
     let log = unsafe { (*c).log };
     // SAFETY: the connection's log is live.
     if unsafe { log::debug_on(log) } {

@@ -88,7 +88,10 @@ unsafe fn reading_checker(
     ph: *mut ngx_stream_phase_handler_t,
 ) -> ngx_int_t {
     // SAFETY: nginx's arguments: a live session, its connection with its events, pool and
-    // log, and the engine entry being run, whose handler is a preread handler.
+    // log, and the engine entry being run, whose handler is a preread handler. This is
+    // nginx's own checker logic on nginx's objects, which the handler and `c->recv` it calls
+    // change too: holding Rust references across those calls would claim an exclusivity
+    // nginx does not give, so the function stays on raw pointers, in one block.
     unsafe {
         let c = (*s).connection;
         let rev = (*c).read;

@@ -60,7 +60,8 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         "noise handshake handler: {}",
         if fresh { "start" } else { "resume" }
     );
-    // SAFETY: c is live.
+    // SAFETY: s is the live session of the phase, so its connection is live; the state
+    // reference lives only in this match.
     match unsafe { conn::get(c) } {
         None => {
             let hs = Handshake::responder(side.policy.clone(), side.settings.clone());

@@ -422,7 +422,7 @@ unsafe extern "C" fn handshake_event(ev: *mut ngx_event_t) {
     };
     let w = wrap_of(s);
     if w.is_null() {
-        // SAFETY: c is live.
+        // SAFETY: c is the connection whose event is running, so it and its log are live.
         unsafe {
             log::write(
                 (*c).log,
