@@ -1,10 +1,13 @@
 //! The primitives snow runs the handshake with, and the AEAD the transport uses.
 //!
-//! X25519 and the transport AEADs come from aws-lc-rs: on the machines we measured, its
-//! X25519 is about twice as fast as snow's default (curve25519-dalek) and its AES-256-GCM
-//! (VAES/AVX-512 where the CPU has it) about twice as fast as ring's (`cargo bench --bench
-//! handshake`, `--bench transport`). X25519 is most of a handshake's cost. Hashes and the
-//! handshake's own ciphers (a few hundred bytes per handshake) stay snow's defaults.
+//! X25519 and every AEAD (the transport's and the handshake's own) come from aws-lc-rs: on
+//! the machines we measured, its X25519 is about twice as fast as snow's default
+//! (curve25519-dalek) and its AES-256-GCM (VAES/AVX-512 where the CPU has it) about twice
+//! as fast as ring's (`cargo bench --bench handshake`, `--bench transport`). X25519 is most
+//! of a handshake's cost; the handshake's AEAD calls are few and short, so what counts there
+//! is per-call overhead, which snow's RustCrypto ciphers pay more of (docs/performance.md).
+//! Ephemeral keys take their randomness from aws-lc's DRBG too. Hashes stay snow's
+//! defaults (aws-lc has no BLAKE2).
 //!
 //! Invariant: a DH whose output is all zeros (the peer sent a low-order point) fails instead
 //! of yielding a predictable secret; the handshake reports it as the peer's fault.
@@ -26,7 +29,7 @@ pub struct Resolver;
 
 impl CryptoResolver for Resolver {
     fn resolve_rng(&self) -> Option<Box<dyn Random>> {
-        DefaultResolver.resolve_rng()
+        Some(Box::new(AwsRandom))
     }
 
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
@@ -41,9 +44,108 @@ impl CryptoResolver for Resolver {
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        DefaultResolver.resolve_cipher(choice)
+        Some(Box::new(HandshakeCipher::new(*choice)))
     }
 }
+
+/// Ephemeral keys' randomness from aws-lc's DRBG (seeded from the OS, reseeded across
+/// `fork`, as nginx's workers are): no `getrandom` syscall per key, as snow's default costs.
+struct AwsRandom;
+
+impl Random for AwsRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        aws_lc_rs::rand::fill(dest).map_err(|_| snow::Error::Rng)
+    }
+}
+
+/// The handshake's AEAD (snow's `CipherState` primitive) on aws-lc-rs: ChaCha20-Poly1305
+/// with a little-endian nonce counter, AES-256-GCM with a big-endian one (Noise §12). The
+/// key is expanded once per `set`, not per message.
+struct HandshakeCipher {
+    choice: CipherChoice,
+    key: Option<aead::LessSafeKey>,
+}
+
+impl HandshakeCipher {
+    fn new(choice: CipherChoice) -> Self {
+        HandshakeCipher { choice, key: None }
+    }
+
+    fn nonce(&self, n: u64) -> aead::Nonce {
+        let mut bytes = [0u8; aead::NONCE_LEN];
+        bytes[4..].copy_from_slice(&match self.choice {
+            CipherChoice::AESGCM => n.to_be_bytes(),
+            CipherChoice::ChaChaPoly => n.to_le_bytes(),
+        });
+        aead::Nonce::assume_unique_for_key(bytes)
+    }
+}
+
+impl Cipher for HandshakeCipher {
+    fn name(&self) -> &'static str {
+        match self.choice {
+            CipherChoice::AESGCM => "AESGCM",
+            CipherChoice::ChaChaPoly => "ChaChaPoly",
+        }
+    }
+
+    fn set(&mut self, key: &[u8; 32]) {
+        let alg = match self.choice {
+            CipherChoice::AESGCM => &aead::AES_256_GCM,
+            CipherChoice::ChaChaPoly => &aead::CHACHA20_POLY1305,
+        };
+        self.key = aead::UnboundKey::new(alg, key)
+            .ok()
+            .map(aead::LessSafeKey::new);
+    }
+
+    fn encrypt(&self, nonce: u64, authtext: &[u8], plaintext: &[u8], out: &mut [u8]) -> usize {
+        let len = plaintext.len();
+        let (Some(key), true) = (&self.key, out.len() >= len + TAG_LEN) else {
+            return 0; // snow sets a key and sizes `out` before it encrypts
+        };
+        out[..len].copy_from_slice(plaintext);
+        match key.seal_in_place_separate_tag(
+            self.nonce(nonce),
+            aead::Aad::from(authtext),
+            &mut out[..len],
+        ) {
+            Ok(tag) => {
+                out[len..len + TAG_LEN].copy_from_slice(tag.as_ref());
+                len + TAG_LEN
+            }
+            Err(_) => 0,
+        }
+    }
+
+    fn decrypt(
+        &self,
+        nonce: u64,
+        authtext: &[u8],
+        ciphertext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, snow::Error> {
+        let Some(key) = &self.key else {
+            return Err(snow::Error::Decrypt);
+        };
+        let Some(len) = ciphertext.len().checked_sub(TAG_LEN) else {
+            return Err(snow::Error::Decrypt);
+        };
+        if out.len() < len {
+            return Err(snow::Error::Decrypt);
+        }
+        // aws-lc opens in place over ciphertext and tag together; handshake messages are
+        // at most 64 KiB, usually under 100 bytes.
+        let mut buf = Zeroizing::new(ciphertext.to_vec());
+        let plain = key
+            .open_in_place(self.nonce(nonce), aead::Aad::from(authtext), &mut buf)
+            .map_err(|_| snow::Error::Decrypt)?;
+        out[..len].copy_from_slice(plain);
+        Ok(len)
+    }
+}
+
+const TAG_LEN: usize = 16;
 
 /// An X25519 key pair on aws-lc-rs. snow hands us raw private bytes (`set`, for static
 /// keys) or asks for a fresh pair (`generate`, for ephemeral keys); either way the aws-lc
@@ -65,7 +167,8 @@ struct LoadedKey {
     key: Arc<PrivateKey>,
 }
 
-const LOADED_KEYS: usize = 8;
+/// Enough for a server rotating through 8 keys (`noise_private_key`) plus upstream keys.
+const LOADED_KEYS: usize = 16;
 
 thread_local! {
     static LOADED: RefCell<Vec<LoadedKey>> = const { RefCell::new(Vec::new()) };
