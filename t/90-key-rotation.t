@@ -105,6 +105,25 @@ isnt($rc, 0, 'the same key twice: nginx -t fails');
 like($out, qr/"noise_private_key": \S+old\.key holds the same key as \S+old\.key in \S+twice\.conf:\d+/,
     'the same key twice: message');
 
+# KK tries every private key with every trusted key: the product is bounded.
+my @seventeen = map { $t->keygen("t$_") } 1 .. 17;
+$t->write_file('seventeen.pub', join("\n", @seventeen) . "\n", 0644);
+$t->write_config(<<'END', 'kk.conf');
+stream {
+    server {
+        noise_listen 127.0.0.1:%%PORT_kk%%;
+        noise_protocol Noise_KK_25519_ChaChaPoly_BLAKE2s;
+        noise_private_key %%TESTDIR%%/old.key;
+        noise_private_key %%TESTDIR%%/new.key;
+        noise_trusted_keys %%TESTDIR%%/seventeen.pub;
+        return x;
+    }
+}
+END
+($rc, $out) = $t->test_config('kk.conf');
+isnt($rc, 0, 'KK: 2 private keys × 17 trusted keys: nginx -t fails');
+like($out, qr/tries each trusted key with each private key; 2 keys × 17 trusted keys is more than 32/, 'KK bound message');
+
 $t->write_config(<<'END', 'upstream.conf');
 stream {
     server {

@@ -97,6 +97,17 @@ pub fn server_keys(protocols: &[Protocol], side: &SideConf) -> Result<(), String
                     ),
                 });
             }
+            // With several private keys each is tried with each trusted key: bound what a
+            // forged first message can cost (two DH per try).
+            let keys = side.private_keys.len().max(1);
+            if p.needs_remote_static(Role::Initiator)
+                && keys * trusted > requirements::MAX_TRIED_PEER_KEYS
+            {
+                return Err(format!(
+                    "\"{p}\" tries each trusted key with each private key; {keys} keys × {trusted} trusted keys is more than {}",
+                    requirements::MAX_TRIED_PEER_KEYS
+                ));
+            }
         }
         keys_present(p, Role::Responder, &credentials, true, &SERVER)?;
     }
