@@ -18,6 +18,7 @@ char *ngx_stream_noise_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 ngx_int_t ngx_stream_noise_preconfiguration(ngx_conf_t *cf);
 ngx_int_t ngx_stream_noise_postconfiguration(ngx_conf_t *cf);
 ngx_int_t ngx_stream_noise_init_module(ngx_cycle_t *cycle);
+void ngx_stream_noise_exit_process(ngx_cycle_t *cycle);
 
 
 #define NGX_STREAM_NOISE_ANY  (NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF)
@@ -89,7 +90,7 @@ ngx_module_t  ngx_stream_noise_module = {
     NULL,                                  /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_stream_noise_exit_process,         /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };

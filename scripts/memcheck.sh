@@ -6,7 +6,7 @@
 # Each offending valgrind report is printed in full (scripts/memcheck/analyze.py says how a
 # report is the module's: a frame in its .so, i.e. our crate, its dependencies or Rust std).
 #
-#   scripts/memcheck.sh                 # the default suites below, about 4 minutes
+#   scripts/memcheck.sh                 # the default suites below, about 6 minutes
 #   scripts/memcheck.sh t/20-bad-input.t
 #
 # Needs a finished scripts/build.sh. nginx and the module are copied first, so a rebuild
@@ -36,7 +36,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-default_suites="t/00-config.t t/00-load.t t/10-server.t t/20-bad-input.t t/30-reload.t t/40-upstream.t t/50-workers.t t/60-replay.t t/70-revocation.t"
+default_suites="t/00-config.t t/00-load.t t/10-server.t t/20-bad-input.t t/30-reload.t t/40-upstream.t t/50-workers.t t/60-replay.t t/70-revocation.t t/80-debug-log.t t/85-http-identity.t t/90-key-rotation.t t/95-preread.t t/97-status.t"
 suites=${*:-$default_suites}
 out=${MEMCHECK_OUT:-$repo/build/memcheck}
 command -v valgrind >/dev/null || { echo "memcheck: valgrind not installed (apt-get install valgrind)" >&2; exit 2; }

@@ -197,6 +197,14 @@ pub unsafe fn attach<'a>(
     Some(unsafe { &mut *raw })
 }
 
+/// Frees the worker's side table (worker exit: every connection, and so every state, is
+/// gone by then; the table must not outlive the module's code, which nginx may unload).
+pub fn free_table() {
+    // SAFETY: single-threaded access, see the module doc; no state is live at exit.
+    let table = unsafe { &mut *TABLE.0.get() };
+    *table = Vec::new();
+}
+
 impl Drop for NoiseConn {
     /// Clears the slot if it still points at this state (keys wipe themselves), and stops
     /// counting the connection.

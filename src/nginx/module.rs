@@ -204,6 +204,15 @@ pub unsafe extern "C" fn ngx_stream_noise_init_module(cycle: *mut ngx_cycle_t) -
     }
 }
 
+/// Worker exit: frees what the worker holds outside nginx's pools.
+///
+/// # Safety
+/// Called only by nginx, through the module definition, with its own arguments.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_stream_noise_exit_process(_cycle: *mut ngx_cycle_t) {
+    conn::free_table();
+}
+
 /// `NGX_STREAM_POST_ACCEPT_PHASE` handler: gate layer 2 (see [`gate`]).
 unsafe extern "C" fn post_accept_handler(s: *mut ngx_stream_session_t) -> ngx_int_t {
     // SAFETY: nginx runs phase handlers with a live session and its connection.
