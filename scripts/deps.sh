@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build and the tests need, only those missing.
+# Installs the Debian packages the build and the tests need (openssl s_client and curl are
+# test clients), only those missing.
 # Idempotent; uses sudo when not root. Refreshes the package index first when installing,
 # because a stale index can pin -dev packages to versions older than their installed
 # runtime libraries (libpcre2-dev vs a security-updated libpcre2-8-0).
 #   scripts/deps.sh [EXTRA_PACKAGE...]     (the benchmark adds wrk, gnuplot-nox, ...)
 set -euo pipefail
-packages=(libclang-dev libpcre2-dev libssl-dev zlib1g-dev pkg-config make perl python3-venv "$@")
+packages=(libclang-dev libpcre2-dev libssl-dev zlib1g-dev pkg-config make perl python3-venv openssl curl "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

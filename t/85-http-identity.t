@@ -27,7 +27,7 @@ stream {
         listen 127.0.0.1:%%PORT_plain%%;
         pass 127.0.0.1:%%PORT_http%%;
     }
-}
+H2_STREAM}
 http {
     log_format who '$request_uri|$noise_client_key|$noise_protocol';
     access_log %%TESTDIR%%/logs/http.log who;
@@ -49,8 +49,37 @@ http {
             return 200 "header=$http_x_noise_client_key\n";
         }
     }
-}
+H2_HTTP}
 END
+# HTTP/2 (h2c, prior knowledge) from curl through a noise_upstream gateway, when nginx has
+# http_v2 and curl speaks HTTP/2.
+my $configure = $t->run_cmd([$t->{nginx}, '-V'])->{err};
+my $curl = $t->run_cmd(['curl', '--version'])->{out} // '';
+my $h2 = $configure =~ /--with-http_v2_module/ && $curl =~ /\bHTTP2\b/;
+my $h2_stream = $h2 ? <<'END' : '';
+    server {
+        listen 127.0.0.1:%%PORT_h2gateway%%;
+        noise_upstream on;
+        noise_upstream_private_key %%TESTDIR%%/alice.key;
+        noise_upstream_server_key 127.0.0.1:%%PORT_h2noise%% %%TESTDIR%%/server.pub;
+        proxy_pass 127.0.0.1:%%PORT_h2noise%%;
+    }
+    server {
+        noise_listen 127.0.0.1:%%PORT_h2noise%%;
+        pass 127.0.0.1:%%PORT_h2%%;
+    }
+END
+my $h2_http = $h2 ? <<'END' : '';
+    server {
+        listen 127.0.0.1:%%PORT_h2%%;
+        http2 on;
+        location /id {
+            return 200 "$server_protocol key=$noise_client_key proto=$noise_protocol\n";
+        }
+    }
+END
+my $text = $t->read_file('nginx.conf') =~ s/H2_STREAM/$h2_stream/r =~ s/H2_HTTP/$h2_http/r;
+$t->write_file('nginx.conf', $t->substitute($text), 0644);
 # map needs the key literally: put Alice's in place of the placeholder.
 my $conf = $t->read_file('nginx.conf') =~ s/ALICE/"$pub{alice}"/r;
 $t->write_file('nginx.conf', $conf, 0644);
@@ -117,6 +146,18 @@ like($got, qr{/id/plain key= proto= hash= server= who=nobody}, 'plain stream lis
 like($got, qr{/id/direct key= proto= hash= server= who=nobody}, 'plain http: empty');
 ($got) = $t->plain_exchange($t->port('http'), "GET /proxied HTTP/1.0\r\nHost: x\r\n\r\n", keep_open => 1, timeout => 3);
 like($got, qr{header=\n}, 'plain http: no identity header');
+
+SKIP: {
+    skip 'nginx without http_v2 or curl without HTTP/2', 2 unless $h2;
+    my $url = 'http://127.0.0.1:' . $t->port('h2gateway') . '/id/h2';
+    # (curl 7.88 sends one h2c prior-knowledge request per connection: two connections.)
+    my $out = join '', map { $t->run_cmd(['curl', '-s', '--http2-prior-knowledge', "$url/$_"], '', 20)->{out} } 1, 2;
+    my @lines = split /\n/, $out;
+    is(scalar(grep { /^HTTP\/2\.0 key=\Q$pub{alice}\E proto=Noise_XX_25519_ChaChaPoly_BLAKE2s$/ } @lines), 2,
+        'HTTP/2 requests see the client key') or diag($out);
+    ($got) = $t->plain_exchange($t->port('h2'), "GET /id/plain HTTP/1.0\r\nHost: x\r\n\r\n", keep_open => 1, timeout => 3);
+    like($got, qr{ key= proto=\n}, 'plain request to the h2 server: empty');
+}
 
 # Bad input: garbage on the noise port, then everything still works.
 my $workers = $t->worker_set;

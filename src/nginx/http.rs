@@ -48,6 +48,18 @@ pub unsafe extern "C" fn ngx_http_noise_preconfiguration(cf: *mut ngx_conf_t) ->
     NGX_OK as ngx_int_t
 }
 
+/// The connection the client's bytes arrived on. HTTP/2 runs each stream on a connection
+/// of its own (`r->connection` is the stream's); the client's is the h2 connection's.
+fn client_connection(r: &ngx_http_request_t) -> *mut nginx_sys::ngx_connection_t {
+    #[cfg(ngx_feature = "http_v2")]
+    if !r.stream.is_null() {
+        // SAFETY: a request of an h2 stream points at its live stream, whose h2 connection
+        // owns the client connection.
+        return unsafe { (*(*r.stream).connection).connection };
+    }
+    r.connection
+}
+
 /// The getter of every variable; `data` is its index in [`VARIABLES`].
 unsafe extern "C" fn get(
     r: *mut ngx_http_request_t,
@@ -59,8 +71,9 @@ unsafe extern "C" fn get(
     };
     // SAFETY: nginx calls getters with a live request, its connection and the value slot.
     let (r, v) = unsafe { (&*r, &mut *v) };
-    // SAFETY: r->connection is live; the state reference ends in this statement.
-    let text = unsafe { conn::get(r.connection) }
+    // SAFETY: the request's client connection is live; the state reference ends in this
+    // statement.
+    let text = unsafe { conn::get(client_connection(r)) }
         .and_then(|st| st.established())
         .map(|info| value(info, *which))
         .unwrap_or_default();
