@@ -512,7 +512,8 @@ sub count_of {
     return scalar(() = $c =~ /x/g);
 }
 
-# A raw TCP client: sends bytes, optionally half-closes, then reads until EOF or timeout.
+# A raw TCP client: sends bytes, optionally half-closes, then reads until EOF or timeout
+# (or, with until_data, until the first bytes arrive).
 # Returns (bytes read, closed by peer).
 sub raw_exchange {
     my ($self, $port, $bytes, %o) = @_;
@@ -530,6 +531,7 @@ sub raw_exchange {
         my $r = sysread($s, $buf, 65536);
         if (!$r) { $closed = 1; last }
         $got .= $buf;
+        last if $o{until_data};
     }
     close $s;
     return ($got, $closed);
