@@ -2,6 +2,7 @@
 # Builds everything, then runs nginx-conf/demo.conf and shows NoiseSocket in both directions:
 #   1. noisesocket CLI --(Noise IK/XX)--> nginx noise_listen --> plain echo backend
 #   2. plain client --> nginx (noise_upstream on) --(Noise)--> nginx noise_listen --> backend
+#   3. the module's counters from the noise_status location
 # Leaves nothing running. Files go to build/demo/.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,5 +56,8 @@ sleep 0.3
 echo
 echo "== access log (note \$noise_protocol, keys, \$noise_upstream_protocol)"
 cat "$demo/logs/access.log"
+echo
+echo "== 3. counters (noise_status on :17090/metrics), the non-zero ones"
+curl -s http://127.0.0.1:17090/metrics | grep -v -e '^#' -e ' 0$' || true
 echo
 echo "demo ok"
