@@ -92,6 +92,9 @@ case " $flags " in
 *" --with-stream "* | *" --with-stream=dynamic "*) ;;
 *) fail "the nginx ./configure flags have no --with-stream: ngx_stream_noise_module is a stream module" ;;
 esac
+case " $flags " in
+*" --without-http "*) fail "the nginx ./configure flags have --without-http: the module needs nginx's http (its http module and the ngx crate it is built on)" ;;
+esac
 opts="--with-compat $flags --builddir=$objs --add-dynamic-module=$repo/nginx-module"
 stamp="$src $opts $(cat nginx-module/config nginx-module/config.make | sha256sum | cut -c1-16) $CARGO_TARGET_DIR"
 if [ ! -f "$objs/Makefile" ] || [ "$(cat "$objs/.noise-configured" 2>/dev/null)" != "$stamp" ]; then

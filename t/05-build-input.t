@@ -51,4 +51,10 @@ my $r = $t->run_cmd(['env', "NGINX_SRC=" . fake_tree('flags', '1.24.0', 1024000,
     'NGINX_CONFIGURE=--with-http_ssl_module', $t->repo . '/scripts/build.sh'], '', 120);
 isnt($r->{rc}, 0, 'configure flags without stream: exits non-zero');
 like($r->{err}, qr/^build: the nginx \.\/configure flags have no --with-stream/m, 'configure flags without stream: says so');
+# Flags without http: the module's http side and the ngx crate need it.
+$r = $t->run_cmd(['env', "NGINX_SRC=" . fake_tree('nohttp', '1.24.0', 1024000, 1), "NOISE_BUILD=$out",
+    'NGINX_CONFIGURE=--with-stream --without-http', $t->repo . '/scripts/build.sh'], '', 120);
+isnt($r->{rc}, 0, 'configure flags with --without-http: exits non-zero');
+like($r->{err}, qr/^build: the nginx \.\/configure flags have --without-http: the module needs nginx's http/m,
+    'configure flags with --without-http: says so');
 done_testing;
