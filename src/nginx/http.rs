@@ -11,12 +11,12 @@
 
 use nginx_sys::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
-    ngx_pnalloc, ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
+    ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
 };
 use ngx::ngx_string;
 
 use super::conn;
-use super::variables::{value, Which};
+use super::variables::{fill, value, Which};
 
 /// Names and what each shows; a variable's `data` is its index here.
 const VARIABLES: [(ngx_str_t, Which); 4] = [
@@ -77,22 +77,6 @@ unsafe extern "C" fn get(
         .and_then(|st| st.established())
         .map(|info| value(info, *which))
         .unwrap_or_default();
-    let data = if text.is_empty() {
-        std::ptr::null_mut()
-    } else {
-        // SAFETY: the request pool outlives every use of the value.
-        let p = unsafe { ngx_pnalloc(r.pool, text.len()) } as *mut u8;
-        if p.is_null() {
-            return NGX_ERROR as ngx_int_t;
-        }
-        // SAFETY: p has room for text.len() bytes.
-        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), p, text.len()) };
-        p
-    };
-    v.data = data;
-    v.set_len(text.len() as u32);
-    v.set_valid(1);
-    v.set_no_cacheable(0);
-    v.set_not_found(0);
-    NGX_OK as ngx_int_t
+    // SAFETY: the request pool outlives every use of the value.
+    unsafe { fill(v, r.pool, &text) }
 }

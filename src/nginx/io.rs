@@ -91,29 +91,26 @@ pub unsafe fn send_empty_frame(c: *mut ngx_connection_t, st: &mut NoiseConn) -> 
 /// # Safety
 /// Called by nginx with a live connection and a buffer of `size` bytes.
 pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
-    // SAFETY: forwarded from nginx.
-    let n = unsafe { recv(c, buf, size) };
+    // SAFETY: the call contract: c is live and its state unreferenced elsewhere; the
+    // reference ends with this call.
+    let Some(st) = (unsafe { conn::get(c) }) else {
+        return NGX_ERROR as isize;
+    };
+    // SAFETY: forwarded from nginx, with c's state.
+    let n = unsafe { recv(c, st, buf, size) };
     if n > 0 {
-        // SAFETY: the call contract; the state reference ends in this statement.
-        if let Some(st) = unsafe { conn::get(c) } {
-            status::bytes(st.side, Direction::In, n as usize);
-        }
+        status::bytes(st.side, Direction::In, n as usize);
     }
     // SAFETY: the call contract (module doc): c is live for this call.
     noise_debug!(unsafe { (*c).log }, "noise_recv: {n} of {size}");
     n
 }
 
-/// [`noise_recv`] without its debug line.
+/// [`noise_recv`] without its counting and debug line; `st` is `c`'s state.
 ///
 /// # Safety
 /// As [`noise_recv`].
-unsafe fn recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
-    // SAFETY: the call contract: c is live and its state unreferenced elsewhere; the
-    // reference ends with this call.
-    let Some(st) = (unsafe { conn::get(c) }) else {
-        return NGX_ERROR as isize;
-    };
+unsafe fn recv(c: *mut ngx_connection_t, st: &mut NoiseConn, buf: *mut u8, size: usize) -> isize {
     // SAFETY: the call contract: c and its read event are live for this call.
     let rev = unsafe { &mut *(*c).read };
     if st.read_error {
@@ -285,29 +282,26 @@ pub unsafe extern "C" fn noise_recv_chain(
 /// # Safety
 /// Called by nginx with a live connection and `size` readable bytes at `buf`.
 pub unsafe extern "C" fn noise_send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
-    // SAFETY: forwarded from nginx.
-    let n = unsafe { send(c, buf, size) };
+    // SAFETY: the call contract: c is live and its state unreferenced elsewhere; the
+    // reference ends with this call.
+    let Some(st) = (unsafe { conn::get(c) }) else {
+        return NGX_ERROR as isize;
+    };
+    // SAFETY: forwarded from nginx, with c's state.
+    let n = unsafe { send(c, st, buf, size) };
     if n > 0 {
-        // SAFETY: the call contract; the state reference ends in this statement.
-        if let Some(st) = unsafe { conn::get(c) } {
-            status::bytes(st.side, Direction::Out, n as usize);
-        }
+        status::bytes(st.side, Direction::Out, n as usize);
     }
     // SAFETY: the call contract (module doc): c is live for this call.
     noise_debug!(unsafe { (*c).log }, "noise_send: {n} of {size}");
     n
 }
 
-/// [`noise_send`] without its debug line.
+/// [`noise_send`] without its counting and debug line; `st` is `c`'s state.
 ///
 /// # Safety
 /// As [`noise_send`].
-unsafe fn send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
-    // SAFETY: the call contract: c is live and its state unreferenced elsewhere; the
-    // reference ends with this call.
-    let Some(st) = (unsafe { conn::get(c) }) else {
-        return NGX_ERROR as isize;
-    };
+unsafe fn send(c: *mut ngx_connection_t, st: &mut NoiseConn, buf: *mut u8, size: usize) -> isize {
     if st.write_error {
         return NGX_ERROR as isize;
     }

@@ -53,17 +53,11 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         };
         return ERROR;
     }
-    // SAFETY: c is live; the reference ends in this statement.
-    let fresh = unsafe { conn::get(c) }.is_none();
-    noise_debug!(
-        log,
-        "noise handshake handler: {}",
-        if fresh { "start" } else { "resume" }
-    );
     // SAFETY: s is the live session of the phase, so its connection is live; the state
     // reference lives only in this match.
     match unsafe { conn::get(c) } {
         None => {
+            noise_debug!(log, "noise handshake handler: start");
             let hs = Handshake::responder(side.policy.clone(), side.settings.clone());
             // SAFETY: c and its pool are live; the pool outlives every use of c.
             if unsafe { conn::attach(c, (*c).pool, NoiseConn::new(hs, Side::Server)) }.is_none() {
@@ -90,7 +84,9 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
             awaiting_first_frame: false,
             ..
         }) => return NGX_OK as ngx_int_t,
-        Some(_) => {}
+        Some(_) => {
+            noise_debug!(log, "noise handshake handler: resume");
+        }
     }
     // SAFETY: c is live; the reference ends here.
     let confirming = unsafe { conn::get(c) }.is_some_and(|st| st.awaiting_first_frame);

@@ -15,14 +15,14 @@ use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t,
-    ngx_http_core_loc_conf_t, ngx_http_core_module, ngx_http_discard_request_body,
-    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_module_t,
-    ngx_pcalloc, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_calloc, ngx_slab_pool_t,
-    ngx_str_t, ngx_worker, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_OK,
+    ngx_chain_t, ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t,
+    ngx_http_core_module, ngx_http_discard_request_body, ngx_http_output_filter,
+    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_module_t, ngx_shared_memory_add,
+    ngx_shm_zone_t, ngx_slab_calloc, ngx_slab_pool_t, ngx_str_t, ngx_worker, NGX_ERROR,
+    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK,
+    NGX_OK,
 };
-use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::{Buffer, Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ngx_string;
 
 use crate::core::metrics::{self, Counters, Direction, Reason, Side, State};
@@ -173,24 +173,17 @@ unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || req.header_only() != 0 {
         return rc;
     }
-    // SAFETY: the request pool lives until the response is sent; the buffer and chain are
-    // plain C structs, zeroed by ngx_pcalloc.
-    unsafe {
-        let data = ngx_pcalloc(req.pool, text.len().max(1)) as *mut u8;
-        let b = ngx_pcalloc(req.pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
-        let cl = ngx_pcalloc(req.pool, std::mem::size_of::<ngx_chain_t>()) as *mut ngx_chain_t;
-        if data.is_null() || b.is_null() || cl.is_null() {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        }
-        std::ptr::copy_nonoverlapping(text.as_ptr(), data, text.len());
-        (*b).pos = data;
-        (*b).last = data.add(text.len());
-        (*b).start = data;
-        (*b).end = (*b).last;
-        (*b).set_memory(1);
-        (*b).set_last_buf(1);
-        (*b).set_last_in_chain(1);
-        (*cl).buf = b;
-        ngx_http_output_filter(r, cl)
-    }
+    // SAFETY: the request pool lives until the response is sent.
+    let pool = unsafe { Pool::from_ngx_pool(req.pool) };
+    let Some(mut body) = pool.create_buffer_from_str(&text) else {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
+    body.set_last_buf(true);
+    body.set_last_in_chain(true);
+    let mut out = ngx_chain_t {
+        buf: body.as_ngx_buf_mut(),
+        next: std::ptr::null_mut(),
+    };
+    // SAFETY: as nginx's own handlers do: the filters copy the chain links they keep.
+    unsafe { ngx_http_output_filter(r, &mut out) }
 }

@@ -485,11 +485,7 @@ fn hand_back(w: &mut PeerWrap, failed: bool) {
 /// our line is the one the operator reads. Lines about the session (the client connection's
 /// log, e.g. "no live upstreams") are not affected.
 fn fail(w: &mut PeerWrap, reason: &str, why: Reason) {
-    status::failed(Side::Upstream, why);
-    // SAFETY: w.conn is the wrap's live connection; the reference ends in this statement.
-    if let Some(st) = unsafe { conn::get(w.conn) } {
-        st.uncount();
-    }
+    count_failure(w, why);
     // SAFETY: called from step, on the wrap's checked connection.
     let (c, _, _) = unsafe { connection(w.conn) };
     // SAFETY: w.pc is the session's live peer connection; a non-null name is the
@@ -519,6 +515,16 @@ fn fail(w: &mut PeerWrap, reason: &str, why: Reason) {
     hand_back(w, true);
 }
 
+/// Counts a failed attempt, and stops counting its connection (its state stays in the
+/// session pool until the session ends).
+fn count_failure(w: &PeerWrap, why: Reason) {
+    status::failed(Side::Upstream, why);
+    // SAFETY: w.conn is the wrap's live connection; the reference ends in this statement.
+    if let Some(st) = unsafe { conn::get(w.conn) } {
+        st.uncount();
+    }
+}
+
 /// The reason text of a handshake failure.
 fn reason(failure: &Failure) -> String {
     match failure {
@@ -534,11 +540,7 @@ fn step(w: &mut PeerWrap) {
     if !w.connected {
         if wev.timedout() != 0 || rev.timedout() != 0 {
             wev.set_timedout(1);
-            status::failed(Side::Upstream, Reason::Connect);
-            // SAFETY: w.conn is live; the reference ends in this statement.
-            if let Some(st) = unsafe { conn::get(w.conn) } {
-                st.uncount();
-            }
+            count_failure(w, Reason::Connect);
             return hand_back(w, true); // the proxy's own connect timeout
         }
         if wev.ready() == 0 {

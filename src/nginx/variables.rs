@@ -7,8 +7,9 @@
 //! NoiseSocket, and are never cached (a value may appear once the handshake is done).
 
 use nginx_sys::{
-    ngx_conf_t, ngx_int_t, ngx_pnalloc, ngx_str_t, ngx_stream_add_variable, ngx_stream_session_t,
-    ngx_stream_variable_value_t, NGX_ERROR, NGX_OK, NGX_STREAM_VAR_NOCACHEABLE,
+    ngx_conf_t, ngx_int_t, ngx_pnalloc, ngx_pool_t, ngx_str_t, ngx_stream_add_variable,
+    ngx_stream_session_t, ngx_stream_variable_value_t, ngx_variable_value_t, NGX_ERROR, NGX_OK,
+    NGX_STREAM_VAR_NOCACHEABLE,
 };
 
 use ngx::ngx_string;
@@ -118,13 +119,28 @@ unsafe extern "C" fn get(
         return NGX_OK as ngx_int_t;
     };
     // SAFETY: c->pool lives as long as the session that reads the value.
-    let p = unsafe { ngx_pnalloc((*c).pool, text.len().max(1)) } as *mut u8;
-    if p.is_null() {
-        return NGX_ERROR as ngx_int_t;
-    }
-    // SAFETY: p has room for text.len() bytes.
-    unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), p, text.len()) };
-    v.data = p;
+    unsafe { fill(v, (*c).pool, &text) }
+}
+
+/// Gives variable value `v` the text, copied into `pool` (stream and http getters; both
+/// value types are nginx's `ngx_variable_value_t`).
+///
+/// # Safety
+/// `pool` must be live as long as the value is read.
+pub unsafe fn fill(v: &mut ngx_variable_value_t, pool: *mut ngx_pool_t, text: &str) -> ngx_int_t {
+    let data = if text.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        // SAFETY: caller's promise on pool.
+        let p = unsafe { ngx_pnalloc(pool, text.len()) } as *mut u8;
+        if p.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        // SAFETY: p has room for text.len() bytes.
+        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), p, text.len()) };
+        p
+    };
+    v.data = data;
     v.set_len(text.len() as u32);
     v.set_valid(1);
     v.set_no_cacheable(0);
