@@ -134,8 +134,15 @@ impl Cipher for HandshakeCipher {
         if out.len() < len {
             return Err(snow::Error::Decrypt);
         }
-        // aws-lc opens in place over ciphertext and tag together; handshake messages are
-        // at most 64 KiB, usually under 100 bytes.
+        // aws-lc opens in place over ciphertext and tag together: in `out` when it has room
+        // for the tag too (snow's buffers do), else in a copy.
+        let n = ciphertext.len();
+        if out.len() >= n {
+            out[..n].copy_from_slice(ciphertext);
+            key.open_in_place(self.nonce(nonce), aead::Aad::from(authtext), &mut out[..n])
+                .map_err(|_| snow::Error::Decrypt)?;
+            return Ok(len);
+        }
         let mut buf = Zeroizing::new(ciphertext.to_vec());
         let plain = key
             .open_in_place(self.nonce(nonce), aead::Aad::from(authtext), &mut buf)
@@ -332,6 +339,32 @@ mod tests {
             fresh.pubkey(),
             Secret::from_bytes(fresh.privkey().try_into().unwrap()).public_key()
         );
+    }
+
+    #[test]
+    fn handshake_cipher_round_trips_with_and_without_room_for_the_tag() {
+        for choice in [CipherChoice::ChaChaPoly, CipherChoice::AESGCM] {
+            let mut c = HandshakeCipher::new(choice);
+            c.set(&[5; 32]);
+            let mut sealed = [0u8; 3 + TAG_LEN];
+            assert_eq!(c.encrypt(7, b"ad", b"abc", &mut sealed), sealed.len());
+            let mut roomy = [0u8; 64];
+            assert_eq!(c.decrypt(7, b"ad", &sealed, &mut roomy), Ok(3));
+            assert_eq!(&roomy[..3], b"abc");
+            let mut tight = [0u8; 3];
+            assert_eq!(c.decrypt(7, b"ad", &sealed, &mut tight), Ok(3));
+            assert_eq!(&tight, b"abc");
+            let mut bad = sealed;
+            bad[0] ^= 1;
+            assert!(c.decrypt(7, b"ad", &bad, &mut roomy).is_err());
+            assert!(
+                c.decrypt(8, b"ad", &sealed, &mut roomy).is_err(),
+                "nonce is bound"
+            );
+            assert!(c
+                .decrypt(7, b"ad", &sealed[..TAG_LEN - 1], &mut roomy)
+                .is_err());
+        }
     }
 
     #[test]
