@@ -10,7 +10,12 @@
 #              SHA-256 in the .dsc next to it and the one pinned here), built with
 #              NGINX_SRC=... NOISE_BUILD=build/matrix-1.26 scripts/build.sh
 #
-#   scripts/test-matrix.sh [vendored|debian|1.26 ...]      (default: all three)
+#   src:DIR    any nginx source tree (a release tarball unpacked, or a release tree made
+#              from nginx's repository at its release-X.Y.Z tag the way its misc/GNUmakefile
+#              makes one: auto/configure as ./configure, docs/html and docs/man at the top),
+#              built with NGINX_SRC=DIR NOISE_BUILD=build/matrix-X.Y.Z scripts/build.sh
+#
+#   scripts/test-matrix.sh [vendored|debian|1.26|src:DIR ...]      (default: the first three)
 #
 # Downloads are cached in build/matrix-cache/; logs go to build/matrix-logs/<build>.log.
 # MATRIX_SUITE_TIMEOUT (seconds, default 900) bounds each prove run.
@@ -31,7 +36,14 @@ ngx126_pools="http://deb.debian.org/debian/pool/main/n/nginx http://deb.debian.o
 builds=("$@")
 [ ${#builds[@]} -gt 0 ] || builds=(vendored debian 1.26)
 for b in "${builds[@]}"; do
-    case $b in vendored | debian | 1.26) ;; *) echo "test-matrix: unknown build '$b' (vendored, debian, 1.26)" >&2; exit 2 ;; esac
+    case $b in
+    vendored | debian | 1.26) ;;
+    src:*)
+        [ -f "${b#src:}/src/core/nginx.h" ] ||
+            { echo "test-matrix: $b: not an nginx source tree (no src/core/nginx.h)" >&2; exit 2; }
+        ;;
+    *) echo "test-matrix: unknown build '$b' (vendored, debian, 1.26, src:DIR)" >&2; exit 2 ;;
+    esac
 done
 # The harness reads these; each build sets its own.
 unset TEST_NGINX_BINARY TEST_NGINX_MODULE TEST_NGINX_CLI TEST_NGINX_LOAD_MODULES
@@ -224,6 +236,32 @@ matrix_126() {
         TEST_NGINX_CLI="$out/bin/noisesocket"
 }
 
+# --- (d) any nginx source tree --------------------------------------------------------------
+
+# The name of a src:DIR build: the nginx version its nginx.h declares.
+src_name() {
+    echo "src-$(sed -n 's/^#define NGINX_VERSION *"\([0-9.]*\)".*/\1/p' "${1#src:}/src/core/nginx.h")"
+}
+
+matrix_src() {
+    local dir name out log
+    dir=$(cd "${1#src:}" && pwd)
+    name=$(src_name "$1")
+    out=$repo/build/matrix-${name#src-}
+    log=$logs/$name.log
+    : >"$log"
+    say "$name: NGINX_SRC=$dir NOISE_BUILD=${out#"$repo"/} scripts/build.sh"
+    # Own cargo target dir: the staticlib is built against this nginx's headers.
+    if ! NGINX_SRC=$dir NOISE_BUILD=$out CARGO_TARGET_DIR=$out/target scripts/build.sh >>"$log" 2>&1; then
+        fail_build "$name" "scripts/build.sh failed"
+        return
+    fi
+    run_suite "$name" \
+        TEST_NGINX_BINARY="$out/sbin/nginx" \
+        TEST_NGINX_MODULE="$out/modules/ngx_stream_noise_module.so" \
+        TEST_NGINX_CLI="$out/bin/noisesocket"
+}
+
 # --- run ---------------------------------------------------------------------------------
 
 start=$SECONDS
@@ -234,6 +272,7 @@ for b in "${builds[@]}"; do
     vendored) matrix_vendored ;;
     debian) matrix_debian ;;
     1.26) matrix_126 ;;
+    src:*) matrix_src "$b" ;;
     esac
 done
 
@@ -244,8 +283,11 @@ for b in "${builds[@]}"; do
     vendored) label="vendored nginx 1.28.3" ;;
     debian) label="Debian 12 nginx $(dpkg-query -W -f='${Version}' nginx 2>/dev/null || echo '?') + .deb" ;;
     1.26) label="nginx $ngx126 (Debian archive tarball)" ;;
+    src:*) label="nginx $(src_name "$b" | cut -c5-) (${b#src:})" ;;
     esac
-    printf '%-48s %s\n' "$label:" "${result[$b]}"
-    case ${result[$b]} in PASS*) ;; *) failed=1 ;; esac
+    key=$b
+    case $b in src:*) key=$(src_name "$b") ;; esac
+    printf '%-48s %s\n' "$label:" "${result[$key]}"
+    case ${result[$key]} in PASS*) ;; *) failed=1 ;; esac
 done
 exit $failed
