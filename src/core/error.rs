@@ -76,6 +76,13 @@ pub enum Error {
     /// transport message: it never proved it holds the session keys.
     #[error("connection closed before the client's first transport message, which this protocol needs to authenticate it (a replayed handshake message?)")]
     Unconfirmed,
+    /// The caller refused the initiator's proven static key ([`crate::core::verdict`]).
+    #[error("client key not authorized: {}", crate::core::keys::encode_key(.key))]
+    Unauthorized { key: [u8; 32] },
+    /// No verdict could be had on the initiator's key (the authority failed): ours, not the
+    /// peer's, and fail closed.
+    #[error("no verdict on client key {}: {why}", crate::core::keys::encode_key(.key))]
+    VerdictUnavailable { key: [u8; 32], why: String },
     /// The local configuration lacks what a protocol needs ([`crate::core::requirements`]).
     #[error("configuration: {protocol} needs {need}")]
     Missing {
@@ -110,6 +117,7 @@ impl Error {
                 | Error::PeerKeys { .. }
                 | Error::Internal(_)
                 | Error::NonceExhausted
+                | Error::VerdictUnavailable { .. }
         )
     }
 }

@@ -18,6 +18,11 @@
 //!   list, when configured, decides instead (a stale IK key rescued by XX).
 //! * After an error, [`Handshake::pending_output`] may still hold an explicit reject: send it,
 //!   best effort, then close.
+//! * With [`Settings::ask_verdict`], a responder stops once the initiator has proven its static
+//!   key ([`Protocol::initiator_key_proven_in`]) and writes nothing more until the caller gives
+//!   a [`Verdict`] ([`Handshake::pending_verdict`], [`Handshake::resolve`]); where the proof
+//!   only comes with the first transport frame, [`HandshakeInfo::verdict_pending`] says the
+//!   caller must decide then (docs/protocol.md §4.7).
 
 use std::sync::Arc;
 
@@ -34,6 +39,7 @@ use super::protocol::{Protocol, Role};
 use super::requirements;
 use super::trace::Step;
 use super::transport::{CipherState, Transport};
+pub use super::verdict::Verdict;
 
 /// Settings shared by every connection of one configuration.
 #[derive(Clone, Debug, Default)]
@@ -46,6 +52,9 @@ pub struct Settings {
     pub trusted: Option<KeySet>,
     /// A peer whose static key is listed is refused, trusted or not.
     pub revoked: Option<KeySet>,
+    /// Responder: the caller decides on every initiator static key once it is proven (after
+    /// the file lists, which still refuse first); see the module doc.
+    pub ask_verdict: bool,
 }
 
 /// What the handshake established, for logs and variables.
@@ -60,6 +69,10 @@ pub struct HandshakeInfo {
     /// Our static public key that served, when the negotiator knows it (a rotating
     /// responder: `$noise_server_key`).
     pub local_static: Option<[u8; 32]>,
+    /// Responder with [`Settings::ask_verdict`]: the initiator's key was not decided during
+    /// the handshake (its possession is proven only by the first transport frame), so the
+    /// caller asks for a verdict once that frame opens, before any plaintext is used.
+    pub verdict_pending: bool,
 }
 
 /// A finished handshake.
@@ -80,6 +93,8 @@ enum Phase {
     AwaitRetry(Protocol),
     /// Later messages: no negotiation data.
     Exchange,
+    /// Responder: the initiator proved its key; waiting for [`Handshake::resolve`].
+    AwaitVerdict,
     Done,
     Failed,
 }
@@ -110,6 +125,8 @@ pub struct Handshake {
     steps: Option<Vec<Step>>,
     /// Which of our static keys runs (0: the configured one, then the alternates).
     local_index: usize,
+    /// A verdict on the initiator's key was given during the handshake.
+    verdict_given: bool,
 }
 
 impl Handshake {
@@ -140,6 +157,7 @@ impl Handshake {
             remote_override: None,
             steps: None,
             local_index: 0,
+            verdict_given: false,
         }
     }
 
@@ -246,7 +264,7 @@ impl Handshake {
             return Err(Error::Internal("read after a failed handshake".into()));
         }
         let mut used = 0;
-        while used < input.len() && self.phase != Phase::Done {
+        while used < input.len() && !matches!(self.phase, Phase::Done | Phase::AwaitVerdict) {
             used += self.reader.feed(&input[used..]);
             if let Some(e) = self.reader.take_error() {
                 self.phase = Phase::Failed;
@@ -265,6 +283,44 @@ impl Handshake {
             }
         }
         Ok(used)
+    }
+
+    /// The initiator key the handshake waits for a verdict on ([`Settings::ask_verdict`]).
+    /// While it waits, `read` consumes nothing and nothing more is queued.
+    pub fn pending_verdict(&self) -> Option<[u8; 32]> {
+        if self.phase != Phase::AwaitVerdict {
+            return None;
+        }
+        self.remote_key()
+    }
+
+    /// Resumes a handshake that waits for a verdict: `Allow` goes on (the next message is
+    /// queued, or the handshake is done), `Deny` refuses as an untrusted key is refused (an
+    /// explicit reject where the protocol still allows one), `Unavailable` fails as our own
+    /// error. Either refusal ends the handshake.
+    pub fn resolve(&mut self, verdict: Verdict) -> Result<()> {
+        let Some(key) = self.pending_verdict() else {
+            return Err(Error::Internal("verdict without a pending key".into()));
+        };
+        self.note(|| Step::Verdict(verdict.name()));
+        let result = match verdict {
+            Verdict::Allow => {
+                self.verdict_given = true;
+                self.answer()
+            }
+            Verdict::Deny => {
+                // Only the responder's first message can carry a reject (docs/protocol.md §2.3).
+                if self.stage == Stage::Initial && self.index == 1 {
+                    self.queue_reject();
+                }
+                Err(Error::Unauthorized { key })
+            }
+            Verdict::Unavailable(why) => Err(Error::VerdictUnavailable { key, why }),
+        };
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result
     }
 
     /// The peer closed the connection: the error that describes it.
@@ -316,6 +372,10 @@ impl Handshake {
             initial_negotiation: std::mem::take(&mut self.neg_a1),
             stage: self.stage,
             local_static,
+            verdict_pending: self.settings.ask_verdict
+                && !self.role.is_initiator()
+                && remote_static.is_some()
+                && !self.verdict_given,
         };
         Ok(Established {
             transport,
@@ -335,6 +395,9 @@ impl Handshake {
                 }
                 self.read_and_answer(&noise)
             }
+            Phase::AwaitVerdict => Err(Error::Internal(
+                "message while waiting for a verdict".into(),
+            )),
             Phase::Done | Phase::Failed => Err(Error::Internal("message after the end".into())),
         }
     }
@@ -417,7 +480,7 @@ impl Handshake {
                     self.queue_reject();
                     return Err(e);
                 }
-                self.answer()
+                self.answer_or_wait()
             }
             Decision::Switch { protocol, data } => {
                 if data.is_empty() {
@@ -550,7 +613,44 @@ impl Handshake {
     fn read_and_answer(&mut self, noise: &[u8]) -> Result<()> {
         self.read_noise(noise)?;
         self.check_remote()?;
-        self.answer()
+        self.answer_or_wait()
+    }
+
+    /// Goes on with [`Handshake::answer`], unless the message just read proved the
+    /// initiator's key and the caller decides on it first.
+    fn answer_or_wait(&mut self) -> Result<()> {
+        if !self.verdict_due() {
+            return self.answer();
+        }
+        if let Some(key) = self.remote_key() {
+            self.note(|| Step::AwaitingVerdict(keys::fingerprint(&key)));
+        }
+        self.phase = Phase::AwaitVerdict;
+        Ok(())
+    }
+
+    /// Whether the message just read is the one that proves the initiator's static key. Only
+    /// where we run the Noise responder role (after a switch the client is the Noise
+    /// responder, and its first transport frame is the proof instead).
+    fn verdict_due(&self) -> bool {
+        self.settings.ask_verdict
+            && !self.role.is_initiator()
+            && !self.noise_role.is_initiator()
+            && !self.verdict_given
+            && self.remote_key().is_some()
+            && self
+                .protocol
+                .as_ref()
+                .and_then(Protocol::initiator_key_proven_in)
+                .is_some_and(|m| m + 1 == self.index)
+    }
+
+    /// The peer's static key, once snow knows it.
+    fn remote_key(&self) -> Option<[u8; 32]> {
+        self.noise
+            .as_ref()
+            .and_then(|n| n.get_remote_static())
+            .and_then(|k| k.try_into().ok())
     }
 
     fn answer(&mut self) -> Result<()> {

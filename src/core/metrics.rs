@@ -128,7 +128,8 @@ impl Reason {
     pub fn of(e: &Error) -> Reason {
         match e {
             Error::Decrypt(_) => Reason::Decrypt,
-            Error::UntrustedKey { .. } => Reason::UntrustedKey,
+            // A refused verdict is an untrusted key, decided elsewhere.
+            Error::UntrustedKey { .. } | Error::Unauthorized { .. } => Reason::UntrustedKey,
             Error::RevokedKey { .. } => Reason::RevokedKey,
             Error::WrongRemoteKey { .. } => Reason::WrongKey,
             Error::NoPeerKey => Reason::NoPeerKey,
@@ -150,7 +151,8 @@ impl Reason {
             | Error::Missing { .. }
             | Error::PeerKeys { .. }
             | Error::Internal(_)
-            | Error::NonceExhausted => Reason::Local,
+            | Error::NonceExhausted
+            | Error::VerdictUnavailable { .. } => Reason::Local,
         }
     }
 }

@@ -38,5 +38,6 @@ pub mod requirements;
 pub mod send_buffer;
 pub mod trace;
 pub mod transport;
+pub mod verdict;
 
 pub use error::{Error, Result};

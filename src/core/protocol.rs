@@ -226,6 +226,20 @@ impl Protocol {
             && (self.needs_local_static(Role::Initiator) || self.has_psk())
     }
 
+    /// The handshake message (0-based) whose decryption proves that the initiator holds its
+    /// static private key, to a responder that runs the Noise responder role: the first one
+    /// the initiator sends after a DH with its static key (`ss` or `se`) is mixed in. `None`
+    /// when no handshake message does (IX, IN, KN, KX: the proof is the initiator's first
+    /// transport frame) or the initiator has no static key (NN, NK, NX).
+    pub fn initiator_key_proven_in(&self) -> Option<usize> {
+        use HandshakePattern::*;
+        match self.params.handshake.pattern {
+            IK | KK => Some(0),
+            XX | XK | XN => Some(2),
+            _ => None,
+        }
+    }
+
     /// Number of handshake messages.
     pub fn message_count(&self) -> usize {
         use HandshakePattern::*;

@@ -35,6 +35,10 @@ pub enum Step {
     TriedOwnKey { fingerprint: String, matched: bool },
     /// The peer's static key, once learnt and checked.
     PeerKey(String),
+    /// Responder: the initiator proved this key; waiting for the caller's verdict.
+    AwaitingVerdict(String),
+    /// The caller's verdict on it.
+    Verdict(&'static str),
 }
 
 impl fmt::Display for Step {
@@ -74,6 +78,8 @@ impl fmt::Display for Step {
                 if *matched { "authenticated" } else { "no" }
             ),
             Step::PeerKey(fp) => write!(f, "peer static key {fp} accepted"),
+            Step::AwaitingVerdict(fp) => write!(f, "client key {fp} proven, waiting for a verdict"),
+            Step::Verdict(v) => write!(f, "verdict: {v}"),
         }
     }
 }

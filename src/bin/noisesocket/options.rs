@@ -143,6 +143,7 @@ impl Options {
             padding: self.padding,
             trusted,
             revoked: None,
+            ask_verdict: false,
         };
         Ok((Arc::new(policy), Arc::new(settings)))
     }

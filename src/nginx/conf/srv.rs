@@ -76,6 +76,7 @@ impl SideConf {
                 .as_ref()
                 .map(|k| k.value.clone())
                 .filter(|k| !k.is_empty()),
+            ask_verdict: false,
         })
     }
 
