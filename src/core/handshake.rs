@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::crypto::Resolver;
+use super::crypto::{DhMemo, TriesResolver};
 use super::error::{Error, Result};
 use super::frame::HandshakeReader;
 use super::keys::{self, KeySet};
@@ -110,6 +110,9 @@ pub struct Handshake {
     steps: Option<Vec<Step>>,
     /// Which of our static keys runs (0: the configured one, then the alternates).
     local_index: usize,
+    /// While a first message is tried with several keys: the DH results of those tries
+    /// (crypto's [`DhMemo`]), closed when they end.
+    dh_memo: Option<Arc<DhMemo>>,
 }
 
 impl Handshake {
@@ -140,6 +143,7 @@ impl Handshake {
             remote_override: None,
             steps: None,
             local_index: 0,
+            dh_memo: None,
         }
     }
 
@@ -365,6 +369,12 @@ impl Handshake {
                 } else {
                     1
                 };
+                // Several tries of one message repeat DH: each private key's with the
+                // message's ephemeral key (`es`) is kept for the next try; KK's `ss` comes
+                // precomputed from the negotiator.
+                if candidates.len() > 1 {
+                    self.dh_memo = Some(DhMemo::new());
+                }
                 'keys: for local in 0..locals {
                     for candidate in candidates.iter().copied() {
                         self.local_index = local;
@@ -376,7 +386,10 @@ impl Handshake {
                             &prologue,
                         );
                         self.remote_override = None;
-                        started?;
+                        if let Err(e) = started {
+                            self.end_tries();
+                            return Err(e);
+                        }
                         read = self.read_noise(&msg);
                         let matched = read.is_ok();
                         if let Some(key) = candidate {
@@ -400,6 +413,7 @@ impl Handshake {
                         }
                     }
                 }
+                self.end_tries();
                 if read.is_err() {
                     self.local_index = 0;
                 }
@@ -455,6 +469,13 @@ impl Handshake {
                 push_sized(&mut self.out, &[]);
                 Err(Error::Refused(self.neg_a1.clone()))
             }
+        }
+    }
+
+    /// The tries of a first message are over: nothing from them is kept.
+    fn end_tries(&mut self) {
+        if let Some(memo) = self.dh_memo.take() {
+            memo.close();
         }
     }
 
@@ -601,8 +622,12 @@ impl Handshake {
         }
         requirements::check(&protocol, noise_role, &creds, false)?;
         let config = |what: &str, e: snow::Error| Error::Config(format!("{protocol}: {what}: {e}"));
+        let resolver = TriesResolver {
+            peer_dh: self.negotiator.peer_key_dh(),
+            memo: self.dh_memo.clone(),
+        };
         let mut builder =
-            snow::Builder::with_resolver(protocol.params().clone(), Box::new(Resolver))
+            snow::Builder::with_resolver(protocol.params().clone(), Box::new(resolver))
                 .prologue(prologue)
                 .map_err(|e| config("prologue", e))?;
         if protocol.needs_local_static(noise_role) {
@@ -780,3 +805,7 @@ fn push_sized(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(&(field.len() as u16).to_be_bytes());
     out.extend_from_slice(field);
 }
+
+#[cfg(test)]
+#[path = "handshake_tries_tests.rs"]
+mod tries_tests;

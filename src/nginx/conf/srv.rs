@@ -79,6 +79,17 @@ impl SideConf {
         })
     }
 
+    /// The trusted keys that are not also revoked: those a client may use.
+    pub fn usable_trusted_keys(&self) -> Vec<[u8; 32]> {
+        let revoked = self.revoked_keys.as_ref().map(|k| &k.value);
+        self.trusted_keys
+            .iter()
+            .flat_map(|k| k.value.iter())
+            .filter(|k| !revoked.is_some_and(|r| r.contains(&k[..])))
+            .copied()
+            .collect()
+    }
+
     /// The private keys after the first, for rotation.
     pub fn alternate_keys(&self) -> Vec<Secret> {
         self.private_keys
