@@ -360,63 +360,7 @@ impl Handshake {
                 self.note(|| Step::Accepted(protocol.name().to_string()));
                 let prologue = prologue::init1(&self.neg_a1, &self.settings.app_prologue);
                 let msg = std::mem::take(&mut self.msg_a1);
-                let mut read = Err(Error::Internal("no candidate key".into()));
-                let candidates = self.initiator_key_candidates(&protocol)?;
-                // Our own keys to try: all of them (rotation) when the initiator used the
-                // one it knows in its first message, else the first.
-                let locals = if protocol.needs_remote_static(Role::Initiator) {
-                    1 + self.negotiator.alternate_static_keys().len()
-                } else {
-                    1
-                };
-                // Several tries of one message repeat DH: each private key's with the
-                // message's ephemeral key (`es`) is kept for the next try; KK's `ss` comes
-                // precomputed from the negotiator.
-                if candidates.len() > 1 {
-                    self.dh_memo = Some(DhMemo::new());
-                }
-                'keys: for local in 0..locals {
-                    for candidate in candidates.iter().copied() {
-                        self.local_index = local;
-                        self.remote_override = candidate;
-                        let started = self.start_protocol(
-                            protocol.clone(),
-                            Role::Responder,
-                            Stage::Initial,
-                            &prologue,
-                        );
-                        self.remote_override = None;
-                        if let Err(e) = started {
-                            self.end_tries();
-                            return Err(e);
-                        }
-                        read = self.read_noise(&msg);
-                        let matched = read.is_ok();
-                        if let Some(key) = candidate {
-                            self.note(|| Step::TriedKey {
-                                fingerprint: keys::fingerprint(&key),
-                                matched,
-                            });
-                        }
-                        if locals > 1 {
-                            let ours = self.negotiator.static_public_key(local);
-                            self.note(|| Step::TriedOwnKey {
-                                fingerprint: ours.map_or_else(
-                                    || format!("#{}", local + 1),
-                                    |k| keys::fingerprint(&k),
-                                ),
-                                matched,
-                            });
-                        }
-                        if matched {
-                            break 'keys;
-                        }
-                    }
-                }
-                self.end_tries();
-                if read.is_err() {
-                    self.local_index = 0;
-                }
+                let read = self.read_first(&protocol, Stage::Initial, &prologue, &msg);
                 self.msg_a1 = msg;
                 match read {
                     Ok(()) => {}
@@ -472,6 +416,70 @@ impl Handshake {
         }
     }
 
+    /// Responder: reads the initiator's first message of `protocol` (at `stage`), trying
+    /// each of our static keys (rotation) with each candidate initiator key (K patterns)
+    /// until one authenticates.
+    fn read_first(
+        &mut self,
+        protocol: &Protocol,
+        stage: Stage,
+        prologue: &[u8],
+        msg: &[u8],
+    ) -> Result<()> {
+        let mut read = Err(Error::Internal("no candidate key".into()));
+        let candidates = self.initiator_key_candidates(protocol)?;
+        // Our own keys to try: all of them (rotation) when the initiator used the
+        // one it knows in its first message, else the first.
+        let locals = if protocol.needs_remote_static(Role::Initiator) {
+            1 + self.negotiator.alternate_static_keys().len()
+        } else {
+            1
+        };
+        // Several tries of one message repeat DH: each private key's with the
+        // message's ephemeral key (`es`) is kept for the next try; KK's `ss` comes
+        // precomputed from the negotiator.
+        if candidates.len() > 1 {
+            self.dh_memo = Some(DhMemo::new());
+        }
+        'keys: for local in 0..locals {
+            for candidate in candidates.iter().copied() {
+                self.local_index = local;
+                self.remote_override = candidate;
+                let started =
+                    self.start_protocol(protocol.clone(), Role::Responder, stage, prologue);
+                self.remote_override = None;
+                if let Err(e) = started {
+                    self.end_tries();
+                    return Err(e);
+                }
+                read = self.read_noise(msg);
+                let matched = read.is_ok();
+                if let Some(key) = candidate {
+                    self.note(|| Step::TriedKey {
+                        fingerprint: keys::fingerprint(&key),
+                        matched,
+                    });
+                }
+                if locals > 1 {
+                    let ours = self.negotiator.static_public_key(local);
+                    self.note(|| Step::TriedOwnKey {
+                        fingerprint: ours
+                            .map_or_else(|| format!("#{}", local + 1), |k| keys::fingerprint(&k)),
+                        matched,
+                    });
+                }
+                if matched {
+                    break 'keys;
+                }
+            }
+        }
+        self.end_tries();
+        if read.is_err() {
+            self.local_index = 0;
+        }
+        read
+    }
+
     /// The tries of a first message are over: nothing from them is kept.
     fn end_tries(&mut self) {
         if let Some(memo) = self.dh_memo.take() {
@@ -490,14 +498,21 @@ impl Handshake {
         if !protocol.needs_remote_static(Role::Responder) || creds.remote_static.is_some() {
             return Ok(vec![None]);
         }
-        let keys: Vec<[u8; 32]> = match &self.settings.trusted {
-            Some(trusted) => trusted
-                .iter()
-                .copied()
-                .filter(|k| !self.is_revoked(k))
-                .collect(),
-            None => Vec::new(),
-        };
+        let trusted = self.settings.trusted.as_ref();
+        let keys: Vec<[u8; 32]> = trusted
+            .iter()
+            .flat_map(|t| requirements::usable_trusted_keys(t, self.settings.revoked.as_ref()))
+            .copied()
+            .collect();
+        let count = trusted.map_or(0, |t| t.len());
+        if count > 0 && keys.is_empty() {
+            // The configuration checks refuse this; say what it is if one did not run.
+            return Err(Error::PeerKeys {
+                protocol: protocol.name().to_string(),
+                count,
+                problem: requirements::PeerKeysProblem::AllRevoked,
+            });
+        }
         requirements::peer_key_candidates(protocol, keys.len())?;
         Ok(keys.into_iter().map(Some).collect())
     }
@@ -562,8 +577,11 @@ impl Handshake {
             &neg,
             &self.settings.app_prologue,
         );
-        self.start_protocol(protocol, Role::Responder, Stage::Retry, &prologue)?;
-        self.read_and_answer(&noise)
+        // As a first message: K patterns take the initiator's key from the trusted keys,
+        // and a rotating responder tries each of its keys.
+        self.read_first(&protocol, Stage::Retry, &prologue, &noise)?;
+        self.check_remote()?;
+        self.answer()
     }
 
     /// Reads a message of the running protocol, checks the peer's key, then writes our

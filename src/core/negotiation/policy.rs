@@ -118,6 +118,17 @@ impl Policy {
 
     /// Checks that every allowed protocol can run in `role` with the configured keys.
     pub fn validate(&self, role: Role) -> Result<()> {
+        if role == Role::Responder
+            && self.require_initiator_static
+            && !self
+                .protocols
+                .iter()
+                .any(requirements::trusted_initiator_possible)
+        {
+            return Err(Error::Config(
+                "trusted keys admit only initiators with a static key, and no allowed protocol has one".into(),
+            ));
+        }
         for p in &self.protocols {
             // A responder may take the initiator's key from its trusted keys (K patterns).
             let from_trusted = role == Role::Responder && self.require_initiator_static;
@@ -142,7 +153,7 @@ impl Policy {
     }
 
     fn acceptable(&self, p: &Protocol) -> bool {
-        !self.require_initiator_static || p.needs_local_static(Role::Initiator)
+        !self.require_initiator_static || requirements::trusted_initiator_possible(p)
     }
 
     fn allowed(&self, p: &Protocol) -> bool {

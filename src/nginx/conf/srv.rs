@@ -13,6 +13,7 @@ use crate::core::keys::{KeySet, Secret};
 use crate::core::negotiation::codec::Codec;
 use crate::core::negotiation::Credentials;
 use crate::core::protocol::Protocol;
+use crate::core::requirements;
 
 /// A key file loaded at configuration time, with where it came from.
 #[derive(Clone, Debug)]
@@ -84,8 +85,7 @@ impl SideConf {
         let revoked = self.revoked_keys.as_ref().map(|k| &k.value);
         self.trusted_keys
             .iter()
-            .flat_map(|k| k.value.iter())
-            .filter(|k| !revoked.is_some_and(|r| r.contains(&k[..])))
+            .flat_map(|k| requirements::usable_trusted_keys(&k.value, revoked))
             .copied()
             .collect()
     }
