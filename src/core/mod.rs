@@ -39,4 +39,4 @@ pub mod send_buffer;
 pub mod trace;
 pub mod transport;
 
-pub use error::{Error, Result};
+pub use error::{Ended, Error, Result};
