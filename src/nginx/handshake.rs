@@ -267,7 +267,8 @@ pub unsafe fn await_first_frame(c: *mut ngx_connection_t) -> Progress {
                 return Progress::Done;
             }
             Ok(false) => {}
-            Err(e) => return unconfirmed(Ended::Frame(Box::new(e))),
+            Err(e) if e.is_peer_fault() => return unconfirmed(Ended::Frame(Box::new(e))),
+            Err(e) => return Progress::Failed(Failure::Noise(e)),
         }
         if rev.ready() == 0 {
             return Progress::WantRead;
@@ -275,10 +276,11 @@ pub unsafe fn await_first_frame(c: *mut ngx_connection_t) -> Progress {
         match socket::recv(fd, st.input.spare()) {
             Io::Done(n) => st.input.commit(n),
             Io::Eof => {
-                return unconfirmed(match st.input.check_eof() {
-                    Err(e) => Ended::Frame(Box::new(e)),
-                    Ok(()) => Ended::Closed,
-                });
+                return match st.input.check_eof() {
+                    Ok(()) => unconfirmed(Ended::Closed),
+                    Err(e) if e.is_peer_fault() => unconfirmed(Ended::Frame(Box::new(e))),
+                    Err(e) => Progress::Failed(Failure::Noise(e)),
+                };
             }
             Io::Again => {
                 rev.set_ready(0);
