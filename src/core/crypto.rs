@@ -10,15 +10,16 @@
 //! defaults (aws-lc has no BLAKE2).
 //!
 //! A responder that tries several keys on one first message (KK with several trusted keys
-//! and private keys) would repeat the same DH on every try. [`PeerKeyDh`] holds, from
+//! and private keys) would repeat the same work on every try. [`PeerKeyDh`] holds, from
 //! configuration time, the DH of each of our static keys with each configured peer key (the
-//! `ss` of KK: nothing a peer sends goes into it); a [`DhMemo`] holds the DH results of one
-//! first message's tries (its `es`: the same ephemeral key on every try) and is wiped when
-//! the tries end. [`TriesResolver`] hands both to the static key's [`Dh`].
+//! `ss` of KK: nothing a peer sends goes into it); a [`TriesMemo`] holds the DH and HKDF
+//! results of one first message's tries (its `es`, the same ephemeral key on every try with
+//! one private key, and the key derivation from it) and is wiped when the tries end.
+//! [`TriesResolver`] hands them to the static key's [`Dh`] and to the [`Hash`].
 //!
 //! Invariants: a DH whose output is all zeros (the peer sent a low-order point) fails instead
 //! of yielding a predictable secret; the handshake reports it as the peer's fault. Nothing
-//! keyed on a peer's bytes outlives the tries of one handshake message ([`DhMemo::close`]).
+//! keyed on a peer's bytes outlives the tries of one handshake message ([`TriesMemo::close`]).
 //! A stored result is the DH of exactly the same private key (by identity or by bytes) and
 //! exactly the same peer bytes, so a hit gives what the computation would.
 
@@ -63,7 +64,7 @@ impl CryptoResolver for Resolver {
 #[derive(Clone, Default)]
 pub struct TriesResolver {
     pub peer_dh: Option<Arc<PeerKeyDh>>,
-    pub memo: Option<Arc<DhMemo>>,
+    pub memo: Option<Arc<TriesMemo>>,
 }
 
 impl CryptoResolver for TriesResolver {
@@ -83,13 +84,132 @@ impl CryptoResolver for TriesResolver {
     }
 
     fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
-        DefaultResolver.resolve_hash(choice)
+        let inner = DefaultResolver.resolve_hash(choice)?;
+        Some(match &self.memo {
+            Some(memo) => Box::new(TriesHash {
+                inner,
+                memo: memo.clone(),
+            }),
+            None => inner,
+        })
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
         Some(Box::new(HandshakeCipher::new(*choice)))
     }
 }
+
+/// snow's hash whose HKDF looks in the tries' memo first: with one private key, every try
+/// derives the same chaining key from the same `es` (Noise's chaining key does not depend
+/// on the prologue or the pre-message keys), so only the first try computes it.
+struct TriesHash {
+    inner: Box<dyn Hash>,
+    memo: Arc<TriesMemo>,
+}
+
+impl Hash for TriesHash {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn block_len(&self) -> usize {
+        self.inner.block_len()
+    }
+
+    fn hash_len(&self) -> usize {
+        self.inner.hash_len()
+    }
+
+    fn reset(&mut self) {
+        self.inner.reset();
+    }
+
+    fn input(&mut self, data: &[u8]) {
+        self.inner.input(data);
+    }
+
+    fn result(&mut self, out: &mut [u8]) {
+        self.inner.result(out);
+    }
+
+    fn hkdf(
+        &mut self,
+        chaining_key: &[u8],
+        input_key_material: &[u8],
+        outputs: usize,
+        out1: &mut [u8],
+        out2: &mut [u8],
+        out3: &mut [u8],
+    ) {
+        let len = self.hash_len();
+        let Some(key) = HkdfKey::new(chaining_key, input_key_material, outputs) else {
+            return self
+                .inner
+                .hkdf(chaining_key, input_key_material, outputs, out1, out2, out3);
+        };
+        let outs = [out1, out2, out3];
+        if let Some(found) = self.memo.hkdf_get(&key) {
+            for (i, out) in outs.into_iter().enumerate().take(outputs) {
+                out[..len].copy_from_slice(&found[i * MAX_HASH..i * MAX_HASH + len]);
+            }
+            return;
+        }
+        let [out1, out2, out3] = outs;
+        self.inner
+            .hkdf(chaining_key, input_key_material, outputs, out1, out2, out3);
+        let mut found = Zeroizing::new([0u8; 3 * MAX_HASH]);
+        for (i, out) in [&*out1, &*out2, &*out3]
+            .into_iter()
+            .enumerate()
+            .take(outputs)
+        {
+            found[i * MAX_HASH..i * MAX_HASH + len].copy_from_slice(&out[..len]);
+        }
+        self.memo.hkdf_put(key, found);
+    }
+}
+
+/// snow's largest hash output (BLAKE2b, SHA512).
+const MAX_HASH: usize = 64;
+
+/// What an HKDF was asked: number of outputs, chaining key, input key material (each at
+/// most [`MAX_HASH`] bytes, as in every Noise HKDF).
+struct HkdfKey {
+    bytes: Zeroizing<[u8; 2 + 2 * MAX_HASH]>,
+    len: usize,
+}
+
+impl HkdfKey {
+    fn new(chaining_key: &[u8], input_key_material: &[u8], outputs: usize) -> Option<Self> {
+        let (ck, ikm) = (chaining_key.len(), input_key_material.len());
+        if ck > MAX_HASH || ikm > MAX_HASH {
+            return None;
+        }
+        let mut bytes = Zeroizing::new([0u8; 2 + 2 * MAX_HASH]);
+        bytes[0] = outputs as u8;
+        bytes[1] = ck as u8;
+        bytes[2..2 + ck].copy_from_slice(chaining_key);
+        bytes[2 + ck..2 + ck + ikm].copy_from_slice(input_key_material);
+        Some(HkdfKey {
+            bytes,
+            len: 2 + ck + ikm,
+        })
+    }
+
+    /// Compares without an early exit: both sides are secrets.
+    fn matches(&self, other: &HkdfKey) -> bool {
+        self.len == other.len
+            && self.bytes[..self.len]
+                .iter()
+                .zip(other.bytes[..other.len].iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+/// Most HKDF results a [`TriesMemo`] keeps: two per try (the `es` and the `ss` mix of KK)
+/// for the most tries nginx allows, with room to spare.
+const HKDF_ENTRIES: usize = 2 * super::requirements::MAX_TRIED_PEER_KEYS + MEMO_ENTRIES;
 
 /// A DH result: the shared secret, or `None` when the other key is a low-order point.
 type Shared = Option<Zeroizing<[u8; 32]>>;
@@ -179,15 +299,16 @@ impl fmt::Debug for PeerKeyDh {
     }
 }
 
-/// Most results a [`DhMemo`] keeps: one per private key a responder may try
+/// Most results a [`TriesMemo`] keeps: one per private key a responder may try
 /// (`noise_private_key` allows 8), with room to spare; beyond it, DH are computed.
 const MEMO_ENTRIES: usize = 16;
 
-/// The DH results of one handshake message's tries (see the module doc): keyed on our key's
-/// identity (the loaded aws-lc key, held here so it cannot be freed and reused) and the
-/// peer's bytes. [`DhMemo::close`] wipes it and stops it for good.
+/// The DH and HKDF results of one handshake message's tries (see the module doc): a DH keyed
+/// on our key's identity (the loaded aws-lc key, held here so it cannot be freed and reused)
+/// and the peer's bytes, an HKDF on its inputs. [`TriesMemo::close`] wipes it and stops it
+/// for good.
 #[derive(Default)]
-pub struct DhMemo {
+pub struct TriesMemo {
     state: Mutex<MemoState>,
 }
 
@@ -195,11 +316,12 @@ pub struct DhMemo {
 struct MemoState {
     closed: bool,
     entries: Vec<(Arc<PrivateKey>, [u8; 32], Shared)>,
+    hkdf: Vec<(HkdfKey, Zeroizing<[u8; 3 * MAX_HASH]>)>,
 }
 
-impl DhMemo {
+impl TriesMemo {
     pub fn new() -> Arc<Self> {
-        Arc::new(DhMemo::default())
+        Arc::new(TriesMemo::default())
     }
 
     /// Forgets every result (their bytes are wiped) and keeps no more.
@@ -207,6 +329,24 @@ impl DhMemo {
         if let Ok(mut state) = self.state.lock() {
             state.closed = true;
             state.entries.clear();
+            state.hkdf.clear();
+        }
+    }
+
+    fn hkdf_get(&self, key: &HkdfKey) -> Option<Zeroizing<[u8; 3 * MAX_HASH]>> {
+        let state = self.state.lock().ok()?;
+        state
+            .hkdf
+            .iter()
+            .find(|(k, _)| k.matches(key))
+            .map(|(_, found)| found.clone())
+    }
+
+    fn hkdf_put(&self, key: HkdfKey, found: Zeroizing<[u8; 3 * MAX_HASH]>) {
+        if let Ok(mut state) = self.state.lock() {
+            if !state.closed && state.hkdf.len() < HKDF_ENTRIES {
+                state.hkdf.push((key, found));
+            }
         }
     }
 
@@ -348,7 +488,7 @@ struct Dh25519 {
     /// Our key's row in `peer_dh`, found once at `set`.
     row: Option<usize>,
     peer_dh: Option<Arc<PeerKeyDh>>,
-    memo: Option<Arc<DhMemo>>,
+    memo: Option<Arc<TriesMemo>>,
 }
 
 /// Static keys already loaded on this thread: building an aws-lc key computes its public
@@ -573,6 +713,31 @@ mod tests {
                 .decrypt(7, b"ad", &sealed[..TAG_LEN - 1], &mut roomy)
                 .is_err());
         }
+    }
+
+    #[test]
+    fn tries_hash_gives_what_the_hash_gives_and_forgets_on_close() {
+        let memo = TriesMemo::new();
+        let resolver = TriesResolver {
+            peer_dh: None,
+            memo: Some(memo.clone()),
+        };
+        let run = |h: &mut dyn Hash, ikm: &[u8]| {
+            let (mut a, mut b, mut c) = ([0u8; 64], [0u8; 64], [0u8; 64]);
+            h.hkdf(&[7; 32], ikm, 3, &mut a, &mut b, &mut c);
+            (a, b, c)
+        };
+        let mut plain = DefaultResolver.resolve_hash(&HashChoice::Blake2s).unwrap();
+        let mut tries = resolver.resolve_hash(&HashChoice::Blake2s).unwrap();
+        let want = run(&mut *plain, &[1; 32]);
+        assert_eq!(run(&mut *tries, &[1; 32]), want, "computed");
+        assert_eq!(run(&mut *tries, &[1; 32]), want, "from the memo");
+        assert_ne!(run(&mut *tries, &[2; 32]), want, "other input");
+        assert_eq!(memo.state.lock().unwrap().hkdf.len(), 2);
+        memo.close();
+        assert!(memo.state.lock().unwrap().hkdf.is_empty());
+        assert_eq!(run(&mut *tries, &[1; 32]), want, "closed: computed again");
+        assert!(memo.state.lock().unwrap().hkdf.is_empty(), "and not kept");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::crypto::{DhMemo, TriesResolver};
+use super::crypto::{TriesMemo, TriesResolver};
 use super::error::{Error, Result};
 use super::frame::HandshakeReader;
 use super::keys::{self, KeySet};
@@ -111,8 +111,8 @@ pub struct Handshake {
     /// Which of our static keys runs (0: the configured one, then the alternates).
     local_index: usize,
     /// While a first message is tried with several keys: the DH results of those tries
-    /// (crypto's [`DhMemo`]), closed when they end.
-    dh_memo: Option<Arc<DhMemo>>,
+    /// (crypto's [`TriesMemo`]), closed when they end.
+    tries_memo: Option<Arc<TriesMemo>>,
 }
 
 impl Handshake {
@@ -143,7 +143,7 @@ impl Handshake {
             remote_override: None,
             steps: None,
             local_index: 0,
-            dh_memo: None,
+            tries_memo: None,
         }
     }
 
@@ -439,7 +439,7 @@ impl Handshake {
         // message's ephemeral key (`es`) is kept for the next try; KK's `ss` comes
         // precomputed from the negotiator.
         if candidates.len() > 1 {
-            self.dh_memo = Some(DhMemo::new());
+            self.tries_memo = Some(TriesMemo::new());
         }
         'keys: for local in 0..locals {
             for candidate in candidates.iter().copied() {
@@ -482,7 +482,7 @@ impl Handshake {
 
     /// The tries of a first message are over: nothing from them is kept.
     fn end_tries(&mut self) {
-        if let Some(memo) = self.dh_memo.take() {
+        if let Some(memo) = self.tries_memo.take() {
             memo.close();
         }
     }
@@ -642,7 +642,7 @@ impl Handshake {
         let config = |what: &str, e: snow::Error| Error::Config(format!("{protocol}: {what}: {e}"));
         let resolver = TriesResolver {
             peer_dh: self.negotiator.peer_key_dh(),
-            memo: self.dh_memo.clone(),
+            memo: self.tries_memo.clone(),
         };
         let mut builder =
             snow::Builder::with_resolver(protocol.params().clone(), Box::new(resolver))

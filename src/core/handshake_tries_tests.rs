@@ -54,7 +54,7 @@ fn cost(protocol: &str, message: &[u8]) -> (usize, Result<usize>) {
     let mut hs = responder(protocol);
     let before = agreements();
     let read = hs.read(message);
-    assert!(hs.dh_memo.is_none(), "nothing of the tries is kept");
+    assert!(hs.tries_memo.is_none(), "nothing of the tries is kept");
     (agreements() - before, read)
 }
 
