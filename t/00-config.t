@@ -16,6 +16,8 @@ $t->write_file('trusted', "# clients\n" . $t->keygen('client') . "\n");
 $t->write_file('empty-list', "# nobody yet\n\n");
 $t->write_file('huge.key', 'A' x 100_000);
 $t->write_file('psk', "c3VwZXItc2VjcmV0LXNoYXJlZC1rZXktZm9yLXRlc3Q=\n");
+$t->write_file('two', $t->keygen('c1') . "\n" . $t->keygen('c2') . "\n");
+$t->write_file('one-of-two', $t->read_file('c1.pub'));
 
 sub conf_t {
     my ($body) = @_;
@@ -119,6 +121,22 @@ my @bad = (
     ['server key with a bad key',
      'noise_upstream_server_key 127.0.0.1:9 AAAA;',
      qr/"noise_upstream_server_key": \S*AAAA: No such file or directory/],
+    # Configurations that could never complete a handshake.
+    ['KN whose only trusted key is revoked',
+     'server { noise_listen 127.0.0.1:%%PORT_a%%; noise_protocol Noise_KN_25519_ChaChaPoly_BLAKE2s; noise_trusted_keys %%TESTDIR%%/trusted; noise_revoked_keys %%TESTDIR%%/trusted; return "x"; }',
+     qr/the only key in "noise_trusted_keys" \S+trusted is also in "noise_revoked_keys" \S+trusted, so no client can complete a handshake; trust a key that is not revoked \(noise_listen in \S+nginx\.conf:\d+\)/],
+    ['KX whose only trusted key is revoked',
+     'server { noise_listen 127.0.0.1:%%PORT_a%%; noise_protocol Noise_KX_25519_ChaChaPoly_BLAKE2s; noise_private_key %%TESTDIR%%/server.key; noise_trusted_keys %%TESTDIR%%/trusted; noise_revoked_keys %%TESTDIR%%/trusted; return "x"; }',
+     qr/the only key in "noise_trusted_keys" \S+trusted is also in "noise_revoked_keys" \S+trusted, so no client can complete a handshake; trust a key that is not revoked \(noise_listen in \S+nginx\.conf:\d+\)/],
+    ['XX whose every trusted key is revoked (stream level)',
+     'noise_trusted_keys %%TESTDIR%%/two; noise_revoked_keys %%TESTDIR%%/two; server { noise_listen 127.0.0.1:%%PORT_a%%; noise_private_key %%TESTDIR%%/server.key; return "x"; }',
+     qr/each of the 2 keys in "noise_trusted_keys" \S+two is also in "noise_revoked_keys" \S+two, so no client can complete a handshake; trust a key that is not revoked \(noise_listen in \S+nginx\.conf:\d+\)/],
+    ['trusted keys with only patterns in which the client has no key',
+     'server { noise_listen 127.0.0.1:%%PORT_a%%; noise_protocol Noise_NN_25519_ChaChaPoly_BLAKE2s Noise_NK_25519_ChaChaPoly_BLAKE2s Noise_NX_25519_AESGCM_SHA256; noise_private_key %%TESTDIR%%/server.key; noise_trusted_keys %%TESTDIR%%/trusted; return "x"; }',
+     qr/"noise_trusted_keys" admits only clients that have a static key, and in none of "Noise_NN_25519_ChaChaPoly_BLAKE2s Noise_NK_25519_ChaChaPoly_BLAKE2s Noise_NX_25519_AESGCM_SHA256" does the client have one; add a protocol in which it does \(XX, IK, KK, \.\.\.\) to "noise_protocol" or remove "noise_trusted_keys" \(noise_listen in \S+nginx\.conf:\d+\)/],
+    ['trusted keys with only a psk pattern in which the client has no key',
+     'server { noise_listen 127.0.0.1:%%PORT_a%%; noise_protocol Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s; noise_psk %%TESTDIR%%/psk; noise_trusted_keys %%TESTDIR%%/trusted; return "x"; }',
+     qr/"noise_trusted_keys" admits only clients that have a static key, and in none of "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s" does the client have one/],
 );
 for my $case (@bad) {
     my ($name, $body, $re) = @$case;
@@ -126,6 +144,11 @@ for my $case (@bad) {
     isnt($rc, 0, "$name: nginx -t fails");
     like($out, $re, "$name: message") or diag($out);
 }
+
+# Still possible: some trusted key is not revoked, some protocol has the client's key.
+($rc, $out) = conf_t('server { noise_listen 127.0.0.1:%%PORT_a%%; noise_protocol Noise_NN_25519_ChaChaPoly_BLAKE2s Noise_KK_25519_ChaChaPoly_BLAKE2s; '
+    . 'noise_private_key %%TESTDIR%%/server.key; noise_trusted_keys %%TESTDIR%%/two; noise_revoked_keys %%TESTDIR%%/one-of-two; return "x"; }');
+is($rc, 0, 'KK beside NN, one of two trusted keys revoked: nginx -t passes') or diag($out);
 
 $t->keygen('gw');
 my $server_pub = $t->read_file('server.pub') =~ s/\s+//gr;

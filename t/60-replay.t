@@ -3,12 +3,15 @@
 # answers it (Noise cannot tell a replay from the client), but the client counts as
 # authenticated only once its first transport frame opens, which a replayer cannot make.
 # So no upstream connection is opened, no access-log line carries the client's key, and the
-# info line says why. Our own initiators (the CLI, noise_upstream) send an empty frame right
-# after such handshakes, so servers that speak first still work.
+# info line says why; the status counters count each as a replay, however the replayer
+# ends the connection (close, handshake timeout, TCP reset, a garbage frame). Our own
+# initiators (the CLI, noise_upstream) send an empty frame right after such handshakes, so
+# servers that speak first still work.
 
 use strict;
 use warnings;
 use IO::Socket::INET;
+use Socket qw(SOL_SOCKET SO_LINGER);
 use Test::More;
 use lib 't/lib';
 use NoiseTest;
@@ -47,6 +50,13 @@ stream {
         noise_upstream_private_key %%TESTDIR%%/gateway.key;
         noise_upstream_server_key 127.0.0.1:%%PORT_first%% %%TESTDIR%%/server.pub;
         proxy_pass 127.0.0.1:%%PORT_first%%;
+    }
+}
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:%%PORT_http%%;
+        location /metrics { noise_status; }
     }
 }
 END
@@ -107,6 +117,37 @@ is(scalar @closed, 5, 'five info lines say why');
 like($since, qr/\[info\].*noise: handshake timed out waiting for the client's first transport message/,
     'the one that waited: timed out, and why');
 unlike($since, qr/\[(error|crit|alert|emerg)\]/, 'nothing at error level');
+
+# Replayers that end with a TCP reset once they have the answer (SO_LINGER 0), and one that
+# sends a garbage frame: replays too, not socket errors.
+$mark = $t->error_log_mark;
+for (1 .. 3) {
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") or die "connect: $!";
+    binmode $s;
+    syswrite($s, $message1);
+    my $rin = '';
+    vec($rin, fileno($s), 1) = 1;
+    select(my $rout = $rin, undef, undef, 5) and sysread($s, my $answer, 65536);
+    setsockopt($s, SOL_SOCKET, SO_LINGER, pack('ii', 1, 0)) or die "SO_LINGER: $!";
+    close $s;
+}
+$t->raw_exchange($port, $message1 . "\x00\x12" . "\x00" x 18, timeout => 5);
+sub replay_lines {
+    my $since = $t->error_log_since($mark);
+    return (scalar(() = $since =~ /\[info\].*noise: handshake failed: recv\(\) failed \(104: Connection reset by peer\) before the client's first transport message, which this protocol needs to authenticate it \(a replayed handshake message\?\)/g),
+        scalar(() = $since =~ /\[info\].*noise: handshake failed: the client's first transport message is not valid \(decryption failed [^)]*\)\), which this protocol needs to authenticate it \(a replayed handshake message\?\)/g));
+}
+$t->wait_for(5, sub { my ($reset, $bad) = replay_lines(); $reset == 3 && $bad == 1 });
+my ($reset, $bad) = replay_lines();
+is($reset, 3, 'three resets: each an info line that says replay') or diag($t->error_log_since($mark));
+is($bad, 1, 'a garbage first frame: an info line that says replay');
+unlike($t->error_log_since($mark), qr/\[(error|crit|alert|emerg)\]/, 'nothing at error level');
+my ($status) = $t->plain_exchange($t->port('http'), "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n", keep_open => 1, timeout => 3);
+my %count = $status =~ /^nginx_noise_handshakes_total\{side="server",result="failed",reason="(\w+)"\} (\d+)$/mg;
+is($count{replay}, 5 + 1 + 3 + 1, 'counted as replays: 5 closes, the timeout, 3 resets, the garbage frame');
+is($count{socket}, 0, 'none as a socket error');
+is($count{timeout}, 0, 'none as a timeout');
+is($count{decrypt}, 0, 'none as a decryption failure');
 
 # KK: the client's key is known beforehand, message 1 just as replayable.
 $r = $t->noise_client($port, "kk\n", '--protocol', 'Noise_KK_25519_ChaChaPoly_BLAKE2s',

@@ -382,3 +382,61 @@ fn a_rotating_responder_accepts_any_of_its_keys() {
     assert_eq!(tried, 3);
     a.consume_output(first.len());
 }
+
+#[test]
+fn trusted_keys_that_can_never_admit_anyone_say_so() {
+    use nginx_noise::core::handshake::Settings;
+    use nginx_noise::core::keys::KeySet;
+    use nginx_noise::core::negotiation::Policy;
+    use nginx_noise::core::protocol::Role;
+    use nginx_noise::core::requirements::PeerKeysProblem;
+    use std::sync::Arc;
+    // KN whose only trusted key is revoked: the configuration's fault, said as such (not
+    // "set trusted keys"), should a configuration check not have caught it.
+    let kn = "KN_25519_ChaChaPoly_BLAKE2s";
+    let revoked = Arc::new(Settings {
+        trusted: Some(KeySet::new(vec![public(1)])),
+        revoked: Some(KeySet::new(vec![public(1)])),
+        ..Settings::default()
+    });
+    let (a, b) = start(
+        policy(&[kn], Codec::Virgil, creds(Some(1), None)),
+        policy(&[kn], Codec::Virgil, creds(Some(2), None)).with_initiator_static_required(true),
+        settings(None),
+        revoked,
+    );
+    let err = pump(a, b, 9).bob.err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            Error::PeerKeys {
+                count: 1,
+                problem: PeerKeysProblem::AllRevoked,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("set trusted keys"), "{err}");
+    // Trusted keys with only patterns in which the initiator has no key: the core's own
+    // configuration check refuses it.
+    let nn = Policy::new(
+        protocols(&["NN_25519_ChaChaPoly_BLAKE2s", "NK_25519_ChaChaPoly_BLAKE2s"]),
+        Codec::Virgil,
+        creds(Some(2), None),
+    )
+    .unwrap()
+    .with_initiator_static_required(true);
+    assert!(matches!(
+        nn.validate(Role::Responder),
+        Err(Error::Config(_))
+    ));
+    let with_xx = Policy::new(
+        protocols(&["NN_25519_ChaChaPoly_BLAKE2s", XX_CHACHA]),
+        Codec::Virgil,
+        creds(Some(2), None),
+    )
+    .unwrap()
+    .with_initiator_static_required(true);
+    assert!(with_xx.validate(Role::Responder).is_ok());
+}

@@ -9,17 +9,31 @@
 //! Ephemeral keys take their randomness from aws-lc's DRBG too. Hashes stay snow's
 //! defaults (aws-lc has no BLAKE2).
 //!
-//! Invariant: a DH whose output is all zeros (the peer sent a low-order point) fails instead
-//! of yielding a predictable secret; the handshake reports it as the peer's fault.
+//! A responder that tries several keys on one first message (KK with several trusted keys
+//! and private keys) would repeat the same work on every try. [`PeerKeyDh`] holds, from
+//! configuration time, the DH of each of our static keys with each configured peer key (the
+//! `ss` of KK: nothing a peer sends goes into it); a [`TriesMemo`] holds the DH and HKDF
+//! results of one first message's tries (its `es`, the same ephemeral key on every try with
+//! one private key, and the key derivation from it) and is wiped when the tries end.
+//! [`TriesResolver`] hands them to the static key's [`Dh`] and to the [`Hash`].
+//!
+//! Invariants: a DH whose output is all zeros (the peer sent a low-order point) fails instead
+//! of yielding a predictable secret; the handshake reports it as the peer's fault. Nothing
+//! keyed on a peer's bytes outlives the tries of one handshake message ([`TriesMemo::close`]).
+//! A stored result is the DH of exactly the same private key (by identity or by bytes) and
+//! exactly the same peer bytes, so a hit gives what the computation would.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use zeroize::Zeroizing;
+
+use super::keys::Secret;
 
 pub use aws_lc_rs::aead;
 
@@ -29,22 +43,328 @@ pub struct Resolver;
 
 impl CryptoResolver for Resolver {
     fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        TriesResolver::default().resolve_rng()
+    }
+
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        TriesResolver::default().resolve_dh(choice)
+    }
+
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        TriesResolver::default().resolve_hash(choice)
+    }
+
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        TriesResolver::default().resolve_cipher(choice)
+    }
+}
+
+/// [`Resolver`] whose static key's DH looks in `peer_dh` (configuration time) and `memo`
+/// (this handshake message's tries) before it computes.
+#[derive(Clone, Default)]
+pub struct TriesResolver {
+    pub peer_dh: Option<Arc<PeerKeyDh>>,
+    pub memo: Option<Arc<TriesMemo>>,
+}
+
+impl CryptoResolver for TriesResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
         Some(Box::new(AwsRandom))
     }
 
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
         match choice {
-            DHChoice::Curve25519 => Some(Box::<Dh25519>::default()),
+            DHChoice::Curve25519 => Some(Box::new(Dh25519 {
+                peer_dh: self.peer_dh.clone(),
+                memo: self.memo.clone(),
+                ..Dh25519::default()
+            })),
             _ => DefaultResolver.resolve_dh(choice),
         }
     }
 
     fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
-        DefaultResolver.resolve_hash(choice)
+        let inner = DefaultResolver.resolve_hash(choice)?;
+        Some(match &self.memo {
+            Some(memo) => Box::new(TriesHash {
+                inner,
+                memo: memo.clone(),
+            }),
+            None => inner,
+        })
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
         Some(Box::new(HandshakeCipher::new(*choice)))
+    }
+}
+
+/// snow's hash whose HKDF looks in the tries' memo first: with one private key, every try
+/// derives the same chaining key from the same `es` (Noise's chaining key does not depend
+/// on the prologue or the pre-message keys), so only the first try computes it.
+struct TriesHash {
+    inner: Box<dyn Hash>,
+    memo: Arc<TriesMemo>,
+}
+
+impl Hash for TriesHash {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn block_len(&self) -> usize {
+        self.inner.block_len()
+    }
+
+    fn hash_len(&self) -> usize {
+        self.inner.hash_len()
+    }
+
+    fn reset(&mut self) {
+        self.inner.reset();
+    }
+
+    fn input(&mut self, data: &[u8]) {
+        self.inner.input(data);
+    }
+
+    fn result(&mut self, out: &mut [u8]) {
+        self.inner.result(out);
+    }
+
+    fn hkdf(
+        &mut self,
+        chaining_key: &[u8],
+        input_key_material: &[u8],
+        outputs: usize,
+        out1: &mut [u8],
+        out2: &mut [u8],
+        out3: &mut [u8],
+    ) {
+        let len = self.hash_len();
+        let Some(key) = HkdfKey::new(chaining_key, input_key_material, outputs) else {
+            return self
+                .inner
+                .hkdf(chaining_key, input_key_material, outputs, out1, out2, out3);
+        };
+        let outs = [out1, out2, out3];
+        if let Some(found) = self.memo.hkdf_get(&key) {
+            for (i, out) in outs.into_iter().enumerate().take(outputs) {
+                out[..len].copy_from_slice(&found[i * MAX_HASH..i * MAX_HASH + len]);
+            }
+            return;
+        }
+        let [out1, out2, out3] = outs;
+        self.inner
+            .hkdf(chaining_key, input_key_material, outputs, out1, out2, out3);
+        let mut found = Zeroizing::new([0u8; 3 * MAX_HASH]);
+        for (i, out) in [&*out1, &*out2, &*out3]
+            .into_iter()
+            .enumerate()
+            .take(outputs)
+        {
+            found[i * MAX_HASH..i * MAX_HASH + len].copy_from_slice(&out[..len]);
+        }
+        self.memo.hkdf_put(key, found);
+    }
+}
+
+/// snow's largest hash output (BLAKE2b, SHA512).
+const MAX_HASH: usize = 64;
+
+/// What an HKDF was asked: number of outputs, chaining key, input key material (each at
+/// most [`MAX_HASH`] bytes, as in every Noise HKDF).
+struct HkdfKey {
+    bytes: Zeroizing<[u8; 2 + 2 * MAX_HASH]>,
+    len: usize,
+}
+
+impl HkdfKey {
+    fn new(chaining_key: &[u8], input_key_material: &[u8], outputs: usize) -> Option<Self> {
+        let (ck, ikm) = (chaining_key.len(), input_key_material.len());
+        if ck > MAX_HASH || ikm > MAX_HASH {
+            return None;
+        }
+        let mut bytes = Zeroizing::new([0u8; 2 + 2 * MAX_HASH]);
+        bytes[0] = outputs as u8;
+        bytes[1] = ck as u8;
+        bytes[2..2 + ck].copy_from_slice(chaining_key);
+        bytes[2 + ck..2 + ck + ikm].copy_from_slice(input_key_material);
+        Some(HkdfKey {
+            bytes,
+            len: 2 + ck + ikm,
+        })
+    }
+
+    /// Compares without an early exit: both sides are secrets.
+    fn matches(&self, other: &HkdfKey) -> bool {
+        self.len == other.len
+            && self.bytes[..self.len]
+                .iter()
+                .zip(other.bytes[..other.len].iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+/// Most HKDF results a [`TriesMemo`] keeps: two per try (the `es` and the `ss` mix of KK)
+/// for the most tries nginx allows, with room to spare.
+const HKDF_ENTRIES: usize = 2 * super::requirements::MAX_TRIED_PEER_KEYS + MEMO_ENTRIES;
+
+/// A DH result: the shared secret, or `None` when the other key is a low-order point.
+type Shared = Option<Zeroizing<[u8; 32]>>;
+
+/// X25519 of `key` with `peer`; every agreement the module does goes through here.
+fn agree(key: &PrivateKey, peer: &[u8; 32]) -> Shared {
+    #[cfg(test)]
+    AGREEMENTS.with(|n| n.set(n.get() + 1));
+    let mut out = Zeroizing::new([0u8; 32]);
+    // aws-lc refuses an all-zero result (a low-order peer point).
+    agreement::agree(key, UnparsedPublicKey::new(&X25519, peer), (), |shared| {
+        out.copy_from_slice(shared);
+        Ok(())
+    })
+    .ok()
+    .map(|()| out)
+}
+
+#[cfg(test)]
+thread_local! {
+    static AGREEMENTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// X25519 agreements computed on this thread so far (tests bound what a message costs).
+#[cfg(test)]
+pub(crate) fn agreements() -> usize {
+    AGREEMENTS.with(|n| n.get())
+}
+
+/// The DH of each of our static keys with each configured peer key, computed once at
+/// configuration time (`ss` of a KK first message, for every pair the responder tries).
+/// Looked up by our private key's bytes (our own keys, compared in memory) and the peer key.
+pub struct PeerKeyDh {
+    privates: Vec<Zeroizing<[u8; 32]>>,
+    peers: Vec<[u8; 32]>,
+    /// Row-major: `shared[row * peers.len() + column]`.
+    shared: Vec<Shared>,
+}
+
+impl PeerKeyDh {
+    /// Computes `privates.len() × peers.len()` DH; a key aws-lc cannot load gets no row.
+    pub fn new<'a>(privates: impl IntoIterator<Item = &'a Secret>, peers: &[[u8; 32]]) -> Self {
+        let mut table = PeerKeyDh {
+            privates: Vec::new(),
+            peers: peers.to_vec(),
+            shared: Vec::new(),
+        };
+        for private in privates {
+            let Some((key, _)) = load(private.as_bytes()) else {
+                continue;
+            };
+            table.privates.push(Zeroizing::new(*private.as_bytes()));
+            table
+                .shared
+                .extend(peers.iter().map(|peer| agree(&key, peer)));
+        }
+        table
+    }
+
+    /// How many results it holds.
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shared.is_empty()
+    }
+
+    fn row_of(&self, private: &[u8; 32]) -> Option<usize> {
+        self.privates.iter().position(|k| **k == *private)
+    }
+
+    fn get(&self, row: usize, peer: &[u8; 32]) -> Option<&Shared> {
+        let column = self.peers.iter().position(|k| k == peer)?;
+        self.shared.get(row * self.peers.len() + column)
+    }
+}
+
+impl fmt::Debug for PeerKeyDh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PeerKeyDh({} keys × {} peer keys)",
+            self.privates.len(),
+            self.peers.len()
+        )
+    }
+}
+
+/// Most results a [`TriesMemo`] keeps: one per private key a responder may try
+/// (`noise_private_key` allows 8), with room to spare; beyond it, DH are computed.
+const MEMO_ENTRIES: usize = 16;
+
+/// The DH and HKDF results of one handshake message's tries (see the module doc): a DH keyed
+/// on our key's identity (the loaded aws-lc key, held here so it cannot be freed and reused)
+/// and the peer's bytes, an HKDF on its inputs. [`TriesMemo::close`] wipes it and stops it
+/// for good.
+#[derive(Default)]
+pub struct TriesMemo {
+    state: Mutex<MemoState>,
+}
+
+#[derive(Default)]
+struct MemoState {
+    closed: bool,
+    entries: Vec<(Arc<PrivateKey>, [u8; 32], Shared)>,
+    hkdf: Vec<(HkdfKey, Zeroizing<[u8; 3 * MAX_HASH]>)>,
+}
+
+impl TriesMemo {
+    pub fn new() -> Arc<Self> {
+        Arc::new(TriesMemo::default())
+    }
+
+    /// Forgets every result (their bytes are wiped) and keeps no more.
+    pub fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.closed = true;
+            state.entries.clear();
+            state.hkdf.clear();
+        }
+    }
+
+    fn hkdf_get(&self, key: &HkdfKey) -> Option<Zeroizing<[u8; 3 * MAX_HASH]>> {
+        let state = self.state.lock().ok()?;
+        state
+            .hkdf
+            .iter()
+            .find(|(k, _)| k.matches(key))
+            .map(|(_, found)| found.clone())
+    }
+
+    fn hkdf_put(&self, key: HkdfKey, found: Zeroizing<[u8; 3 * MAX_HASH]>) {
+        if let Ok(mut state) = self.state.lock() {
+            if !state.closed && state.hkdf.len() < HKDF_ENTRIES {
+                state.hkdf.push((key, found));
+            }
+        }
+    }
+
+    fn get(&self, key: &Arc<PrivateKey>, peer: &[u8; 32]) -> Option<Shared> {
+        let state = self.state.lock().ok()?;
+        state
+            .entries
+            .iter()
+            .find(|(k, p, _)| Arc::ptr_eq(k, key) && p == peer)
+            .map(|(_, _, shared)| shared.clone())
+    }
+
+    fn put(&self, key: &Arc<PrivateKey>, peer: &[u8; 32], shared: &Shared) {
+        if let Ok(mut state) = self.state.lock() {
+            if !state.closed && state.entries.len() < MEMO_ENTRIES {
+                state.entries.push((key.clone(), *peer, shared.clone()));
+            }
+        }
     }
 }
 
@@ -162,6 +482,13 @@ struct Dh25519 {
     private: Zeroizing<[u8; 32]>,
     public: [u8; 32],
     key: Option<Arc<PrivateKey>>,
+    /// A static key (`set`): its DH may come from `peer_dh` and `memo`. Ephemeral keys'
+    /// never do (they are fresh for every handshake).
+    is_static: bool,
+    /// Our key's row in `peer_dh`, found once at `set`.
+    row: Option<usize>,
+    peer_dh: Option<Arc<PeerKeyDh>>,
+    memo: Option<Arc<TriesMemo>>,
 }
 
 /// Static keys already loaded on this thread: building an aws-lc key computes its public
@@ -244,12 +571,19 @@ impl Dh for Dh25519 {
         self.private.fill(0);
         self.private[..n].copy_from_slice(&privkey[..n]);
         self.load_static();
+        self.is_static = true;
+        self.row = self
+            .peer_dh
+            .as_ref()
+            .and_then(|table| table.row_of(&self.private));
     }
 
     fn generate(&mut self, rng: &mut dyn Random) -> Result<(), snow::Error> {
         rng.try_fill_bytes(&mut self.private[..])?;
         let fresh = load(&self.private);
         self.install(fresh);
+        self.is_static = false;
+        self.row = None;
         Ok(())
     }
 
@@ -262,21 +596,35 @@ impl Dh for Dh25519 {
     }
 
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
-        let (Some(key), Some(peer), true) =
-            (self.key.as_deref(), pubkey.get(..32), out.len() >= 32)
-        else {
+        let (Some(key), Some(peer), true) = (
+            self.key.as_ref(),
+            pubkey.get(..32).and_then(|p| <&[u8; 32]>::try_from(p).ok()),
+            out.len() >= 32,
+        ) else {
             return Err(snow::Error::Dh);
         };
-        // aws-lc refuses an all-zero result (a low-order peer point).
-        agreement::agree(
-            key,
-            UnparsedPublicKey::new(&X25519, peer),
-            snow::Error::Dh,
-            |shared| {
-                out[..32].copy_from_slice(shared);
-                Ok(())
-            },
-        )
+        let stored = if self.is_static {
+            let configured = match (&self.peer_dh, self.row) {
+                (Some(table), Some(row)) => table.get(row, peer).cloned(),
+                _ => None,
+            };
+            configured.or_else(|| self.memo.as_ref().and_then(|m| m.get(key, peer)))
+        } else {
+            None
+        };
+        let shared = match stored {
+            Some(shared) => shared,
+            None => {
+                let shared = agree(key, peer);
+                if let (true, Some(memo)) = (self.is_static, &self.memo) {
+                    memo.put(key, peer, &shared);
+                }
+                shared
+            }
+        };
+        let shared = shared.ok_or(snow::Error::Dh)?;
+        out[..32].copy_from_slice(&shared[..]);
+        Ok(())
     }
 }
 
@@ -365,6 +713,31 @@ mod tests {
                 .decrypt(7, b"ad", &sealed[..TAG_LEN - 1], &mut roomy)
                 .is_err());
         }
+    }
+
+    #[test]
+    fn tries_hash_gives_what_the_hash_gives_and_forgets_on_close() {
+        let memo = TriesMemo::new();
+        let resolver = TriesResolver {
+            peer_dh: None,
+            memo: Some(memo.clone()),
+        };
+        let run = |h: &mut dyn Hash, ikm: &[u8]| {
+            let (mut a, mut b, mut c) = ([0u8; 64], [0u8; 64], [0u8; 64]);
+            h.hkdf(&[7; 32], ikm, 3, &mut a, &mut b, &mut c);
+            (a, b, c)
+        };
+        let mut plain = DefaultResolver.resolve_hash(&HashChoice::Blake2s).unwrap();
+        let mut tries = resolver.resolve_hash(&HashChoice::Blake2s).unwrap();
+        let want = run(&mut *plain, &[1; 32]);
+        assert_eq!(run(&mut *tries, &[1; 32]), want, "computed");
+        assert_eq!(run(&mut *tries, &[1; 32]), want, "from the memo");
+        assert_ne!(run(&mut *tries, &[2; 32]), want, "other input");
+        assert_eq!(memo.state.lock().unwrap().hkdf.len(), 2);
+        memo.close();
+        assert!(memo.state.lock().unwrap().hkdf.is_empty());
+        assert_eq!(run(&mut *tries, &[1; 32]), want, "closed: computed again");
+        assert!(memo.state.lock().unwrap().hkdf.is_empty(), "and not kept");
     }
 
     #[test]

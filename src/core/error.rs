@@ -71,11 +71,6 @@ pub enum Error {
         len: usize,
         max: usize,
     },
-    /// The initiator of a pattern whose first message can be replayed
-    /// ([`crate::core::protocol::Protocol::initiator_auth_replayable`]) closed before its first
-    /// transport message: it never proved it holds the session keys.
-    #[error("connection closed before the client's first transport message, which this protocol needs to authenticate it (a replayed handshake message?)")]
-    Unconfirmed,
     /// The caller refused the initiator's proven static key ([`crate::core::verdict`]).
     #[error("client key not authorized: {}", crate::core::keys::encode_key(.key))]
     Unauthorized { key: [u8; 32] },
@@ -83,6 +78,12 @@ pub enum Error {
     /// peer's, and fail closed.
     #[error("no verdict on client key {}: {why}", crate::core::keys::encode_key(.key))]
     VerdictUnavailable { key: [u8; 32], why: String },
+    /// The initiator of a pattern whose first message can be replayed
+    /// ([`crate::core::protocol::Protocol::initiator_auth_replayable`]) never sent a valid
+    /// first transport message, however the connection ended: it never proved it holds the
+    /// session keys, so it may be anyone who recorded message 1.
+    #[error("{ended}")]
+    Unconfirmed { ended: Ended },
     /// The local configuration lacks what a protocol needs ([`crate::core::requirements`]).
     #[error("configuration: {protocol} needs {need}")]
     Missing {
@@ -105,6 +106,50 @@ pub enum Error {
     /// 2^64-1 messages were sent or received with one key.
     #[error("nonce space exhausted")]
     NonceExhausted,
+}
+
+/// How a connection ended before the client confirmed a replayable handshake
+/// ([`Error::Unconfirmed`]); its `Display` is the whole sentence.
+#[derive(Debug)]
+pub enum Ended {
+    /// The client closed between frames.
+    Closed,
+    /// A socket call failed (typically a reset).
+    Socket { doing: &'static str, errno: i32 },
+    /// The first transport frame was not valid (cut short, failed to authenticate, ...).
+    Frame(Box<Error>),
+}
+
+const UNCONFIRMED: &str =
+    "which this protocol needs to authenticate it (a replayed handshake message?)";
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::Closed => write!(
+                f,
+                "connection closed before the client's first transport message, {UNCONFIRMED}"
+            ),
+            Ended::Socket { doing, errno } => write!(
+                f,
+                "{doing} ({}) before the client's first transport message, {UNCONFIRMED}",
+                errno_text(*errno)
+            ),
+            Ended::Frame(e) => write!(
+                f,
+                "the client's first transport message is not valid ({e}), {UNCONFIRMED}"
+            ),
+        }
+    }
+}
+
+/// An errno the way nginx prints one: `111: Connection refused`.
+pub fn errno_text(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    let text = text
+        .strip_suffix(&format!(" (os error {errno})"))
+        .unwrap_or(&text);
+    format!("{errno}: {text}")
 }
 
 impl Error {

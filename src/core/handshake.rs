@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::crypto::Resolver;
+use super::crypto::{TriesMemo, TriesResolver};
 use super::error::{Error, Result};
 use super::frame::HandshakeReader;
 use super::keys::{self, KeySet};
@@ -127,6 +127,9 @@ pub struct Handshake {
     local_index: usize,
     /// A verdict on the initiator's key was given during the handshake.
     verdict_given: bool,
+    /// While a first message is tried with several keys: the DH results of those tries
+    /// (crypto's [`TriesMemo`]), closed when they end.
+    tries_memo: Option<Arc<TriesMemo>>,
 }
 
 impl Handshake {
@@ -158,6 +161,7 @@ impl Handshake {
             steps: None,
             local_index: 0,
             verdict_given: false,
+            tries_memo: None,
         }
     }
 
@@ -419,53 +423,7 @@ impl Handshake {
                 self.note(|| Step::Accepted(protocol.name().to_string()));
                 let prologue = prologue::init1(&self.neg_a1, &self.settings.app_prologue);
                 let msg = std::mem::take(&mut self.msg_a1);
-                let mut read = Err(Error::Internal("no candidate key".into()));
-                let candidates = self.initiator_key_candidates(&protocol)?;
-                // Our own keys to try: all of them (rotation) when the initiator used the
-                // one it knows in its first message, else the first.
-                let locals = if protocol.needs_remote_static(Role::Initiator) {
-                    1 + self.negotiator.alternate_static_keys().len()
-                } else {
-                    1
-                };
-                'keys: for local in 0..locals {
-                    for candidate in candidates.iter().copied() {
-                        self.local_index = local;
-                        self.remote_override = candidate;
-                        let started = self.start_protocol(
-                            protocol.clone(),
-                            Role::Responder,
-                            Stage::Initial,
-                            &prologue,
-                        );
-                        self.remote_override = None;
-                        started?;
-                        read = self.read_noise(&msg);
-                        let matched = read.is_ok();
-                        if let Some(key) = candidate {
-                            self.note(|| Step::TriedKey {
-                                fingerprint: keys::fingerprint(&key),
-                                matched,
-                            });
-                        }
-                        if locals > 1 {
-                            let ours = self.negotiator.static_public_key(local);
-                            self.note(|| Step::TriedOwnKey {
-                                fingerprint: ours.map_or_else(
-                                    || format!("#{}", local + 1),
-                                    |k| keys::fingerprint(&k),
-                                ),
-                                matched,
-                            });
-                        }
-                        if matched {
-                            break 'keys;
-                        }
-                    }
-                }
-                if read.is_err() {
-                    self.local_index = 0;
-                }
+                let read = self.read_first(&protocol, Stage::Initial, &prologue, &msg);
                 self.msg_a1 = msg;
                 match read {
                     Ok(()) => {}
@@ -521,6 +479,77 @@ impl Handshake {
         }
     }
 
+    /// Responder: reads the initiator's first message of `protocol` (at `stage`), trying
+    /// each of our static keys (rotation) with each candidate initiator key (K patterns)
+    /// until one authenticates.
+    fn read_first(
+        &mut self,
+        protocol: &Protocol,
+        stage: Stage,
+        prologue: &[u8],
+        msg: &[u8],
+    ) -> Result<()> {
+        let mut read = Err(Error::Internal("no candidate key".into()));
+        let candidates = self.initiator_key_candidates(protocol)?;
+        // Our own keys to try: all of them (rotation) when the initiator used the
+        // one it knows in its first message, else the first.
+        let locals = if protocol.needs_remote_static(Role::Initiator) {
+            1 + self.negotiator.alternate_static_keys().len()
+        } else {
+            1
+        };
+        // Several tries of one message repeat DH: each private key's with the
+        // message's ephemeral key (`es`) is kept for the next try; KK's `ss` comes
+        // precomputed from the negotiator.
+        if candidates.len() > 1 {
+            self.tries_memo = Some(TriesMemo::new());
+        }
+        'keys: for local in 0..locals {
+            for candidate in candidates.iter().copied() {
+                self.local_index = local;
+                self.remote_override = candidate;
+                let started =
+                    self.start_protocol(protocol.clone(), Role::Responder, stage, prologue);
+                self.remote_override = None;
+                if let Err(e) = started {
+                    self.end_tries();
+                    return Err(e);
+                }
+                read = self.read_noise(msg);
+                let matched = read.is_ok();
+                if let Some(key) = candidate {
+                    self.note(|| Step::TriedKey {
+                        fingerprint: keys::fingerprint(&key),
+                        matched,
+                    });
+                }
+                if locals > 1 {
+                    let ours = self.negotiator.static_public_key(local);
+                    self.note(|| Step::TriedOwnKey {
+                        fingerprint: ours
+                            .map_or_else(|| format!("#{}", local + 1), |k| keys::fingerprint(&k)),
+                        matched,
+                    });
+                }
+                if matched {
+                    break 'keys;
+                }
+            }
+        }
+        self.end_tries();
+        if read.is_err() {
+            self.local_index = 0;
+        }
+        read
+    }
+
+    /// The tries of a first message are over: nothing from them is kept.
+    fn end_tries(&mut self) {
+        if let Some(memo) = self.tries_memo.take() {
+            memo.close();
+        }
+    }
+
     /// Responder keys to try for a pattern in which the responder knows the initiator's key
     /// in advance (KN, KK, KX): from the credentials if given, else from the trusted keys.
     /// An encrypted first message (KK) tells the right one by authenticating; a cleartext one
@@ -532,14 +561,21 @@ impl Handshake {
         if !protocol.needs_remote_static(Role::Responder) || creds.remote_static.is_some() {
             return Ok(vec![None]);
         }
-        let keys: Vec<[u8; 32]> = match &self.settings.trusted {
-            Some(trusted) => trusted
-                .iter()
-                .copied()
-                .filter(|k| !self.is_revoked(k))
-                .collect(),
-            None => Vec::new(),
-        };
+        let trusted = self.settings.trusted.as_ref();
+        let keys: Vec<[u8; 32]> = trusted
+            .iter()
+            .flat_map(|t| requirements::usable_trusted_keys(t, self.settings.revoked.as_ref()))
+            .copied()
+            .collect();
+        let count = trusted.map_or(0, |t| t.len());
+        if count > 0 && keys.is_empty() {
+            // The configuration checks refuse this; say what it is if one did not run.
+            return Err(Error::PeerKeys {
+                protocol: protocol.name().to_string(),
+                count,
+                problem: requirements::PeerKeysProblem::AllRevoked,
+            });
+        }
         requirements::peer_key_candidates(protocol, keys.len())?;
         Ok(keys.into_iter().map(Some).collect())
     }
@@ -604,8 +640,11 @@ impl Handshake {
             &neg,
             &self.settings.app_prologue,
         );
-        self.start_protocol(protocol, Role::Responder, Stage::Retry, &prologue)?;
-        self.read_and_answer(&noise)
+        // As a first message: K patterns take the initiator's key from the trusted keys,
+        // and a rotating responder tries each of its keys.
+        self.read_first(&protocol, Stage::Retry, &prologue, &noise)?;
+        self.check_remote()?;
+        self.answer_or_wait()
     }
 
     /// Reads a message of the running protocol, checks the peer's key, then writes our
@@ -701,8 +740,12 @@ impl Handshake {
         }
         requirements::check(&protocol, noise_role, &creds, false)?;
         let config = |what: &str, e: snow::Error| Error::Config(format!("{protocol}: {what}: {e}"));
+        let resolver = TriesResolver {
+            peer_dh: self.negotiator.peer_key_dh(),
+            memo: self.tries_memo.clone(),
+        };
         let mut builder =
-            snow::Builder::with_resolver(protocol.params().clone(), Box::new(Resolver))
+            snow::Builder::with_resolver(protocol.params().clone(), Box::new(resolver))
                 .prologue(prologue)
                 .map_err(|e| config("prologue", e))?;
         if protocol.needs_local_static(noise_role) {
@@ -880,3 +923,7 @@ fn push_sized(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(&(field.len() as u16).to_be_bytes());
     out.extend_from_slice(field);
 }
+
+#[cfg(test)]
+#[path = "handshake_tries_tests.rs"]
+mod tries_tests;

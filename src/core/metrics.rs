@@ -141,7 +141,7 @@ impl Reason {
             | Error::LateNegotiation(_) => Reason::Negotiation,
             Error::ClosedDuringHandshake | Error::Truncated => Reason::Closed,
             Error::WeakPeerKey => Reason::LowOrderKey,
-            Error::Unconfirmed => Reason::Replay,
+            Error::Unconfirmed { .. } => Reason::Replay,
             Error::FrameTooShort(_)
             | Error::BodyLength { .. }
             | Error::EmptyHandshakeMessage

@@ -41,4 +41,4 @@ pub mod trace;
 pub mod transport;
 pub mod verdict;
 
-pub use error::{Error, Result};
+pub use error::{Ended, Error, Result};

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use super::error::{Error, Result};
+use super::keys::KeySet;
 use super::negotiation::Credentials;
 use super::protocol::{Protocol, Role};
 
@@ -84,6 +85,8 @@ pub enum PeerKeysProblem {
     NotExactlyOne,
     /// More than [`MAX_TRIED_PEER_KEYS`].
     TooMany,
+    /// Every trusted key is also revoked.
+    AllRevoked,
 }
 
 impl PeerKeysProblem {
@@ -100,6 +103,9 @@ impl PeerKeysProblem {
             }
             PeerKeysProblem::TooMany => format!(
                 "tries each trusted key in turn; list at most {MAX_TRIED_PEER_KEYS}, not {count}"
+            ),
+            PeerKeysProblem::AllRevoked => format!(
+                "needs the initiator's key before the handshake, and all {count} trusted keys are revoked: trust a key that is not"
             ),
         }
     }
@@ -124,6 +130,23 @@ pub fn peer_key_candidates(protocol: &Protocol, count: usize) -> Result<()> {
         count,
         problem,
     })
+}
+
+/// Whether a responder that admits only initiators with a trusted key can ever complete
+/// `protocol`: only if its initiator has a static key (not NN, NK, NX or their psk forms).
+pub fn trusted_initiator_possible(protocol: &Protocol) -> bool {
+    protocol.needs_local_static(Role::Initiator)
+}
+
+/// The trusted keys an initiator may use: those not also revoked. When trusted keys are
+/// configured and none is left, no handshake can complete, whatever the pattern.
+pub fn usable_trusted_keys<'a>(
+    trusted: &'a KeySet,
+    revoked: Option<&'a KeySet>,
+) -> impl Iterator<Item = &'a [u8; 32]> {
+    trusted
+        .iter()
+        .filter(move |k| !revoked.is_some_and(|r| r.contains(&k[..])))
 }
 
 #[cfg(test)]

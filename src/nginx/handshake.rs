@@ -14,7 +14,7 @@ use super::{io, log};
 use crate::core::handshake::Handshake;
 use crate::core::keys;
 use crate::core::metrics::Reason;
-use crate::core::Error;
+use crate::core::{Ended, Error};
 use crate::noise_debug;
 
 /// Where a handshake stands after [`drive`].
@@ -85,6 +85,15 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
                     sent = true;
                 }
                 Io::Again | Io::Eof => return Progress::WantWrite,
+                Io::Failed(errno) if awaits_confirmation(hs) => {
+                    // Message 1 was read and answered; the client never got to prove it.
+                    return Progress::Failed(Failure::Noise(Error::Unconfirmed {
+                        ended: Ended::Socket {
+                            doing: "send() failed",
+                            errno,
+                        },
+                    }));
+                }
                 Io::Failed(errno) => {
                     return Progress::Failed(Failure::Socket {
                         doing: "send() failed",
@@ -148,6 +157,15 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
             }
         }
     }
+}
+
+/// Whether `hs` is a responder that has read the client's message 1 of a protocol whose
+/// message 1 could be a replay (and answered it): from here the client counts as
+/// authenticated only once its first transport frame opens.
+fn awaits_confirmation(hs: &Handshake) -> bool {
+    !hs.role().is_initiator()
+        && hs.is_done()
+        && hs.protocol().is_some_and(|p| p.initiator_auth_replayable())
 }
 
 /// Logs the handshake's recorded steps at debug level.
@@ -238,6 +256,9 @@ pub unsafe fn await_first_frame(c: *mut ngx_connection_t) -> Progress {
         else {
             return Progress::Failed(Failure::Noise(Error::Internal("not in transport".into())));
         };
+        // Whatever ends the wait, the client never proved itself: a replay, as far as
+        // anyone can tell (the counters' reason and the log line say so).
+        let unconfirmed = |ended| Progress::Failed(Failure::Noise(Error::Unconfirmed { ended }));
         match input.open_first(&mut tr.opener) {
             Ok(true) => {
                 st.awaiting_first_frame = false;
@@ -246,6 +267,7 @@ pub unsafe fn await_first_frame(c: *mut ngx_connection_t) -> Progress {
                 return Progress::Done;
             }
             Ok(false) => {}
+            Err(e) if e.is_peer_fault() => return unconfirmed(Ended::Frame(Box::new(e))),
             Err(e) => return Progress::Failed(Failure::Noise(e)),
         }
         if rev.ready() == 0 {
@@ -254,18 +276,18 @@ pub unsafe fn await_first_frame(c: *mut ngx_connection_t) -> Progress {
         match socket::recv(fd, st.input.spare()) {
             Io::Done(n) => st.input.commit(n),
             Io::Eof => {
-                let e = match st.input.check_eof() {
-                    Err(e) => e,
-                    Ok(()) => Error::Unconfirmed,
+                return match st.input.check_eof() {
+                    Ok(()) => unconfirmed(Ended::Closed),
+                    Err(e) if e.is_peer_fault() => unconfirmed(Ended::Frame(Box::new(e))),
+                    Err(e) => Progress::Failed(Failure::Noise(e)),
                 };
-                return Progress::Failed(Failure::Noise(e));
             }
             Io::Again => {
                 rev.set_ready(0);
                 return Progress::WantRead;
             }
             Io::Failed(errno) => {
-                return Progress::Failed(Failure::Socket {
+                return unconfirmed(Ended::Socket {
                     doing: "recv() failed",
                     errno,
                 })

@@ -7,7 +7,7 @@
 
 use nginx_sys::{ngx_conf_t, ngx_log_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO};
 
-use crate::core::Error;
+use crate::core::{Ended, Error};
 
 /// `error` level.
 pub const ERR: ngx_uint_t = NGX_LOG_ERR as ngx_uint_t;
@@ -38,6 +38,12 @@ pub unsafe fn debug_on(log: *mut ngx_log_t) -> bool {
 
 /// Log level for a core error.
 pub fn level_of(e: &Error) -> ngx_uint_t {
+    if let Error::Unconfirmed {
+        ended: Ended::Socket { errno, .. },
+    } = e
+    {
+        return level_of_errno(*errno);
+    }
     if e.is_peer_fault() {
         INFO
     } else {
@@ -90,11 +96,7 @@ pub unsafe fn error(log: *mut ngx_log_t, doing: &str, e: &Error) {
 
 /// An errno the way nginx prints one: `111: Connection refused`.
 pub fn errno_text(errno: i32) -> String {
-    let text = std::io::Error::from_raw_os_error(errno).to_string();
-    let text = text
-        .strip_suffix(&format!(" (os error {errno})"))
-        .unwrap_or(&text);
-    format!("{errno}: {text}")
+    crate::core::error::errno_text(errno)
 }
 
 /// Logs a failed syscall.

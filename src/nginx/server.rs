@@ -99,7 +99,16 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         };
         // SAFETY: log is live.
         unsafe { log::write(log, log::INFO, msg) };
-        status::failed(Side::Server, Reason::Timeout);
+        // A client that never sent its first transport frame: counted as a replay, as it is
+        // however else its connection ends.
+        status::failed(
+            Side::Server,
+            if confirming {
+                Reason::Replay
+            } else {
+                Reason::Timeout
+            },
+        );
         return NGX_STREAM_BAD_REQUEST as ngx_int_t;
     }
     // SAFETY: c is live with state attached.

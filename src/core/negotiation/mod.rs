@@ -15,6 +15,9 @@ mod policy;
 
 pub use policy::Policy;
 
+use std::sync::Arc;
+
+use super::crypto::PeerKeyDh;
 use super::error::Result;
 use super::keys::Secret;
 use super::protocol::{Protocol, Role};
@@ -102,6 +105,12 @@ pub trait Negotiator: Send + Sync {
     /// The public key of our static key `index` (0: the one in
     /// [`Negotiator::credentials`], then the alternates), if known; default unknown.
     fn static_public_key(&self, _index: usize) -> Option<[u8; 32]> {
+        None
+    }
+
+    /// Responder: the DH of our static keys with the peer keys a first message is tried
+    /// with, computed at configuration time ([`PeerKeyDh`]); default none (computed per try).
+    fn peer_key_dh(&self) -> Option<Arc<PeerKeyDh>> {
         None
     }
 }

@@ -7,8 +7,11 @@
 //! As initiator it offers its first protocol and follows a switch or retry only to protocols
 //! on its list.
 
+use std::sync::Arc;
+
 use super::codec::{self, Codec, Offer, VIRGIL_REJECT};
 use super::{Credentials, Decision, Negotiator, Response, Stage};
+use crate::core::crypto::PeerKeyDh;
 use crate::core::error::{Error, Result};
 use crate::core::keys::Secret;
 use crate::core::protocol::{Protocol, Role};
@@ -27,6 +30,8 @@ pub struct Policy {
     /// Public keys of the static key and the alternates, computed once (at configuration
     /// time), only when asked for ([`Policy::with_alternate_static_keys`]).
     static_publics: Vec<[u8; 32]>,
+    /// [`Policy::with_peer_key_dh`].
+    peer_key_dh: Option<Arc<PeerKeyDh>>,
 }
 
 impl Policy {
@@ -45,6 +50,7 @@ impl Policy {
             require_initiator_static: false,
             alternate_static_keys: Vec::new(),
             static_publics: Vec::new(),
+            peer_key_dh: None,
         })
     }
 
@@ -81,6 +87,27 @@ impl Policy {
         self
     }
 
+    /// Responder: computes now, once, the DH of each of our static keys (set the alternates
+    /// first) with each of `peers`, the keys a first message is tried with as the
+    /// initiator's. Only a pattern in which both sides know each other's key in advance (KK)
+    /// has such a DH (`ss`) in its first message, so without one on the list this does
+    /// nothing; nor beyond [`requirements::MAX_TRIED_PEER_KEYS`] pairs, the most tried.
+    pub fn with_peer_key_dh(mut self, peers: &[[u8; 32]]) -> Self {
+        let ss = self.protocols.iter().any(|p| {
+            p.needs_remote_static(Role::Responder) && p.needs_remote_static(Role::Initiator)
+        });
+        let ours: Vec<&Secret> = self
+            .credentials
+            .static_key
+            .iter()
+            .chain(self.alternate_static_keys.iter())
+            .collect();
+        let pairs = ours.len() * peers.len();
+        self.peer_key_dh = (ss && pairs > 0 && pairs <= requirements::MAX_TRIED_PEER_KEYS)
+            .then(|| Arc::new(PeerKeyDh::new(ours, peers)));
+        self
+    }
+
     pub fn protocols(&self) -> &[Protocol] {
         &self.protocols
     }
@@ -91,6 +118,17 @@ impl Policy {
 
     /// Checks that every allowed protocol can run in `role` with the configured keys.
     pub fn validate(&self, role: Role) -> Result<()> {
+        if role == Role::Responder
+            && self.require_initiator_static
+            && !self
+                .protocols
+                .iter()
+                .any(requirements::trusted_initiator_possible)
+        {
+            return Err(Error::Config(
+                "trusted keys admit only initiators with a static key, and no allowed protocol has one".into(),
+            ));
+        }
         for p in &self.protocols {
             // A responder may take the initiator's key from its trusted keys (K patterns).
             let from_trusted = role == Role::Responder && self.require_initiator_static;
@@ -115,7 +153,7 @@ impl Policy {
     }
 
     fn acceptable(&self, p: &Protocol) -> bool {
-        !self.require_initiator_static || p.needs_local_static(Role::Initiator)
+        !self.require_initiator_static || requirements::trusted_initiator_possible(p)
     }
 
     fn allowed(&self, p: &Protocol) -> bool {
@@ -201,5 +239,9 @@ impl Negotiator for Policy {
 
     fn static_public_key(&self, index: usize) -> Option<[u8; 32]> {
         self.static_publics.get(index).copied()
+    }
+
+    fn peer_key_dh(&self) -> Option<Arc<PeerKeyDh>> {
+        self.peer_key_dh.clone()
     }
 }

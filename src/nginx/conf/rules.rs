@@ -76,6 +76,7 @@ fn keys_present(
 /// which the server knows the client's key in advance (KN, KK, KX) it comes from
 /// `noise_trusted_keys` ([`requirements::peer_key_candidates`]).
 pub fn server_keys(protocols: &[Protocol], side: &SideConf) -> Result<(), String> {
+    trusted_keys(protocols, side)?;
     let credentials = side.credentials();
     for p in protocols {
         if p.needs_remote_static(Role::Responder) {
@@ -95,6 +96,8 @@ pub fn server_keys(protocols: &[Protocol], side: &SideConf) -> Result<(), String
                         "\"{p}\" tries each trusted key in turn; list at most {}, not {trusted}",
                         requirements::MAX_TRIED_PEER_KEYS
                     ),
+                    // Found by trusted_keys() above, with the files named.
+                    P::AllRevoked => format!("\"{p}\" {}", problem.describe(trusted)),
                 });
             }
             // With several private keys each is tried with each trusted key: bound what a
@@ -110,6 +113,42 @@ pub fn server_keys(protocols: &[Protocol], side: &SideConf) -> Result<(), String
             }
         }
         keys_present(p, Role::Responder, &credentials, true, &SERVER)?;
+    }
+    Ok(())
+}
+
+/// Rule: `noise_trusted_keys` leaves a client that can complete a handshake: some protocol
+/// has the client send (or hold) a static key ([`requirements::trusted_initiator_possible`]),
+/// and some trusted key is not also in `noise_revoked_keys`.
+fn trusted_keys(protocols: &[Protocol], side: &SideConf) -> Result<(), String> {
+    let Some(trusted) = &side.trusted_keys else {
+        return Ok(());
+    };
+    if !protocols
+        .iter()
+        .any(requirements::trusted_initiator_possible)
+    {
+        let names: Vec<&str> = protocols.iter().map(Protocol::name).collect();
+        return Err(format!(
+            "\"noise_trusted_keys\" admits only clients that have a static key, and in none of \"{}\" does the client have one; add a protocol in which it does (XX, IK, KK, ...) to \"noise_protocol\" or remove \"noise_trusted_keys\"",
+            names.join(" ")
+        ));
+    }
+    if side.usable_trusted_keys().is_empty() {
+        let revoked = side
+            .revoked_keys
+            .as_ref()
+            .map_or_else(String::new, |k| format!(" {}", k.path.display()));
+        let n = trusted.value.len();
+        let what = if n == 1 {
+            "the only key".to_string()
+        } else {
+            format!("each of the {n} keys")
+        };
+        return Err(format!(
+            "{what} in \"noise_trusted_keys\" {} is also in \"noise_revoked_keys\"{revoked}, so no client can complete a handshake; trust a key that is not revoked",
+            trusted.path.display()
+        ));
     }
     Ok(())
 }

@@ -35,7 +35,9 @@ impl ServerSide {
         let policy = Policy::new(protocols, Codec::Virgil, side.credentials())
             .map_err(|e| e.to_string())?
             .with_initiator_static_required(trusted)
-            .with_alternate_static_keys(side.alternate_keys());
+            .with_alternate_static_keys(side.alternate_keys())
+            // KK's `ss` for every (private key, trusted key) pair, once per configuration.
+            .with_peer_key_dh(&side.usable_trusted_keys());
         // The rules above already hold; this is the core's own check of the same facts.
         policy
             .validate(Role::Responder)

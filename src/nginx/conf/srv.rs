@@ -13,6 +13,7 @@ use crate::core::keys::{KeySet, Secret};
 use crate::core::negotiation::codec::Codec;
 use crate::core::negotiation::Credentials;
 use crate::core::protocol::Protocol;
+use crate::core::requirements;
 
 /// A key file loaded at configuration time, with where it came from.
 #[derive(Clone, Debug)]
@@ -78,6 +79,16 @@ impl SideConf {
                 .filter(|k| !k.is_empty()),
             ask_verdict: false,
         })
+    }
+
+    /// The trusted keys that are not also revoked: those a client may use.
+    pub fn usable_trusted_keys(&self) -> Vec<[u8; 32]> {
+        let revoked = self.revoked_keys.as_ref().map(|k| &k.value);
+        self.trusted_keys
+            .iter()
+            .flat_map(|k| requirements::usable_trusted_keys(&k.value, revoked))
+            .copied()
+            .collect()
     }
 
     /// The private keys after the first, for rotation.
