@@ -22,11 +22,13 @@ ok(@blocks >= 3, scalar(@blocks) . ' nginx examples in the README');
 
 # The README's CLI lines, run by sh in the test dir with the built CLI first on PATH.
 my ($cli_block) = $readme =~ /^## The `noisesocket` CLI\n+```sh\n(.*?)^```$/ms;
-my @cli = grep { /^noisesocket / } split /\n/, $cli_block // '';
+my @cli = grep { /noisesocket / } split /\n/, $cli_block // '';
 my ($keygen) = grep { /keygen/ } @cli;
 my ($listen) = grep { /^noisesocket listen / } @cli;
-my ($connect) = grep { /^noisesocket connect / } @cli;
-ok($keygen && $listen && $connect, 'the README has keygen, listen and connect lines') or BAIL_OUT('no CLI lines');
+my ($connect) = grep { /^noisesocket connect / && !/ -N\b/ } @cli;
+my ($connect_n) = grep { /noisesocket connect .* -N\b/ } @cli;
+ok($keygen && $listen && $connect && $connect_n, 'the README has keygen, listen and both connect lines')
+    or BAIL_OUT('no CLI lines');
 my $path = dirname($t->cli) . ":$ENV{PATH}";
 sub sh {
     my ($line, $input, $timeout) = @_;
@@ -93,8 +95,22 @@ for my $b (qw(1 2)) {
     my $p = $t->port("b$b");
     (my $line = $listen) =~ s/\b7443\b/$p/;
     $line =~ s/\bserver\.key\b/backend$b.key/;
+    $line =~ s/\s*#.*//;
     $t->spawn('sh', '-c', "cd $dir && export PATH=$path && exec $line");
     $t->wait_port($p);
+}
+
+# The README's echo server and its -N client, as written but for the port.
+{
+    my $p = $t->port('direct');
+    (my $server = $listen) =~ s/\b7443\b/$p/;
+    $server =~ s/\s*#.*//;
+    $t->spawn('sh', '-c', "cd $dir && export PATH=$path && exec $server");
+    $t->wait_port($p);
+    (my $line = $connect_n) =~ s/\bhost:7443\b/127.0.0.1:$p/;
+    my $r = sh($line);
+    is($r->{out}, "hello\n", "README: $connect_n gets its echo") or diag($r->{err});
+    is($r->{rc}, 0, 'and exits 0');
 }
 
 # The README's connect line, to the example's noise_listen port.
