@@ -24,8 +24,8 @@ use std::ffi::{c_char, c_void, CStr};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_int_t, ngx_module_t, ngx_pool_cleanup_add, NGX_ERROR, NGX_OK,
-    NGX_STREAM_MAIN_CONF,
+    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_pool_cleanup_add,
+    NGX_ERROR, NGX_OK, NGX_STREAM_MAIN_CONF,
 };
 
 use super::conf::{args, MainConf, Recorded, Use};
@@ -75,15 +75,19 @@ const WRAPPED: [Wrapped; 4] = [
     },
 ];
 
-/// The command `name` of the module called `module` in the cycle being configured.
+/// The command `name` of the module called `module` in `cycle`.
 ///
 /// # Safety
-/// `cf` must be a configuration being read; its cycle's module list is set up.
-unsafe fn command(cf: &ngx_conf_t, module: &CStr, name: &[u8]) -> Option<*mut ngx_command_t> {
+/// `cycle` must be a live cycle whose module list is set up.
+unsafe fn command(
+    cycle: *const ngx_cycle_t,
+    module: &CStr,
+    name: &[u8],
+) -> Option<*mut ngx_command_t> {
     // SAFETY: cycle->modules holds modules_n module pointers (static modules and those
     // loaded so far); a module's command table ends with a command whose name is empty.
     unsafe {
-        let cycle = &*cf.cycle;
+        let cycle = &*cycle;
         let modules: &[*mut ngx_module_t] = if cycle.modules.is_null() {
             &[]
         } else {
@@ -112,7 +116,7 @@ pub fn wrap(cf: &mut ngx_conf_t) -> ngx_int_t {
     for w in &WRAPPED {
         // SAFETY: configuration runs in one thread; the table entry is plain data.
         unsafe {
-            let Some(cmd) = command(cf, w.module, w.command) else {
+            let Some(cmd) = command(cf.cycle, w.module, w.command) else {
                 continue;
             };
             match (*cmd).set {
@@ -142,23 +146,20 @@ pub fn wrap(cf: &mut ngx_conf_t) -> ngx_int_t {
 
 /// Cycle pool cleanup: nginx's handlers back in their tables.
 unsafe extern "C" fn unwrap(data: *mut c_void) {
-    // SAFETY: data is the cycle whose pool runs this cleanup; its module list is still
-    // there (the pool is being destroyed, its modules array with it, after cleanups run
-    // in order of registration reversed: the list was allocated before).
-    let cf_like = unsafe {
-        let mut cf: ngx_conf_t = std::mem::zeroed();
-        cf.cycle = data.cast();
-        cf
-    };
+    let cycle: *const ngx_cycle_t = data.cast();
     for w in &WRAPPED {
         let original = w.original.load(Ordering::Relaxed);
         if original.is_null() {
             continue;
         }
-        // SAFETY: original is the module's own handler (a SetHandler); the table is plain
-        // data and nothing parses configuration while a cycle pool is destroyed.
+        // SAFETY: data is the cycle whose pool runs this cleanup: the cycle and its module
+        // list live in that pool, whose memory goes only after every cleanup ran, and the
+        // modules' code is still loaded (ngx_unload_module is a cleanup registered before
+        // this one, so it runs after). original is the module's own handler (a
+        // SetHandler); the table is plain data and nothing parses configuration while a
+        // cycle pool is destroyed.
         unsafe {
-            if let Some(cmd) = command(&cf_like, w.module, w.command) {
+            if let Some(cmd) = command(cycle, w.module, w.command) {
                 if (*cmd)
                     .set
                     .is_some_and(|set| std::ptr::fn_addr_eq(set, w.ours))

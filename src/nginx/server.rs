@@ -189,33 +189,27 @@ unsafe fn admit(c: *mut ngx_connection_t, limit: u32) -> Result<(), ngx_int_t> {
     let Some(key) = st.established().and_then(|i| i.remote_static) else {
         return Ok(());
     };
-    let (level, msg) = match limit::acquire(&key, limit) {
+    let denied = match limit::acquire(&key, limit) {
         Ok(hold) => {
             st.key_hold = Some(hold);
             return Ok(());
         }
-        Err(Denied::Refused(Refusal::Over { held })) => (
-            log::INFO,
-            format!(
-                "noise: client key {} already has {held} connection(s), the noise_limit_conn_per_key limit of {limit}; closing",
-                keys::fingerprint(&key)
-            ),
+        Err(d) => d,
+    };
+    let fingerprint = keys::fingerprint(&key);
+    let msg = match &denied {
+        Denied::Refused(Refusal::Over { held }) => format!(
+            "noise: client key {fingerprint} already has {held} connection(s), the noise_limit_conn_per_key limit of {limit}; closing"
         ),
-        Err(Denied::Refused(Refusal::Full { capacity })) => (
-            log::ERR,
-            format!(
-                "noise: the noise_limit_conn_per_key zone is full ({capacity} client keys by worker); refusing client key {}",
-                keys::fingerprint(&key)
-            ),
+        Denied::Refused(Refusal::Full { capacity }) => format!(
+            "noise: the noise_limit_conn_per_key zone is full ({capacity} client keys by worker); refusing client key {fingerprint}"
         ),
-        Err(Denied::NoZone) => (
-            log::ERR,
-            "noise: the noise_limit_conn_per_key zone is not set up; refusing the connection"
-                .to_string(),
+        Denied::NoZone => format!(
+            "noise: the noise_limit_conn_per_key zone is not set up; refusing client key {fingerprint}"
         ),
     };
     // SAFETY: c's log is live.
-    unsafe { log::write((*c).log, level, &msg) };
+    unsafe { log::write((*c).log, log::level_of_denied(&denied), &msg) };
     status::failed(Side::Server, Reason::Limit);
     Err(NGX_STREAM_SERVICE_UNAVAILABLE as ngx_int_t)
 }
