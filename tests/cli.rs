@@ -304,3 +304,19 @@ fn listen_port_binds_every_address() {
     );
     assert_eq!(out.stdout, b"any address");
 }
+
+/// `--help` works before a command too, and says how stdin EOF and `listen PORT` behave.
+#[test]
+fn help_documents_eof_and_binding() {
+    for args in [vec!["--help"], vec!["connect", "--help"]] {
+        let out = Command::new(cli()).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("-N, --half-close"), "{text}");
+        assert!(
+            text.contains("stdin EOF leaves the connection open"),
+            "{text}"
+        );
+        assert!(text.contains("binds every IPv4 address"), "{text}");
+    }
+}

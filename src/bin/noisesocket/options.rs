@@ -65,6 +65,9 @@ impl Options {
         let mut o = Options::default();
         let mut args = args.into_iter();
         o.command = args.next().ok_or("missing command")?;
+        if matches!(o.command.as_str(), "-h" | "--help" | "help") {
+            return Err(USAGE.to_string());
+        }
         let value = |args: &mut dyn Iterator<Item = String>, flag: &str| {
             args.next().ok_or_else(|| format!("{flag} needs a value"))
         };
