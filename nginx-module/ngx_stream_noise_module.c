@@ -18,6 +18,7 @@ char *ngx_stream_noise_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 ngx_int_t ngx_stream_noise_preconfiguration(ngx_conf_t *cf);
 ngx_int_t ngx_stream_noise_postconfiguration(ngx_conf_t *cf);
 ngx_int_t ngx_stream_noise_init_module(ngx_cycle_t *cycle);
+ngx_int_t ngx_stream_noise_init_process(ngx_cycle_t *cycle);
 void ngx_stream_noise_exit_process(ngx_cycle_t *cycle);
 
 
@@ -40,6 +41,8 @@ static ngx_command_t  ngx_stream_noise_commands[] = {
     ngx_stream_noise_command("noise_prologue", NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
     ngx_stream_noise_command("noise_padding", NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
     ngx_stream_noise_command("noise_handshake_timeout",
+                             NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
+    ngx_stream_noise_command("noise_limit_conn_per_key",
                              NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
 
     /* upstream side */
@@ -87,7 +90,7 @@ ngx_module_t  ngx_stream_noise_module = {
     NGX_STREAM_MODULE,                     /* module type */
     NULL,                                  /* init master */
     ngx_stream_noise_init_module,          /* init module */
-    NULL,                                  /* init process */
+    ngx_stream_noise_init_process,         /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_stream_noise_exit_process,         /* exit process */

@@ -41,7 +41,7 @@ sleep 0.5
 
 echo
 echo "== 1. NoiseSocket client -> nginx (noise_listen :17443) -> plain echo backend"
-echo "hello through NoiseSocket" | "$cli" connect 127.0.0.1:17443 -v \
+echo "hello through NoiseSocket" | "$cli" connect 127.0.0.1:17443 -N -v \
     --protocol Noise_IK_25519_ChaChaPoly_BLAKE2s --key "$demo/conf/client.key" \
     --remote-key "$demo/conf/server.pub"
 echo

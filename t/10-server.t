@@ -90,7 +90,7 @@ for my $i (1 .. 200) {
     my $pid = fork // die;
     if (!$pid) {
         my $msg = "client $i " . ('x' x 1000) . "\n";
-        my $r = $t->run_cmd([$t->cli, 'connect', "127.0.0.1:$proxy", @key], $msg, 30);
+        my $r = $t->run_cmd([$t->cli, 'connect', "127.0.0.1:$proxy", '-N', @key], $msg, 30);
         exit($r->{rc} == 0 && $r->{out} eq $msg ? 0 : 1);
     }
     push @pids, $pid;

@@ -28,7 +28,7 @@ END
 $t->write_config($conf =~ s/KEY/old/r);
 $t->run;
 my $port = $t->port('main');
-my @client = ($t->cli, 'connect', "127.0.0.1:$port", '--key', "$dir/client.key", '-v');
+my @client = ($t->cli, 'connect', "127.0.0.1:$port", '-N', '--key', "$dir/client.key", '-v');
 
 my $r = $t->noise_client($port, "before\n", '--key', "$dir/client.key", '-v');
 like($r->{err}, qr/^remote_key=\Q$old_pub\E$/m, 'before reload: old key');

@@ -55,7 +55,7 @@ my @key = ('--key', "$dir/client.key");
 # The CLI as a client, with a short timeout: a broken gate must fail the test, not hang it.
 sub client {
     my ($port, $input, @opts) = @_;
-    return $t->run_cmd([$t->cli, 'connect', "127.0.0.1:$port", @opts], $input, 10);
+    return $t->run_cmd([$t->cli, 'connect', "127.0.0.1:$port", '-N', @opts], $input, 10);
 }
 
 # One round of probes and clients against the running nginx.

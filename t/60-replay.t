@@ -89,7 +89,7 @@ if (!$pid) {
     exit 0;
 }
 $t->wait_port($cap_port);
-$t->run_cmd([$t->cli, 'connect', "127.0.0.1:$cap_port", @ik], "secret\n", 5);
+$t->run_cmd([$t->cli, 'connect', "127.0.0.1:$cap_port", '-N', @ik], "secret\n", 5);
 ok($t->wait_for(5, sub { -s "$dir/message1" }), 'recorded the IK message 1');
 my $message1 = $t->read_file('message1');
 

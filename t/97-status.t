@@ -101,7 +101,7 @@ for (1 .. 2) {
 $t->plain_exchange($t->port('dead'), "nothing", timeout => 3);
 
 # An established connection held open, counted as such.
-$t->spawn('sh', '-c', "sleep 3 | $t->{cli} connect 127.0.0.1:$noise @client");
+$t->spawn('sh', '-c', "sleep 3 | $t->{cli} connect 127.0.0.1:$noise -N @client");
 $t->wait_for(3, sub { value(status(), 'nginx_noise_connections{side="server",state="established"}') });
 $s = status();
 is(value($s, 'nginx_noise_connections{side="server",state="established"}'), 1, 'an open connection: established');

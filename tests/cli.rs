@@ -65,6 +65,7 @@ fn round_trip(protocol: &str, padding: Option<&str>) {
         .args([
             "connect",
             &format!("127.0.0.1:{port}"),
+            "-N", // the echo answers until it sees our end
             "--protocol",
             protocol,
             "-v",
@@ -271,4 +272,51 @@ fn failures_say_what_failed_in_one_line() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("fallback patterns are not supported"));
+}
+
+/// `listen PORT` binds every IPv4 address, as nginx's `listen PORT` does: a client reaches
+/// it on 127.0.0.2, which a socket bound to 127.0.0.1 alone would refuse.
+#[test]
+fn listen_port_binds_every_address() {
+    let dir = TempDir::new("bind");
+    let (server_args, client_args) = key_args(&dir, "XX");
+    let ready = dir.path("ready");
+    let mut server = Command::new(cli())
+        .args(["listen", "0", "--echo", "--count", "1"])
+        .args(&server_args)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = wait_port(&ready, &mut server);
+    let mut client = Command::new(cli());
+    client
+        .args(["connect", &format!("127.0.0.2:{port}"), "-N"])
+        .args(&client_args);
+    let out = run_with_input(client, b"any address");
+    let server_out = server.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "client: {} / server: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&server_out.stderr)
+    );
+    assert_eq!(out.stdout, b"any address");
+}
+
+/// `--help` works before a command too, and says how stdin EOF and `listen PORT` behave.
+#[test]
+fn help_documents_eof_and_binding() {
+    for args in [vec!["--help"], vec!["connect", "--help"]] {
+        let out = Command::new(cli()).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("-N, --half-close"), "{text}");
+        assert!(
+            text.contains("stdin EOF leaves the connection open"),
+            "{text}"
+        );
+        assert!(text.contains("binds every IPv4 address"), "{text}");
+    }
 }

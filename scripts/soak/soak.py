@@ -236,7 +236,7 @@ class Soak:
         size = size_of(seed, a.mb)
         self.stats["conn_attempted"] += 1
         proc = await asyncio.create_subprocess_exec(
-            a.cli, "connect", f"127.0.0.1:{a.port}", "--key", f"{a.dir}/client.key",
+            a.cli, "connect", f"127.0.0.1:{a.port}", "-N", "--key", f"{a.dir}/client.key",
             "--trusted-keys", f"{a.dir}/servers.pub", "-v",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         v = Verifier(seed, size)

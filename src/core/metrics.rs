@@ -84,11 +84,13 @@ pub enum Reason {
     Connect,
     /// Our side: configuration or an internal error.
     Local,
+    /// Refused after the handshake by `noise_limit_conn_per_key`.
+    Limit,
 }
 
 impl Reason {
     /// Every reason, in label order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Timeout,
         Reason::Decrypt,
         Reason::UntrustedKey,
@@ -103,6 +105,7 @@ impl Reason {
         Reason::Socket,
         Reason::Connect,
         Reason::Local,
+        Reason::Limit,
     ];
 
     pub fn label(self) -> &'static str {
@@ -121,6 +124,7 @@ impl Reason {
             Reason::Socket => "socket",
             Reason::Connect => "connect",
             Reason::Local => "local",
+            Reason::Limit => "limit",
         }
     }
 

@@ -17,7 +17,7 @@ use std::ptr;
 
 use nginx_sys::{ngx_atomic_uint_t, ngx_connection_t, ngx_cycle, ngx_pool_t};
 
-use super::{pool, status};
+use super::{limit, pool, status};
 use crate::core::metrics::{Side, State};
 
 use crate::core::deframer::Deframer;
@@ -70,6 +70,8 @@ pub struct NoiseConn {
     pub side: Side,
     /// The state this connection is counted in (`nginx_noise_connections`), if any.
     gauge: Option<State>,
+    /// Its count under `noise_limit_conn_per_key`, released when the state is dropped.
+    pub key_hold: Option<limit::Hold>,
 }
 
 impl NoiseConn {
@@ -88,6 +90,7 @@ impl NoiseConn {
             awaiting_first_frame: false,
             side,
             gauge: None,
+            key_hold: None,
         }
     }
 

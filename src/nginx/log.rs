@@ -7,6 +7,8 @@
 
 use nginx_sys::{ngx_conf_t, ngx_log_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO};
 
+use super::limit::Denied;
+use crate::core::key_limit::Refusal;
 use crate::core::{Ended, Error};
 
 /// `error` level.
@@ -48,6 +50,15 @@ pub fn level_of(e: &Error) -> ngx_uint_t {
         INFO
     } else {
         ERR
+    }
+}
+
+/// Log level for a connection `noise_limit_conn_per_key` turned away: `info` for a key at
+/// its limit (the client's doing), `error` when the zone cannot count it (ours).
+pub fn level_of_denied(d: &Denied) -> ngx_uint_t {
+    match d {
+        Denied::Refused(Refusal::Over { .. }) => INFO,
+        Denied::Refused(Refusal::Full { .. }) | Denied::NoZone => ERR,
     }
 }
 

@@ -16,6 +16,8 @@
 //! * [`http`]: the http module of the .so (`$noise_*` for requests that came through `pass`).
 //! * [`preread`]: preread phase handlers see plaintext.
 //! * [`status`]: the counters in shared memory and the http `noise_status` handler.
+//! * [`pre_handshake`]: the `nginx -t` warning for `$noise_*` used before the handshake.
+//! * [`limit`]: `noise_limit_conn_per_key`, connections per client key in shared memory.
 //! * [`pool`]: Rust values owned by nginx pools; [`sockaddr`]: addresses as raw bytes.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -26,10 +28,12 @@ pub mod gate;
 pub mod handshake;
 pub mod http;
 pub mod io;
+pub mod limit;
 pub mod listen;
 pub mod log;
 pub mod module;
 pub mod pool;
+pub mod pre_handshake;
 pub mod preread;
 pub mod proxy_pass;
 pub mod server;

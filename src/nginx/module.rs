@@ -21,7 +21,10 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use super::conf::{directives, MainConf, SrvConf};
 use super::gate::{self, Class};
 use super::stream_conf::Confs;
-use super::{conn, listen, log, pool, preread, proxy_pass, server, status, upstream, variables};
+use super::{
+    conn, limit, listen, log, pool, pre_handshake, preread, proxy_pass, server, status, upstream,
+    variables,
+};
 
 const OK: ngx_int_t = NGX_OK as ngx_int_t;
 const ERROR: ngx_int_t = NGX_ERROR as ngx_int_t;
@@ -125,7 +128,7 @@ pub unsafe extern "C" fn ngx_stream_noise_directive(
 pub unsafe extern "C" fn ngx_stream_noise_preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: nginx passes the stream configuration, in preconfiguration.
     let cf = unsafe { &mut *cf };
-    if proxy_pass::wrap(cf) != OK {
+    if proxy_pass::wrap(cf) != OK || pre_handshake::wrap(cf) != OK {
         return ERROR;
     }
     // SAFETY: cf is the configuration being read.
@@ -146,6 +149,11 @@ pub unsafe extern "C" fn ngx_stream_noise_postconfiguration(cf: *mut ngx_conf_t)
         let confs = Confs::of_conf(cf);
         (cf, confs)
     };
+    pre_handshake::warn(cf, confs.noise_main());
+    // SAFETY: cf is the configuration being read.
+    if confs.noise_main().limits_per_key && unsafe { limit::add_zone(cf) } != OK {
+        return ERROR;
+    }
     let cmcf = confs.core_main();
     for (phase, handler) in [
         (
@@ -204,12 +212,27 @@ pub unsafe extern "C" fn ngx_stream_noise_init_module(cycle: *mut ngx_cycle_t) -
     }
 }
 
-/// Worker exit: frees what the worker holds outside nginx's pools.
+/// Worker start: finds the `noise_limit_conn_per_key` zone and sweeps it of the counts of
+/// processes that are gone.
+///
+/// # Safety
+/// Called only by nginx, through the module definition, with its own arguments.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_stream_noise_init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes the worker's cycle, its shared zones initialised.
+    unsafe { limit::start_worker(cycle) };
+    OK
+}
+
+/// Worker exit: frees what the worker holds outside nginx's pools, and drops its counts
+/// under `noise_limit_conn_per_key` (connections still open now are never closed by their
+/// pools).
 ///
 /// # Safety
 /// Called only by nginx, through the module definition, with its own arguments.
 #[no_mangle]
 pub unsafe extern "C" fn ngx_stream_noise_exit_process(_cycle: *mut ngx_cycle_t) {
+    limit::forget_own();
     conn::free_table();
 }
 

@@ -11,21 +11,26 @@
 //!   for it under the same timer (docs/protocol.md §4.6);
 //! * done: the timer is deleted (the preread phase skips connections with a read timer),
 //!   both events are marked ready as `ngx_ssl_handshake` does, and the phase says NGX_OK;
+//! * done, with `noise_limit_conn_per_key`: the client's key is counted in, or the
+//!   connection refused with status 503 ([`admit`]);
 //! * failure: one log line (`info` for the peer's fault, `error` for ours) and status 400 or
 //!   500, which finalizes the session.
 
 use nginx_sys::{
-    ngx_add_timer, ngx_del_timer, ngx_handle_read_event, ngx_handle_write_event, ngx_int_t,
-    ngx_stream_session_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_OK, NGX_STREAM_BAD_REQUEST,
-    NGX_STREAM_INTERNAL_SERVER_ERROR,
+    ngx_add_timer, ngx_connection_t, ngx_del_timer, ngx_handle_read_event, ngx_handle_write_event,
+    ngx_int_t, ngx_stream_session_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_OK, NGX_STREAM_BAD_REQUEST,
+    NGX_STREAM_INTERNAL_SERVER_ERROR, NGX_STREAM_SERVICE_UNAVAILABLE,
 };
 
 use super::conf::ServerSide;
 use super::conn::{self, NoiseConn, Phase};
 use super::handshake::{await_first_frame, drive, Failure, Progress};
+use super::limit::{self, Denied};
 use super::stream_conf::Confs;
 use super::{log, status};
 use crate::core::handshake::Handshake;
+use crate::core::key_limit::Refusal;
+use crate::core::keys;
 use crate::core::metrics::{Reason, Side, State};
 use crate::noise_debug;
 
@@ -128,6 +133,12 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
     }
     match progress {
         Progress::Done => {
+            if let Some(limit) = side.limit_per_key {
+                // SAFETY: c and its log are live.
+                if let Err(rc) = unsafe { admit(c, limit) } {
+                    return rc;
+                }
+            }
             // SAFETY: c is live; the reference ends in this statement.
             if let Some(st) = unsafe { conn::get(c) } {
                 if let Some(info) = st.info.as_deref() {
@@ -170,6 +181,46 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
             }
         }
     }
+}
+
+/// `noise_limit_conn_per_key`: counts the authenticated client's key in, or refuses the
+/// connection (status 503, as `limit_conn`) with one line: `info` when the key is at its
+/// limit, `error` when the zone cannot count it (fail closed). Connections without a
+/// client static key have no identity to count and go on.
+///
+/// # Safety
+/// `c` must be a live connection with an established state.
+unsafe fn admit(c: *mut ngx_connection_t, limit: u32) -> Result<(), ngx_int_t> {
+    // SAFETY: the caller's promise; the reference ends with this function.
+    let Some(st) = (unsafe { conn::get(c) }) else {
+        return Err(ERROR);
+    };
+    let Some(key) = st.established().and_then(|i| i.remote_static) else {
+        return Ok(());
+    };
+    let denied = match limit::acquire(&key, limit) {
+        Ok(hold) => {
+            st.key_hold = Some(hold);
+            return Ok(());
+        }
+        Err(d) => d,
+    };
+    let fingerprint = keys::fingerprint(&key);
+    let msg = match &denied {
+        Denied::Refused(Refusal::Over { held }) => format!(
+            "noise: client key {fingerprint} already has {held} connection(s), the noise_limit_conn_per_key limit of {limit}; closing"
+        ),
+        Denied::Refused(Refusal::Full { capacity }) => format!(
+            "noise: the noise_limit_conn_per_key zone is full ({capacity} client keys by worker); refusing client key {fingerprint}"
+        ),
+        Denied::NoZone => format!(
+            "noise: the noise_limit_conn_per_key zone is not set up; refusing client key {fingerprint}"
+        ),
+    };
+    // SAFETY: c's log is live.
+    unsafe { log::write((*c).log, log::level_of_denied(&denied), &msg) };
+    status::failed(Side::Server, Reason::Limit);
+    Err(NGX_STREAM_SERVICE_UNAVAILABLE as ngx_int_t)
 }
 
 /// Logs a handshake failure once, at the level of whose fault it is.

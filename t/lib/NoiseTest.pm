@@ -346,7 +346,7 @@ sub run_cmd {
 # The CLI as a NoiseSocket client: returns {rc, out, err}.
 sub noise_client {
     my ($self, $port, $input, @opts) = @_;
-    return $self->run_cmd([$self->{cli}, 'connect', "127.0.0.1:$port", @opts], $input);
+    return $self->run_cmd([$self->{cli}, 'connect', "127.0.0.1:$port", '-N', @opts], $input);
 }
 
 # The Python noiseprotocol peer as a client: returns {rc, out, err}.

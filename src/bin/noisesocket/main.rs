@@ -85,16 +85,17 @@ fn connect(o: &Options) -> Result<(), String> {
         Handshake::initiator(policy, settings).map_err(|e| format!("handshake failed: {e}"))?;
     let session = session::handshake(&mut stream, hs)?;
     report(o, &session.info);
-    relay::stdio(stream, session)
+    relay::stdio(stream, session, o.half_close)
 }
 
 fn listen(o: &Options) -> Result<(), String> {
     let (policy, settings) = o.session(Role::Responder)?;
     let addr = address(o)?;
+    // A bare port binds every IPv4 address, as nginx's `listen PORT` does.
     let addr = if addr.contains(':') {
         addr.to_string()
     } else {
-        format!("127.0.0.1:{addr}")
+        format!("0.0.0.0:{addr}")
     };
     let listener = TcpListener::bind(&addr).map_err(|e| format!("listen {addr}: {e}"))?;
     if let Some(path) = &o.ready_file {
@@ -142,6 +143,6 @@ fn serve(
     if echo {
         relay::echo(stream, session)
     } else {
-        relay::stdio(stream, session)
+        relay::stdio(stream, session, o.half_close)
     }
 }

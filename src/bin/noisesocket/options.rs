@@ -15,7 +15,12 @@ pub const USAGE: &str = "usage:
   noisesocket keygen                       print a new private key (base64)
   noisesocket pubkey < private.key         print the public key of a private key
   noisesocket connect HOST:PORT [options]  initiator: stdin -> peer, peer -> stdout
-  noisesocket listen [HOST:]PORT [options] responder: one connection on stdio, or --echo
+  noisesocket listen [HOST:]PORT [options] responder: one connection on stdio, or --echo;
+                                           a bare PORT binds every IPv4 address (0.0.0.0),
+                                           as nginx's `listen PORT` does
+stdio, like OpenBSD nc: stdin EOF leaves the connection open and output goes on until the
+peer closes (the peer's close ends it, even with stdin still open); -N sends a FIN at
+stdin EOF (nc -N, ncat's default), for peers that answer only once they see the end.
 options:
   --protocol NAME        Noise protocol; repeat to allow more (first is offered/default)
                          (default Noise_XX_25519_ChaChaPoly_BLAKE2s)
@@ -30,6 +35,7 @@ options:
   --echo                 listen: echo every connection back, serve until --count is reached
   --count N              listen: exit after N connections
   --ready-file PATH      listen: write the bound port to PATH once listening
+  -N, --half-close       shut down the sending side (TCP FIN) at stdin EOF
   -v                     print protocol, peer key and handshake hash to stderr";
 
 /// Parsed command line.
@@ -49,6 +55,8 @@ pub struct Options {
     pub echo: bool,
     pub count: Option<u64>,
     pub ready_file: Option<PathBuf>,
+    /// `-N`: a FIN at stdin EOF.
+    pub half_close: bool,
     pub verbose: bool,
 }
 
@@ -57,6 +65,9 @@ impl Options {
         let mut o = Options::default();
         let mut args = args.into_iter();
         o.command = args.next().ok_or("missing command")?;
+        if matches!(o.command.as_str(), "-h" | "--help" | "help") {
+            return Err(USAGE.to_string());
+        }
         let value = |args: &mut dyn Iterator<Item = String>, flag: &str| {
             args.next().ok_or_else(|| format!("{flag} needs a value"))
         };
@@ -90,6 +101,7 @@ impl Options {
                     )
                 }
                 "--ready-file" => o.ready_file = Some(value(&mut args, &arg)?.into()),
+                "-N" | "--half-close" => o.half_close = true,
                 "-v" | "--verbose" => o.verbose = true,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 s if s.starts_with('-') => return Err(format!("unknown option {s}")),

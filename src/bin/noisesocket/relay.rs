@@ -1,7 +1,9 @@
 //! The data phase: stdio relay (like `nc`) and echo.
 //!
-//! Half-close is honoured both ways: stdin EOF becomes a TCP FIN after the last frame, and a
-//! peer's FIN at a frame boundary ends the output; a FIN inside a frame is truncation.
+//! Like OpenBSD `nc`: stdin EOF leaves the connection open and the output goes on until the
+//! peer closes; with `-N` (`nc -N`, ncat's default) stdin EOF becomes a TCP FIN after the
+//! last frame. A peer's FIN at a frame boundary ends the output; a FIN inside a frame is
+//! truncation. The peer's close ends the relay even while stdin is still open.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -63,8 +65,8 @@ fn split(session: Session) -> (Sealer, Opener, Deframer) {
     (send, recv, session.input)
 }
 
-/// stdin -> peer, peer -> stdout, until both directions are done.
-pub fn stdio(stream: TcpStream, session: Session) -> Result<(), String> {
+/// stdin -> peer, peer -> stdout, until the peer closes; `half_close`: a FIN at stdin EOF.
+pub fn stdio(stream: TcpStream, session: Session, half_close: bool) -> Result<(), String> {
     let (mut tx, mut rx, mut input) = split(session);
     let mut writer_stream = stream.try_clone().map_err(|e| e.to_string())?;
     let writer = thread::spawn(move || -> Result<(), String> {
@@ -74,7 +76,9 @@ pub fn stdio(stream: TcpStream, session: Session) -> Result<(), String> {
         loop {
             let n = stdin.read(&mut buf).map_err(|e| format!("stdin: {e}"))?;
             if n == 0 {
-                let _ = writer_stream.shutdown(Shutdown::Write);
+                if half_close {
+                    let _ = writer_stream.shutdown(Shutdown::Write);
+                }
                 return Ok(());
             }
             send(&mut writer_stream, &mut tx, &buf[..n], &mut out)?;
@@ -89,6 +93,10 @@ pub fn stdio(stream: TcpStream, session: Session) -> Result<(), String> {
             .map_err(|e| format!("stdout: {e}"))
     });
     received?;
+    if !writer.is_finished() {
+        // The peer is done; stdin may never end (a terminal): nothing more can be sent.
+        return Ok(());
+    }
     match writer.join() {
         Ok(result) => result,
         Err(_) => Err("writer thread failed".into()),

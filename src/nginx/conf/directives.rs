@@ -65,6 +65,11 @@ pub fn parse(ctx: Context<'_>, name: &str) -> Result<(), String> {
                 .map_err(|e| format!("\"{name}\": {e}"))?;
             set_once(&mut conf.upstream_negotiation, codec, name)?;
         }
+        "noise_limit_conn_per_key" => {
+            let n = rules::limit_per_key(name, &first)?;
+            set_once(&mut conf.limit_conn_per_key, n, name)?;
+            main.limits_per_key = true;
+        }
         "noise_upstream_server_key" => {
             let second = all.get(1).cloned().unwrap_or_default();
             let key = server_key(cf, &first, &second)?;

@@ -17,6 +17,26 @@ pub struct NoiseAddress {
     pub server: usize,
 }
 
+/// What a wrapped directive said, and where.
+#[derive(Debug, Clone)]
+pub struct Use {
+    /// Its arguments.
+    pub args: Vec<Vec<u8>>,
+    /// "file:line".
+    pub at: String,
+    /// The server it is in (its stream core srv conf), `None` at `stream` level.
+    pub server: Option<usize>,
+}
+
+/// What the wrappers of [`crate::nginx::pre_handshake`] recorded for one configuration.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub limit_conn_zones: Vec<Use>,
+    pub limit_conns: Vec<Use>,
+    pub maps: Vec<Use>,
+    pub sets: Vec<Use>,
+}
+
 /// An upstream group's `peer.init`.
 pub type InitPeer = unsafe extern "C" fn(
     *mut ngx_stream_session_t,
@@ -29,6 +49,10 @@ pub struct MainConf {
     pub addresses: Vec<NoiseAddress>,
     /// The original `peer.init` of each upstream group, by the group's address.
     pub init_peers: Vec<(usize, InitPeer)>,
+    /// Some level sets `noise_limit_conn_per_key`: the configuration needs its zone.
+    pub limits_per_key: bool,
+    /// Directives that may use `$noise_*` before the handshake (for the warning).
+    pub pre_handshake: Recorded,
 }
 
 impl MainConf {

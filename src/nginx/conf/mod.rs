@@ -23,6 +23,6 @@ pub mod rules;
 pub mod sides;
 pub mod srv;
 
-pub use main::{InitPeer, MainConf, NoiseAddress};
+pub use main::{InitPeer, MainConf, NoiseAddress, Recorded, Use};
 pub use sides::{ServerSide, UpstreamSide};
 pub use srv::{Loaded, ServerKey, SideConf, SrvConf};

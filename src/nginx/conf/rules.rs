@@ -187,6 +187,24 @@ pub fn padding(directive: &str, value: isize, arg: &str) -> Result<usize, String
         .ok_or_else(|| format!("\"{directive}\" must be a size from 0 to 65517, not \"{arg}\""))
 }
 
+/// Rule: `noise_limit_conn_per_key` is a whole number of connections, at least 1 (one
+/// that allowed none would refuse every client with a key: leave the directive out, or
+/// use `noise_revoked_keys`, instead).
+pub fn limit_per_key(directive: &str, arg: &[u8]) -> Result<u32, String> {
+    std::str::from_utf8(arg)
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| {
+            format!(
+                "\"{directive}\" must be a number of connections from 1 to {}, not \"{}\"",
+                u32::MAX,
+                String::from_utf8_lossy(arg)
+            )
+        })
+}
+
 /// Rule: `noise_listen` takes `listen`'s parameters except those of other transports.
 pub fn listen_parameters(params: &[Vec<u8>]) -> Result<(), String> {
     if params

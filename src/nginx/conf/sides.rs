@@ -20,6 +20,8 @@ pub struct ServerSide {
     pub policy: Arc<Policy>,
     pub settings: Arc<Settings>,
     pub handshake_timeout: ngx_msec_t,
+    /// `noise_limit_conn_per_key`, if set.
+    pub limit_per_key: Option<u32>,
 }
 
 impl ServerSide {
@@ -46,6 +48,7 @@ impl ServerSide {
             policy: Arc::new(policy),
             settings: side.settings(true),
             handshake_timeout: side.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+            limit_per_key: conf.limit_conn_per_key,
         })
     }
 }

@@ -128,6 +128,8 @@ pub struct SrvConf {
     pub server_side: Option<ServerSide>,
     /// Built by merge for servers with `noise_upstream on`.
     pub upstream_side: Option<Arc<UpstreamSide>>,
+    /// `noise_limit_conn_per_key`: established connections per client static key.
+    pub limit_conn_per_key: Option<u32>,
     /// What this server's `proxy_pass` was given (learnt by [`super::proxy_pass`]).
     pub proxy_pass: Option<Vec<u8>>,
 }
@@ -154,6 +156,9 @@ impl SrvConf {
                 .clone_from(&parent.upstream_server_keys);
         }
         self.upstream_conf.merge(&parent.upstream_conf);
+        if self.limit_conn_per_key.is_none() {
+            self.limit_conn_per_key = parent.limit_conn_per_key;
+        }
         if let Some(at) = self.listen_at.clone() {
             self.server_side =
                 Some(ServerSide::build(self).map_err(|e| format!("{e} (noise_listen in {at})"))?);
