@@ -29,6 +29,8 @@ pub struct MainConf {
     pub addresses: Vec<NoiseAddress>,
     /// The original `peer.init` of each upstream group, by the group's address.
     pub init_peers: Vec<(usize, InitPeer)>,
+    /// `noise_keys_zone` names declared in this stream block.
+    pub key_zones: Vec<String>,
 }
 
 impl MainConf {

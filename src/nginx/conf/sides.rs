@@ -7,7 +7,7 @@ use std::sync::Arc;
 use nginx_sys::ngx_msec_t;
 
 use super::rules::{self, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_UPSTREAM_PROTOCOL};
-use super::srv::{ServerKey, SrvConf};
+use super::srv::{KeysConf, ServerKey, SrvConf};
 use crate::core::handshake::Settings;
 use crate::core::negotiation::codec::Codec;
 use crate::core::negotiation::{Credentials, Policy};
@@ -20,6 +20,8 @@ pub struct ServerSide {
     pub policy: Arc<Policy>,
     pub settings: Arc<Settings>,
     pub handshake_timeout: ngx_msec_t,
+    /// `noise_keys`: the zone that decides client keys.
+    pub keys: Option<KeysConf>,
 }
 
 impl ServerSide {
@@ -40,10 +42,13 @@ impl ServerSide {
         policy
             .validate(Role::Responder)
             .map_err(|e| e.to_string())?;
+        let mut settings = (*side.settings(true)).clone();
+        settings.ask_verdict = conf.keys.is_some();
         Ok(ServerSide {
             policy: Arc::new(policy),
-            settings: side.settings(true),
+            settings: Arc::new(settings),
             handshake_timeout: side.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+            keys: conf.keys.clone(),
         })
     }
 }
