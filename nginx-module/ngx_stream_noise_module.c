@@ -45,6 +45,10 @@ static ngx_command_t  ngx_stream_noise_commands[] = {
     ngx_stream_noise_command("noise_limit_conn_per_key",
                              NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
 
+    /* client keys decided by a shared-memory zone (docs/key-zone.md) */
+    ngx_stream_noise_command("noise_keys_zone", NGX_STREAM_MAIN_CONF|NGX_CONF_2MORE),
+    ngx_stream_noise_command("noise_keys", NGX_STREAM_NOISE_ANY|NGX_CONF_1MORE),
+
     /* upstream side */
     ngx_stream_noise_command("noise_upstream", NGX_STREAM_NOISE_ANY|NGX_CONF_FLAG),
     ngx_stream_noise_command("noise_upstream_protocol",

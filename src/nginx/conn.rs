@@ -66,6 +66,8 @@ pub struct NoiseConn {
     /// first transport frame opens (its first message could be a replay, see
     /// `Protocol::initiator_auth_replayable`). Variables show nothing meanwhile.
     pub awaiting_first_frame: bool,
+    /// Attributes of the client's key from the key zone (`$noise_key_attr_NAME`).
+    pub key_attrs: Option<Box<Vec<(String, String)>>>,
     /// Which end nginx is, for the counters.
     pub side: Side,
     /// The state this connection is counted in (`nginx_noise_connections`), if any.
@@ -88,6 +90,7 @@ impl NoiseConn {
             read_error: false,
             write_error: false,
             awaiting_first_frame: false,
+            key_attrs: None,
             side,
             gauge: None,
             key_hold: None,

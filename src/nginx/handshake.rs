@@ -11,7 +11,7 @@ use nginx_sys::ngx_connection_t;
 use super::conn::{self, Phase};
 use super::socket::{self, Io};
 use super::{io, log};
-use crate::core::handshake::Handshake;
+use crate::core::handshake::{Handshake, Verdict};
 use crate::core::keys;
 use crate::core::metrics::Reason;
 use crate::core::{Ended, Error};
@@ -47,11 +47,16 @@ impl Failure {
     }
 }
 
-/// Advances the handshake of `c` as far as the socket allows.
+/// Decides on a client key the handshake waits for (docs/protocol.md §4.7): the server
+/// side's key zone. Synchronous: the zone answers from shared memory.
+pub type Decide<'a> = &'a mut dyn FnMut(&[u8; 32]) -> Verdict;
+
+/// Advances the handshake of `c` as far as the socket allows; `decide` answers the
+/// handshake's verdict requests (a handshake that asks without one fails closed).
 ///
 /// # Safety
 /// `c` must be a live connection with a [`conn::NoiseConn`] attached.
-pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
+pub unsafe fn drive(c: *mut ngx_connection_t, mut decide: Option<Decide<'_>>) -> Progress {
     // SAFETY: caller guarantees c is live with state; the reference ends with this call.
     let Some(st) = (unsafe { conn::get(c) }) else {
         return Progress::Failed(Failure::Noise(Error::Internal(
@@ -125,7 +130,7 @@ pub unsafe fn drive(c: *mut ngx_connection_t) -> Progress {
         match socket::recv(fd, &mut buf) {
             Io::Done(n) => {
                 noise_debug!(log, "noise handshake: recv() {n} bytes");
-                let result = hs.read(&buf[..n]);
+                let result = read_deciding(hs, &buf[..n], &mut decide);
                 if debug {
                     log_steps(log, hs);
                 }
@@ -166,6 +171,24 @@ fn awaits_confirmation(hs: &Handshake) -> bool {
     !hs.role().is_initiator()
         && hs.is_done()
         && hs.protocol().is_some_and(|p| p.initiator_auth_replayable())
+}
+
+/// [`Handshake::read`], answering each verdict request with `decide` and reading on.
+fn read_deciding(
+    hs: &mut Handshake,
+    input: &[u8],
+    decide: &mut Option<Decide<'_>>,
+) -> Result<usize, Error> {
+    let mut used = hs.read(input)?;
+    while let Some(key) = hs.pending_verdict() {
+        let verdict = match decide {
+            Some(decide) => decide(&key),
+            None => Verdict::Unavailable("nothing decides client keys here".into()),
+        };
+        hs.resolve(verdict)?;
+        used += hs.read(&input[used..])?;
+    }
+    Ok(used)
 }
 
 /// Logs the handshake's recorded steps at debug level.
@@ -228,6 +251,9 @@ unsafe fn establish(c: *mut ngx_connection_t, st: &mut conn::NoiseConn) -> Resul
         } else {
             st.awaiting_first_frame = true;
         }
+    } else if !initiator && st.info.as_ref().is_some_and(|i| i.verdict_pending) {
+        // After a switch the client's key is proven by its first frame only (§4.7).
+        st.awaiting_first_frame = true;
     }
     Ok(())
 }

@@ -9,7 +9,10 @@
 //! * [`io`]: the replacement `recv`, `send`, `recv_chain`, `send_chain`.
 //! * [`log`]: error-log lines and the error-to-level mapping.
 //! * [`conf`]: the configuration (ground floor: the other modules read it, it reads none of
-//!   them but [`sockaddr`] and [`log`]); [`stream_conf`]: where nginx keeps stream confs.
+//!   them but [`sockaddr`], [`log`] and [`key_zone`]); [`stream_conf`]: where nginx keeps
+//!   stream confs.
+//! * [`key_zone`]: `noise_keys_zone`, client keys and verdicts in shared memory;
+//!   [`keys_api`]: the http API that changes them.
 //! * [`module`]: the `extern "C"` entry points of the C glue; [`listen`]: `noise_listen`
 //!   sockets; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
 //!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers.
@@ -29,6 +32,8 @@ pub mod handshake;
 pub mod http;
 pub mod io;
 pub mod limit;
+pub mod key_zone;
+pub mod keys_api;
 pub mod listen;
 pub mod log;
 pub mod module;

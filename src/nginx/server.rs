@@ -27,11 +27,12 @@ use super::conn::{self, NoiseConn, Phase};
 use super::handshake::{await_first_frame, drive, Failure, Progress};
 use super::limit::{self, Denied};
 use super::stream_conf::Confs;
-use super::{log, status};
-use crate::core::handshake::Handshake;
+use super::{key_zone, log, status};
+use crate::core::handshake::{Handshake, Verdict};
 use crate::core::key_limit::Refusal;
 use crate::core::keys;
 use crate::core::metrics::{Reason, Side, State};
+use crate::core::Error;
 use crate::noise_debug;
 
 extern "C" {
@@ -116,19 +117,53 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         );
         return NGX_STREAM_BAD_REQUEST as ngx_int_t;
     }
+    let attrs = std::cell::RefCell::new(None);
+    let mut decide = |key: &[u8; 32]| match &side.keys {
+        Some(keys) => {
+            let (verdict, found) = key_zone::decide(keys, key);
+            *attrs.borrow_mut() = found;
+            verdict
+        }
+        None => Verdict::Unavailable("no noise_keys zone".into()),
+    };
     // SAFETY: c is live with state attached.
     let mut progress = if confirming {
         // SAFETY: as above, the state is established.
         unsafe { await_first_frame(c) }
     } else {
         // SAFETY: as above.
-        unsafe { drive(c) }
+        unsafe { drive(c, Some(&mut decide)) }
     };
     if matches!(progress, Progress::Done) && !confirming {
         // SAFETY: c is live; the reference ends here.
         if unsafe { conn::get(c) }.is_some_and(|st| st.awaiting_first_frame) {
             // SAFETY: as above.
             progress = unsafe { await_first_frame(c) };
+        }
+    }
+    if matches!(progress, Progress::Done) {
+        // Keys proven only by the first transport frame are decided now (§4.7).
+        // SAFETY: c is live; the reference ends in this block.
+        if let Some(st) = unsafe { conn::get(c) } {
+            let pending = st.info.as_deref().filter(|i| i.verdict_pending);
+            if let Some(key) = pending.and_then(|i| i.remote_static) {
+                progress = match decide(&key) {
+                    Verdict::Allow => Progress::Done,
+                    Verdict::Deny => Progress::Failed(Failure::Noise(Error::Unauthorized { key })),
+                    Verdict::Unavailable(why) => {
+                        Progress::Failed(Failure::Noise(Error::VerdictUnavailable { key, why }))
+                    }
+                };
+            }
+            if let Some(info) = st.info.as_deref_mut() {
+                info.verdict_pending = false;
+            }
+        }
+    }
+    if let Some(found) = attrs.borrow_mut().take() {
+        // SAFETY: c is live; the reference ends in this statement.
+        if let Some(st) = unsafe { conn::get(c) } {
+            st.key_attrs = Some(Box::new(found));
         }
     }
     match progress {

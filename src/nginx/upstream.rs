@@ -570,7 +570,7 @@ fn step(w: &mut PeerWrap) {
         return fail(w, "timed out", Reason::Timeout);
     }
     // SAFETY: c is live with the state get_peer attached.
-    match unsafe { drive(c) } {
+    match unsafe { drive(c, None) } {
         Progress::Done => {
             // SAFETY: c is live; the reference ends in this block.
             if let Some(st) = unsafe { conn::get(c) } {

@@ -9,7 +9,7 @@
 use nginx_sys::{
     ngx_conf_t, ngx_int_t, ngx_pnalloc, ngx_pool_t, ngx_str_t, ngx_stream_add_variable,
     ngx_stream_session_t, ngx_stream_variable_value_t, ngx_variable_value_t, NGX_ERROR, NGX_OK,
-    NGX_STREAM_VAR_NOCACHEABLE,
+    NGX_STREAM_VAR_NOCACHEABLE, NGX_STREAM_VAR_PREFIX,
 };
 
 use ngx::ngx_string;
@@ -70,8 +70,35 @@ pub fn value(info: &HandshakeInfo, which: Which) -> String {
     }
 }
 
+/// The prefix of `$noise_key_attr_NAME`: attribute NAME of the client's key in the key
+/// zone (docs/key-zone.md).
+pub const ATTR_PREFIX: &str = "noise_key_attr_";
+
+/// The value of attribute variable `name` (the whole variable name) in `attrs`.
+pub fn attr_value<'a>(attrs: &'a [(String, String)], name: &[u8]) -> Option<&'a str> {
+    let wanted = name.strip_prefix(ATTR_PREFIX.as_bytes())?;
+    attrs
+        .iter()
+        .find(|(n, _)| n.as_bytes() == wanted)
+        .map(|(_, v)| v.as_str())
+}
+
 /// Registers the variables (preconfiguration of the stream configuration `cf`).
 pub fn add(cf: &mut ngx_conf_t) -> ngx_int_t {
+    let mut prefix = ngx_string!("noise_key_attr_");
+    // SAFETY: cf is live; nginx copies the name.
+    let v = unsafe {
+        ngx_stream_add_variable(
+            cf,
+            &mut prefix,
+            (NGX_STREAM_VAR_NOCACHEABLE | NGX_STREAM_VAR_PREFIX) as usize,
+        )
+    };
+    if v.is_null() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    // SAFETY: v was just returned by nginx.
+    unsafe { (*v).get_handler = Some(get_attr) };
     for (index, (name, _)) in VARIABLES.iter().enumerate() {
         let mut name = *name;
         // SAFETY: cf is live; nginx copies the name.
@@ -120,6 +147,34 @@ unsafe extern "C" fn get(
     };
     // SAFETY: c->pool lives as long as the session that reads the value.
     unsafe { fill(v, (*c).pool, &text) }
+}
+
+/// The getter of `$noise_key_attr_NAME`; nginx passes the variable's whole name as `data`
+/// (an `ngx_str_t`) for prefix variables.
+unsafe extern "C" fn get_attr(
+    s: *mut ngx_stream_session_t,
+    v: *mut ngx_stream_variable_value_t,
+    data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx calls getters with a live session, and a prefix variable's data is the
+    // ngx_str_t of the name being read, live for the call.
+    let (c, name) = unsafe { ((*s).connection, (*(data as *const ngx_str_t)).as_bytes()) };
+    // SAFETY: c is live; the reference ends before we return.
+    let text = unsafe { conn::get(c) }
+        .filter(|st| st.established().is_some())
+        .and_then(|st| st.key_attrs.as_deref())
+        .and_then(|attrs| attr_value(attrs, name))
+        .map(str::to_string);
+    // SAFETY: v is the value slot nginx gave us.
+    let v = unsafe { &mut *v };
+    match text {
+        // SAFETY: c->pool lives as long as the session that reads the value.
+        Some(text) => unsafe { fill(v, (*c).pool, &text) },
+        None => {
+            v.set_not_found(1);
+            NGX_OK as ngx_int_t
+        }
+    }
 }
 
 /// Gives variable value `v` the text, copied into `pool` (stream and http getters; both

@@ -10,10 +10,11 @@ use ngx::core::NGX_CONF_ERROR;
 use super::args::{self, text};
 use super::main::{MainConf, NoiseAddress};
 use super::rules::{self, set_once};
-use super::srv::{Loaded, ServerKey, SideConf, SrvConf};
+use super::srv::{KeysConf, Loaded, ServerKey, SideConf, SrvConf};
+use crate::core::key_table::{capacity_for, Access};
 use crate::core::keys::{self, KeyFileError, KeySet, Secret};
 use crate::core::protocol::Protocol;
-use crate::nginx::log;
+use crate::nginx::{key_zone, log};
 
 /// What a directive handler needs besides its arguments.
 pub struct Context<'a> {
@@ -69,6 +70,11 @@ pub fn parse(ctx: Context<'_>, name: &str) -> Result<(), String> {
             let n = rules::limit_per_key(name, &first)?;
             set_once(&mut conf.limit_conn_per_key, n, name)?;
             main.limits_per_key = true;
+        }
+        "noise_keys_zone" => keys_zone(cf, main, &all)?,
+        "noise_keys" => {
+            let keys = keys(cf, &all)?;
+            set_once(&mut conf.keys, keys, name)?;
         }
         "noise_upstream_server_key" => {
             let second = all.get(1).cloned().unwrap_or_default();
@@ -243,4 +249,84 @@ fn nginx_listen() -> Result<*mut ngx_command_t, String> {
         }
     }
     Err("nginx has no stream \"listen\" directive".into())
+}
+
+/// `noise_keys_zone NAME SIZE`: a key zone of this stream block (docs/key-zone.md).
+fn keys_zone(cf: &mut ngx_conf_t, main: &mut MainConf, all: &[Vec<u8>]) -> Result<(), String> {
+    const NAME: &str = "noise_keys_zone";
+    let (name, size) = (&all[0], all.get(1).cloned().unwrap_or_default());
+    if name.is_empty() || name.contains(&b'=') {
+        return Err(format!("\"{NAME}\": invalid zone name \"{}\"", text(name)));
+    }
+    if let Some(extra) = all.get(2) {
+        return Err(format!(
+            "\"{NAME}\": unknown parameter \"{}\" (a state file is not supported yet)",
+            text(extra)
+        ));
+    }
+    let bytes = usize::try_from(args::size(&size)).ok().filter(|&n| n > 0);
+    // At least 8 pages, as nginx's own zones; and room for some keys.
+    let Some(bytes) = bytes.filter(|&n| n >= 8 * 4096 && capacity_for(n / 2) > 0) else {
+        return Err(format!(
+            "\"{NAME}\": invalid zone size \"{}\" (at least 32k)",
+            text(&size)
+        ));
+    };
+    let zone_name = text(name);
+    if main.key_zones.contains(&zone_name) {
+        return Err(format!(
+            "\"{NAME}\": zone \"{zone_name}\" is already declared"
+        ));
+    }
+    // SAFETY: cf is the configuration being read.
+    if unsafe { key_zone::add(cf, name, bytes) }.is_null() {
+        return Err(String::new()); // nginx logged why (a size conflict)
+    }
+    main.key_zones.push(zone_name);
+    Ok(())
+}
+
+/// `noise_keys zone=NAME [miss=deny|allow]`.
+fn keys(cf: &mut ngx_conf_t, all: &[Vec<u8>]) -> Result<KeysConf, String> {
+    const NAME: &str = "noise_keys";
+    let mut zone_name = None;
+    let mut miss = Access::Deny;
+    for arg in all {
+        let arg = text(arg);
+        if let Some(z) = arg.strip_prefix("zone=").filter(|z| !z.is_empty()) {
+            zone_name = Some(z.to_string());
+        } else if let Some(m) = arg.strip_prefix("miss=") {
+            miss = match m {
+                "deny" => Access::Deny,
+                "allow" => Access::Allow,
+                "lookup" => {
+                    return Err(format!(
+                        "\"{NAME}\": \"miss=lookup\" needs \"noise_auth_request\", which is not built yet; use miss=deny or miss=allow"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "\"{NAME}\": invalid \"{arg}\", it must be \"miss=deny\" or \"miss=allow\""
+                    ))
+                }
+            };
+        } else {
+            return Err(format!("\"{NAME}\": invalid parameter \"{arg}\""));
+        }
+    }
+    let Some(zone_name) = zone_name else {
+        return Err(format!("\"{NAME}\": \"zone=\" is required"));
+    };
+    // SAFETY: cf is the configuration being read; size 0 finds the zone, declared before or
+    // after this directive (postconfiguration checks that it was).
+    let zone = unsafe { key_zone::add(cf, zone_name.as_bytes(), 0) };
+    if zone.is_null() {
+        return Err(String::new());
+    }
+    Ok(KeysConf {
+        zone: zone as usize,
+        zone_name,
+        miss,
+        at: args::position(cf),
+    })
 }

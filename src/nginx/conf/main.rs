@@ -53,6 +53,8 @@ pub struct MainConf {
     pub limits_per_key: bool,
     /// Directives that may use `$noise_*` before the handshake (for the warning).
     pub pre_handshake: Recorded,
+    /// `noise_keys_zone` names declared in this stream block.
+    pub key_zones: Vec<String>,
 }
 
 impl MainConf {

@@ -25,4 +25,4 @@ pub mod srv;
 
 pub use main::{InitPeer, MainConf, NoiseAddress, Recorded, Use};
 pub use sides::{ServerSide, UpstreamSide};
-pub use srv::{Loaded, ServerKey, SideConf, SrvConf};
+pub use srv::{KeysConf, Loaded, ServerKey, SideConf, SrvConf};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use nginx_sys::ngx_msec_t;
 
 use super::rules::{self, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_UPSTREAM_PROTOCOL};
-use super::srv::{ServerKey, SrvConf};
+use super::srv::{KeysConf, ServerKey, SrvConf};
 use crate::core::handshake::Settings;
 use crate::core::negotiation::codec::Codec;
 use crate::core::negotiation::{Credentials, Policy};
@@ -22,6 +22,8 @@ pub struct ServerSide {
     pub handshake_timeout: ngx_msec_t,
     /// `noise_limit_conn_per_key`, if set.
     pub limit_per_key: Option<u32>,
+    /// `noise_keys`: the zone that decides client keys.
+    pub keys: Option<KeysConf>,
 }
 
 impl ServerSide {
@@ -44,11 +46,14 @@ impl ServerSide {
         policy
             .validate(Role::Responder)
             .map_err(|e| e.to_string())?;
+        let mut settings = (*side.settings(true)).clone();
+        settings.ask_verdict = conf.keys.is_some();
         Ok(ServerSide {
             policy: Arc::new(policy),
-            settings: side.settings(true),
+            settings: Arc::new(settings),
             handshake_timeout: side.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
             limit_per_key: conf.limit_conn_per_key,
+            keys: conf.keys.clone(),
         })
     }
 }

@@ -9,6 +9,7 @@ use nginx_sys::ngx_msec_t;
 
 use super::sides::{ServerSide, UpstreamSide};
 use crate::core::handshake::Settings;
+use crate::core::key_table::Access;
 use crate::core::keys::{KeySet, Secret};
 use crate::core::negotiation::codec::Codec;
 use crate::core::negotiation::Credentials;
@@ -29,6 +30,18 @@ pub struct ServerKey {
     /// Socket addresses as raw `sockaddr` bytes.
     pub sockaddrs: Vec<Vec<u8>>,
     pub key: [u8; 32],
+}
+
+/// `noise_keys zone=NAME [miss=deny|allow]`: client keys decided by a key zone.
+#[derive(Clone, Debug)]
+pub struct KeysConf {
+    /// The zone (an `ngx_shm_zone_t` of this cycle); only passed back to nginx.
+    pub zone: usize,
+    pub zone_name: String,
+    /// What a key that is not in the zone gets.
+    pub miss: Access,
+    /// "file:line" of the directive.
+    pub at: String,
 }
 
 /// Settings shared by both sides' directive sets.
@@ -130,6 +143,8 @@ pub struct SrvConf {
     pub upstream_side: Option<Arc<UpstreamSide>>,
     /// `noise_limit_conn_per_key`: established connections per client static key.
     pub limit_conn_per_key: Option<u32>,
+    /// `noise_keys`, this server's or inherited.
+    pub keys: Option<KeysConf>,
     /// What this server's `proxy_pass` was given (learnt by [`super::proxy_pass`]).
     pub proxy_pass: Option<Vec<u8>>,
 }
@@ -158,6 +173,9 @@ impl SrvConf {
         self.upstream_conf.merge(&parent.upstream_conf);
         if self.limit_conn_per_key.is_none() {
             self.limit_conn_per_key = parent.limit_conn_per_key;
+        }
+        if self.keys.is_none() {
+            self.keys.clone_from(&parent.keys);
         }
         if let Some(at) = self.listen_at.clone() {
             self.server_side =
