@@ -12,7 +12,10 @@
 //!   them but [`sockaddr`] and [`log`]); [`stream_conf`]: where nginx keeps stream confs.
 //! * [`module`]: the `extern "C"` entry points of the C glue; [`listen`]: `noise_listen`
 //!   sockets; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
-//!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers.
+//!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers, with
+//!   [`connect_state`] (is the back end connected?), [`proxy_header`] (PROXY protocol in
+//!   clear before the handshake) and [`target_guard`] (variable targets that are not
+//!   upstream groups are refused before connecting).
 //! * [`http`]: the http module of the .so (`$noise_*` for requests that came through `pass`).
 //! * [`preread`]: preread phase handlers see plaintext.
 //! * [`status`]: the counters in shared memory and the http `noise_status` handler.
@@ -22,6 +25,7 @@
 
 pub mod conf;
 pub mod conn;
+pub mod connect_state;
 pub mod gate;
 pub mod handshake;
 pub mod http;
@@ -31,11 +35,13 @@ pub mod log;
 pub mod module;
 pub mod pool;
 pub mod preread;
+pub mod proxy_header;
 pub mod proxy_pass;
 pub mod server;
 pub mod sockaddr;
 pub mod socket;
 pub mod status;
 pub mod stream_conf;
+pub mod target_guard;
 pub mod upstream;
 pub mod variables;
