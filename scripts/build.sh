@@ -86,7 +86,7 @@ objs=$build/nginx-objs/$(basename "$src")
 if [ -n "${NGINX_CONFIGURE:-}" ]; then
     flags=$NGINX_CONFIGURE
 else
-    flags="--prefix=$build --with-threads --with-stream --with-stream_ssl_module --with-stream_ssl_preread_module --with-http_ssl_module --with-http_v2_module --with-debug"
+    flags="--prefix=$build --with-threads --with-stream --with-stream_ssl_module --with-stream_ssl_preread_module --with-stream_realip_module --with-http_ssl_module --with-http_v2_module --with-debug"
 fi
 case " $flags " in
 *" --with-stream "* | *" --with-stream=dynamic "*) ;;

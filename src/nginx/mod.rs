@@ -15,7 +15,10 @@
 //!   [`keys_api`]: the http API that changes them.
 //! * [`module`]: the `extern "C"` entry points of the C glue; [`listen`]: `noise_listen`
 //!   sockets; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
-//!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers.
+//!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers, with
+//!   [`connect_state`] (is the back end connected?), [`proxy_header`] (PROXY protocol in
+//!   clear before the handshake) and [`target_guard`] (variable targets that are not
+//!   upstream groups are refused before connecting).
 //! * [`http`]: the http module of the .so (`$noise_*` for requests that came through `pass`).
 //! * [`preread`]: preread phase handlers see plaintext.
 //! * [`status`]: the counters in shared memory and the http `noise_status` handler.
@@ -27,6 +30,7 @@
 
 pub mod conf;
 pub mod conn;
+pub mod connect_state;
 pub mod gate;
 pub mod handshake;
 pub mod http;
@@ -40,11 +44,13 @@ pub mod module;
 pub mod pool;
 pub mod pre_handshake;
 pub mod preread;
+pub mod proxy_header;
 pub mod proxy_pass;
 pub mod server;
 pub mod sockaddr;
 pub mod socket;
 pub mod status;
 pub mod stream_conf;
+pub mod target_guard;
 pub mod upstream;
 pub mod variables;

@@ -8,16 +8,20 @@
 //!   `ngx_event_connect_peer`, attaches an initiator handshake and answers NGX_AGAIN, so the
 //!   proxy installs its connect handler and connect timer as for any pending connect.
 //! * A posted event then takes the connection's handlers over (keeping the proxy's): it
-//!   waits for the TCP connect, re-arms the timer with `noise_upstream_handshake_timeout` and
+//!   waits for the connect ([`super::connect_state`]: TCP or unix-domain), re-arms the timer
+//!   for the handshake (`noise_upstream_handshake_timeout` when set, else the
+//!   `proxy_connect_timeout` the proxy armed, as `proxy_ssl` bounds its handshake), sends the
+//!   PROXY protocol header in clear if the proxy would send one ([`super::proxy_header`]) and
 //!   runs the handshake, which starts at once (back ends that speak first work). On success
 //!   it gives the handlers back and calls the proxy's connect handler, which sees a connected
 //!   socket and starts relaying, with our I/O functions installed. On failure or timeout it
 //!   marks the write event timed out and calls the same handler: the proxy counts a failed
 //!   attempt (`max_fails`) and moves to the next server (`proxy_next_upstream`), exactly as
 //!   for a refused connect. Handshake time is part of `$upstream_connect_time`.
-//! * Fail closed: a stream filter refuses to send toward an upstream connection that is not
-//!   NoiseSocket (a `proxy_pass` to a variable that resolved to a bare address bypasses
-//!   the balancer); the session ends with an error-log line.
+//! * Fail closed: a `proxy_pass` to a variable whose value is not an upstream group is
+//!   refused before anything connects ([`super::target_guard`]); behind it, a stream filter
+//!   refuses to send toward an upstream connection that is not NoiseSocket; the session ends
+//!   with an error-log line.
 //!
 //! The per-session wrapper lives in the session pool ([`super::pool`]); dropping it
 //! unposts its event.
@@ -33,12 +37,16 @@ use nginx_sys::{
     ngx_stream_session_t, ngx_stream_top_filter, ngx_stream_upstream_rr_peers_t,
     ngx_stream_upstream_srv_conf_t, ngx_uint_t, NGX_AGAIN, NGX_DECLINED, NGX_ERROR, NGX_OK,
 };
+use nginx_sys::{ngx_current_msec, ngx_msec_t};
 
+use super::conf::rules::DEFAULT_HANDSHAKE_TIMEOUT;
 use super::conf::UpstreamSide;
 use super::conn::{self, NoiseConn};
+use super::connect_state::{self, State as Connect};
 use super::handshake::{drive, Failure, Progress};
+use super::proxy_header::{self, Header, Sent};
 use super::stream_conf::{noise_index, Confs};
-use super::{gate, listen, log, pool, proxy_pass, sockaddr, status};
+use super::{gate, listen, log, pool, proxy_pass, sockaddr, status, target_guard};
 use crate::core::handshake::{Handshake, HandshakeInfo};
 use crate::core::metrics::{Reason, Side, State};
 
@@ -61,7 +69,14 @@ struct PeerWrap {
     /// The connection being handshaken, and its number (the slot may be reused).
     conn: *mut ngx_connection_t,
     number: nginx_sys::ngx_atomic_uint_t,
+    /// The family of the peer's address (how connectedness is decided).
+    family: i32,
     connected: bool,
+    /// The proxy's `proxy_connect_timeout`, read off the timer it armed for this attempt;
+    /// bounds the handshake unless `noise_upstream_handshake_timeout` is set.
+    connect_timeout: ngx_msec_t,
+    /// The PROXY protocol header to send in clear before the handshake (this attempt's).
+    proxy_header: Option<Header>,
     saved_read: ngx_event_handler_pt,
     saved_write: ngx_event_handler_pt,
     event: ngx_event_t,
@@ -105,8 +120,9 @@ pub fn install(cf: &mut ngx_conf_t, mut confs: Confs) -> ngx_int_t {
             .as_slice::<*mut ngx_stream_core_srv_conf_t>()
     };
     for &cscf in servers {
-        // SAFETY: every entry is a live server conf of this configuration.
-        if let Err(msg) = check_server(cf, unsafe { &*cscf }, groups) {
+        // SAFETY: every entry is a live server conf of this configuration, changed only here,
+        // during configuration.
+        if let Err(msg) = check_server(cf, unsafe { &mut *cscf }, groups) {
             // SAFETY: cf->log is live.
             unsafe { log::write(cf.log, log::EMERG, &msg) };
             return NGX_ERROR as ngx_int_t;
@@ -120,11 +136,13 @@ pub fn install(cf: &mut ngx_conf_t, mut confs: Confs) -> ngx_int_t {
 /// target gets a warning (targets that are not groups are refused at run time).
 fn check_server(
     cf: &mut ngx_conf_t,
-    cscf: &ngx_stream_core_srv_conf_t,
+    cscf: &mut ngx_stream_core_srv_conf_t,
     groups: &[*mut ngx_stream_upstream_srv_conf_t],
 ) -> Result<(), String> {
-    // SAFETY: a server's core conf points at the server's own conf context.
-    let conf = Confs::of_ctx(unsafe { &*cscf.ctx }).noise_srv();
+    // SAFETY: a server's core conf points at the server's own conf context; configuration
+    // runs alone, so nothing else holds its confs.
+    let mut confs = Confs::of_ctx(unsafe { &*cscf.ctx });
+    let conf = confs.noise_srv();
     let Some(side) = conf.upstream_side.as_ref() else {
         return Ok(());
     };
@@ -137,6 +155,9 @@ fn check_server(
             );
             // SAFETY: cf->log is live.
             unsafe { log::write(cf.log, log::WARN, &msg) };
+            // SAFETY: see above (no other reference to this server's conf is live).
+            target_guard::install(cf, cscf, unsafe { confs.noise_srv_mut() })
+                .map_err(|e| format!("{e} (server at {at})"))?;
         }
         proxy_pass::Target::Group(uscf) if side.needs_server_key() => {
             // SAFETY: target() returned one of the live groups; a group's peer.data is its
@@ -202,7 +223,10 @@ unsafe extern "C" fn init_peer(
         pc,
         conn: std::ptr::null_mut(),
         number: 0,
+        family: 0,
         connected: false,
+        connect_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        proxy_header: None,
         saved_read: None,
         saved_write: None,
         // SAFETY: ngx_event_t is a plain C struct; all-zero is an idle event.
@@ -319,12 +343,31 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
     }
     // SAFETY: c is live and not yet seen by the proxy.
     let conn = unsafe { &mut *c };
+    // The proxy set this attempt's PROXY protocol flag before asking us for the peer.
+    // SAFETY: inside the balancer's get, with the session's live upstream.
+    w.proxy_header = match unsafe { proxy_header::take(w.session, conn) } {
+        Ok(header) => header,
+        Err(e) => {
+            // As the proxy does when its own header cannot be written: the session ends
+            // (500), no other server would do better.
+            // SAFETY: log is live; c is ours to close (the proxy does not know it yet).
+            unsafe {
+                log::write(log, log::ERR, &format!("noise: upstream {name}: {e}"));
+                ngx_close_connection(c);
+            }
+            pc.connection = std::ptr::null_mut();
+            return NGX_ERROR as ngx_int_t;
+        }
+    };
     conn.set_sendfile(0);
     // Fail closed: until the handshake installs NoiseSocket I/O, the proxy can neither
     // read the back end's bytes nor write the client's (docs/nginx-integration.md §5.6).
     gate::install(conn);
     w.conn = c;
     w.number = conn.number;
+    w.family = sockaddr
+        .get(..2)
+        .map_or(0, |f| i32::from(u16::from_ne_bytes([f[0], f[1]])));
     w.connected = false;
     // SAFETY: our event lives in the wrap, which unposts it when dropped.
     unsafe { ngx_post_event(&mut w.event, &raw mut ngx_posted_events) };
@@ -398,6 +441,15 @@ unsafe extern "C" fn take_over(ev: *mut ngx_event_t) {
     }
     // SAFETY: c is live (above), so are its events; the proxy installed its handlers.
     let (rev, wev) = unsafe { (&mut *(*c).read, &mut *(*c).write) };
+    // The proxy has just armed proxy_connect_timeout on the write event, in this same turn
+    // of the event loop (ngx_current_msec has not moved since): what is left is its value.
+    w.connect_timeout = if wev.timer_set() != 0 {
+        // SAFETY: nginx's clock, read in its own thread.
+        let now = unsafe { ngx_current_msec };
+        (wev.timer.key as ngx_msec_t).saturating_sub(now).max(1)
+    } else {
+        DEFAULT_HANDSHAKE_TIMEOUT
+    };
     w.saved_read = rev.handler;
     w.saved_write = wev.handler;
     rev.handler = Some(handshake_event);
@@ -468,7 +520,7 @@ fn hand_back(w: &mut PeerWrap, failed: bool) {
     if wev.timer_set() == 0 {
         // The proxy's handler deletes the timer unconditionally.
         // SAFETY: wev is live and not in the timer tree.
-        unsafe { ngx_add_timer(wev, w.side.handshake_timeout) };
+        unsafe { ngx_add_timer(wev, w.handshake_timeout()) };
     }
     if let Some(h) = w.saved_write {
         // SAFETY: the proxy's own write handler, on its own connection's event.
@@ -515,6 +567,14 @@ fn fail(w: &mut PeerWrap, reason: &str, why: Reason) {
     hand_back(w, true);
 }
 
+impl PeerWrap {
+    /// What bounds the handshake: `noise_upstream_handshake_timeout` when it is set, else the
+    /// proxy's `proxy_connect_timeout` (as `proxy_ssl` bounds its TLS handshake).
+    fn handshake_timeout(&self) -> ngx_msec_t {
+        self.side.handshake_timeout.unwrap_or(self.connect_timeout)
+    }
+}
+
 /// Counts a failed attempt, and stops counting its connection (its state stays in the
 /// session pool until the session ends).
 fn count_failure(w: &PeerWrap, why: Reason) {
@@ -546,15 +606,13 @@ fn step(w: &mut PeerWrap) {
         if wev.ready() == 0 {
             return;
         }
-        match tcp_state(c.fd) {
-            Some(TCP_SYN_SENT) => return,
-            // Connected; in CLOSE_WAIT the back end already sent and closed: the
-            // handshake reads what it sent, and fails on it.
-            Some(TCP_ESTABLISHED | TCP_CLOSE_WAIT) => {}
-            // Any other state: the connect failed. Never hand a socket that did not
-            // handshake to the proxy as connected, even if no error is pending: say
-            // what happened and count a failed attempt.
-            _ => return fail(w, &connect_failure(c.fd), Reason::Connect),
+        match connect_state::of(c.fd, w.family) {
+            Connect::Pending => return,
+            Connect::Connected => {}
+            // The connect failed. Never hand a socket that did not handshake to the proxy
+            // as connected, even if no error is pending: say what happened and count a
+            // failed attempt.
+            Connect::Failed => return fail(w, &connect_state::failure(c.fd), Reason::Connect),
         }
         w.connected = true;
         // SAFETY: wev is live; its timer is deleted only if set, then set anew.
@@ -562,12 +620,28 @@ fn step(w: &mut PeerWrap) {
             if wev.timer_set() != 0 {
                 ngx_del_timer(wev);
             }
-            ngx_add_timer(wev, w.side.handshake_timeout);
+            ngx_add_timer(wev, w.handshake_timeout());
         }
         crate::noise_debug!(c.log, "noise upstream: connected, handshaking");
     }
     if wev.timedout() != 0 || rev.timedout() != 0 {
         return fail(w, "timed out", Reason::Timeout);
+    }
+    if let Some(header) = &w.proxy_header {
+        match header.send(c.fd) {
+            Ok(Sent::Done) => {
+                crate::noise_debug!(c.log, "noise upstream: sent \"{}\" in clear", header.text());
+                w.proxy_header = None;
+            }
+            Ok(Sent::Again) => {
+                // SAFETY: wev is live.
+                if unsafe { ngx_handle_write_event(wev, 0) } != NGX_OK as ngx_int_t {
+                    fail(w, "cannot wait for the write event", Reason::Local);
+                }
+                return;
+            }
+            Err(e) => return fail(w, &e.to_string(), Reason::Socket),
+        }
     }
     // SAFETY: c is live with the state get_peer attached.
     match unsafe { drive(c, None) } {
@@ -597,50 +671,6 @@ fn step(w: &mut PeerWrap) {
             }
         }
         Progress::Failed(failure) => fail(w, &reason(&failure), failure.reason()),
-    }
-}
-
-/// Linux TCP states (include/net/tcp_states.h), which libc does not export.
-const TCP_ESTABLISHED: i32 = 1;
-const TCP_SYN_SENT: i32 = 2;
-const TCP_CLOSE_WAIT: i32 = 8;
-
-/// Why a connect failed, in nginx's words ("connect() failed (111: Connection refused)"),
-/// from the socket's pending error (consumed: the proxy is told by a failed attempt).
-fn connect_failure(fd: i32) -> String {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into err.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&raw mut err).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || err == 0 {
-        return "connect() failed (the connection closed before the handshake)".into();
-    }
-    format!("connect() failed ({})", log::errno_text(err))
-}
-
-/// The kernel's TCP state of a socket. Unlike `SO_ERROR` it does not consume a pending
-/// connect error, which nginx's own `test_connect` must still see.
-fn tcp_state(fd: i32) -> Option<i32> {
-    // SAFETY: tcp_info is a plain C struct; getsockopt writes at most `len` bytes into it.
-    unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        );
-        (rc == 0).then_some(i32::from(info.tcpi_state))
     }
 }
 

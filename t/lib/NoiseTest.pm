@@ -445,9 +445,11 @@ sub wait_for {
 
 # A plain TCP client that writes $data (then half-closes unless keep_open) while reading
 # whatever comes back, until EOF or timeout. Returns (bytes read, closed by peer).
+# `local => ADDR` connects from that address (e.g. 127.0.0.2, to tell a client from nginx).
 sub plain_exchange {
     my ($self, $port, $data, %o) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 5) or die "connect: $!";
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 5,
+        ($o{local} ? (LocalAddr => $o{local}) : ())) or die "connect: $!";
     binmode $s;
     $s->blocking(0);
     my ($got, $off, $closed, $shut) = ('', 0, 0, 0);
@@ -513,11 +515,12 @@ sub count_of {
 }
 
 # A raw TCP client: sends bytes, optionally half-closes, then reads until EOF or timeout
-# (or, with until_data, until the first bytes arrive).
+# (or, with until_data, until the first bytes arrive); `local` as for plain_exchange.
 # Returns (bytes read, closed by peer).
 sub raw_exchange {
     my ($self, $port, $bytes, %o) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 5) or die "connect: $!";
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 5,
+        ($o{local} ? (LocalAddr => $o{local}) : ())) or die "connect: $!";
     binmode $s;
     syswrite($s, $bytes) if length $bytes;
     shutdown($s, 1) if $o{half_close};

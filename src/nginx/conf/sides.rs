@@ -65,7 +65,9 @@ pub struct UpstreamSide {
     pub credentials: Credentials,
     pub settings: Arc<Settings>,
     pub server_keys: Vec<ServerKey>,
-    pub handshake_timeout: ngx_msec_t,
+    /// `noise_upstream_handshake_timeout` when set (here or inherited); unset, the
+    /// handshake is bounded by the proxy's `proxy_connect_timeout`, as with `proxy_ssl`.
+    pub handshake_timeout: Option<ngx_msec_t>,
 }
 
 impl UpstreamSide {
@@ -85,7 +87,7 @@ impl UpstreamSide {
             credentials: side.credentials(),
             settings: side.settings(true),
             server_keys: conf.upstream_server_keys.clone(),
-            handshake_timeout: side.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+            handshake_timeout: side.handshake_timeout,
         })
     }
 

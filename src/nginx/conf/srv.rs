@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use nginx_sys::ngx_msec_t;
+use nginx_sys::{ngx_msec_t, ngx_stream_complex_value_t, ngx_stream_session_t};
 
 use super::sides::{ServerSide, UpstreamSide};
 use crate::core::handshake::Settings;
@@ -147,6 +147,20 @@ pub struct SrvConf {
     pub keys: Option<KeysConf>,
     /// What this server's `proxy_pass` was given (learnt by [`super::proxy_pass`]).
     pub proxy_pass: Option<Vec<u8>>,
+    /// Set at postconfiguration for `noise_upstream on` servers whose `proxy_pass` is a
+    /// variable (`crate::nginx::target_guard`).
+    pub variable_target: Option<VariableTarget>,
+}
+
+/// A `noise_upstream on` server's `proxy_pass` to a variable, as its content-phase guard
+/// needs it.
+pub struct VariableTarget {
+    /// The `proxy_pass` argument compiled as a complex value (allocated in the
+    /// configuration's pool, which outlives every session).
+    pub value: *mut ngx_stream_complex_value_t,
+    /// The content handler that `proxy_pass` installed (the proxy's), which the guard calls
+    /// when the target is an upstream group.
+    pub next: unsafe extern "C" fn(*mut ngx_stream_session_t),
 }
 
 impl SrvConf {
