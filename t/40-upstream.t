@@ -217,7 +217,7 @@ is($failed, 0, '200 concurrent sessions through the chain');
 $mark = $t->error_log_mark;
 ($got) = $t->plain_exchange(g('var'), "secret plaintext\n", timeout => 3);
 is($got, '', 'fail closed: nothing comes back');
-like($t->error_log_since($mark), qr/\[error\].*noise: refusing to send plaintext upstream/, 'fail closed: logged');
+like($t->error_log_since($mark), qr/\[error\].*noise: "proxy_pass" target "[^"]+" is not an upstream group: "noise_upstream on" connects only to upstream groups, refusing to connect/, 'fail closed: refused before connecting, logged');
 is($t->read_file('rec.received'), '', 'fail closed: no plaintext reached the back end');
 
 # Bad input from back ends: clean close, a log line, the worker lives on.

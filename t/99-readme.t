@@ -44,7 +44,7 @@ $t->write_file('backends.pub', $t->read_file('backend1.pub') . $t->read_file('ba
 
 # Ports and addresses of the examples -> free local ones.
 my %address = ('10.0.0.1:7443' => 'b1', '10.0.0.2:7443' => 'b2');
-my %port = (7443 => 'noise', 9000 => 'gateway', 8080 => 'backend', 9113 => 'status', 3000 => 'app');
+my %port = (7443 => 'noise', 9000 => 'gateway', 8080 => 'backend', 9113 => 'status', 3000 => 'app', 8081 => 'keysapi');
 sub localise {
     my ($block) = @_;
     $block =~ s/^\s*load_module\s+modules\/ngx_stream_noise_module\.so;\n//m;    # the harness loads it
@@ -135,6 +135,16 @@ for my $block (@blocks) {
     my ($rc, $out) = $t->test_config;
     is($rc, 0, "README example $n passes nginx -t") or do { diag($out); next };
     $t->run;
+    if ($conf =~ /noise_keys zone=/) {
+        # The key zone runbook: refused until enrolled through the API, as the README says.
+        is(client("hello\n")->{out}, '', "README example $n: an unknown key is refused");
+        (my $k = $my_pub) =~ tr{+/}{-_};
+        my $r = $t->run_cmd(['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '-X', 'PUT',
+            '--data-binary', '{"verdict":"allow","attrs":{"device":"d-17"},"ttl":86400}',
+            "http://127.0.0.1:${\$t->port('keysapi')}/keys/$k"]);
+        is($r->{out}, '201', "README example $n: the README's PUT enrols the key");
+        $driven++;
+    }
     if ($conf =~ /noise_listen/ && $conf =~ /(?<!\w)pass\s/) {
         my $r = client("GET / HTTP/1.0\r\nHost: app\r\n\r\n");
         like($r->{out}, qr/^HTTP\/1\.[01] 200 .*\r\n\r\nclient key: \Q$my_pub\E\n\z/s,
