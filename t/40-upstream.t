@@ -4,8 +4,9 @@
 # XX, IK and NK with 10 MiB each way; nginx -> the CLI and -> the noiseprotocol peer as
 # servers; balancing methods over three NoiseSocket back ends; proxy_next_upstream past a
 # wrong key, a refused connect and a stalled handshake, with max_fails marking them down;
-# back ends that speak first; 200 concurrent sessions; fail closed when proxy_pass bypasses
-# the upstream group; bad input from back ends.
+# back ends that speak first; proxy_connect_timeout bounds the handshake unless
+# noise_upstream_handshake_timeout is set; 200 concurrent sessions; bad input from back
+# ends; a variable proxy_pass to a bare address refused before connecting (502).
 
 use strict;
 use warnings;
@@ -35,10 +36,10 @@ $t->wait_port($py_port);
 # Bad back ends.
 $t->scripted_backend('garbage', "HTTP/1.0 200 OK\r\n\r\nnot noise at all\n", 'close');
 $t->scripted_backend('oversize', "\xff\xff" . ("\x00" x 70000), 'stall');
-$t->scripted_backend('stall', '', 'stall');
+$t->scripted_backend($_, '', 'stall') for qw(stall stall2 stall3);
+$t->scripted_backend('rec', '', 'read');
 # An XX message 2 (accept, no negotiation data) whose e is the zero point.
 $t->scripted_backend('loworder', "\x00\x00\x00\x60" . ("\x00" x 96), 'stall');
-$t->scripted_backend('rec', '', 'read');
 my $badmac = $t->port('badmac');
 $t->spawn($t->{python}, $t->{peer}, 'listen', $badmac, '--echo', '--count', 100, '--key', "$dir/b1.key", '--corrupt-frame', 1);
 my $trunc = $t->port('trunc');
@@ -66,6 +67,8 @@ my @gw = map { "    server { listen 127.0.0.1:%%PORT_g_$_->[0]%%; $_->[1] proxy_
     ['random', '', 'rnd'],
     ['backup', 'noise_upstream_trusted_keys %%TESTDIR%%/servers.pub;', 'withbackup'],
     ['flaky', 'noise_upstream_trusted_keys %%TESTDIR%%/servers.pub; noise_upstream_handshake_timeout 1s;', 'flaky'],
+    ['ct', 'proxy_connect_timeout 1s;', 'slow'],
+    ['ctexplicit', 'proxy_connect_timeout 1s; noise_upstream_handshake_timeout 30s;', '127.0.0.1:%%PORT_stall3%%'],
     ['var', '', '$target'],
     ['garbage', '', '127.0.0.1:%%PORT_garbage%%'],
     ['oversize', 'noise_upstream_handshake_timeout 2s;', '127.0.0.1:%%PORT_oversize%%'],
@@ -113,6 +116,8 @@ stream {
         server 127.0.0.1:%%PORT_stall%% max_fails=1 fail_timeout=60s;
         server 127.0.0.1:%%PORT_r1%%;
     }
+    upstream slow { server 127.0.0.1:%%PORT_stall2%%; server 127.0.0.1:%%PORT_r1%%; }
+
     map \$remote_addr \$target { default 127.0.0.1:%%PORT_rec%%; }
 
     # Gateways: plaintext in, NoiseSocket out.
@@ -213,12 +218,31 @@ my $failed = 0;
 for (@pids) { waitpid($_, 0); $failed++ if $? }
 is($failed, 0, '200 concurrent sessions through the chain');
 
-# Fail closed: proxy_pass to a variable resolving to a bare address bypasses the group.
+# Fail closed: proxy_pass to a variable resolving to a bare address bypasses the group, so
+# it is refused before any connection is made.
 $mark = $t->error_log_mark;
 ($got) = $t->plain_exchange(g('var'), "secret plaintext\n", timeout => 3);
 is($got, '', 'fail closed: nothing comes back');
 like($t->error_log_since($mark), qr/\[error\].*noise: "proxy_pass" target "[^"]+" is not an upstream group: "noise_upstream on" connects only to upstream groups, refusing to connect/, 'fail closed: refused before connecting, logged');
 is($t->read_file('rec.received'), '', 'fail closed: no plaintext reached the back end');
+ok($t->wait_for(3, sub { $t->read_file('logs/access.log') =~ /^${\g('var')} - +\S* +\S* 502$/m }), 'fail closed: logged with status 502');
+
+# proxy_connect_timeout bounds the handshake (as with proxy_ssl), unless
+# noise_upstream_handshake_timeout is set: a back end that accepts and stalls is a failed
+# attempt after 1s, not after the 60s default, and the next server is tried.
+$mark = $t->error_log_mark;
+($got) = $t->plain_exchange(g('ct'), '', keep_open => 1, timeout => 8);
+is($got, "b1\n", 'proxy_connect_timeout 1s: past the stalled back end to the next server');
+my $stall2 = $t->port('stall2');
+like($t->error_log_since($mark), qr/\[error\].*noise: NoiseSocket handshake with upstream 127\.0\.0\.1:$stall2 failed: timed out/,
+    'proxy_connect_timeout 1s: the stalled handshake timed out');
+# An explicit noise_upstream_handshake_timeout (30s) wins over proxy_connect_timeout 1s.
+$mark = $t->error_log_mark;
+($got) = $t->plain_exchange(g('ctexplicit'), '', keep_open => 1, timeout => 3);
+is($got, '', 'explicit handshake timeout: still waiting after 3s');
+my $stall3 = $t->port('stall3');
+unlike($t->error_log_since($mark), qr/upstream 127\.0\.0\.1:$stall3 failed/,
+    'explicit handshake timeout: not cut at proxy_connect_timeout');
 
 # Bad input from back ends: clean close, a log line, the worker lives on.
 my $baseline = $t->fd_total;
