@@ -15,18 +15,14 @@
 use std::ffi::c_void;
 
 use nginx_sys::{
-    ngx_conf_t, ngx_pagesize, ngx_pnalloc, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock,
-    ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t, ngx_str_t, NGX_ERROR, NGX_OK,
+    ngx_conf_t, ngx_pagesize, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc,
+    ngx_slab_pool_t, NGX_ERROR, NGX_OK,
 };
 
 use crate::core::handshake::Verdict;
 use crate::core::key_table::{Access, KeyTable, TableError};
 use crate::nginx::conf::KeysConf;
-
-extern "C" {
-    /// The stream module (C glue): the tag of every zone this module adds.
-    static mut ngx_stream_noise_module: nginx_sys::ngx_module_t;
-}
+use crate::nginx::shm;
 
 /// What the zone's `data` points at: where the table lies, in the zone itself.
 #[repr(C)]
@@ -35,37 +31,13 @@ struct ZoneData {
     len: usize,
 }
 
-/// Adds (or finds, with `size` 0) the zone `name` in the configuration being read.
+/// Adds (or finds, with `size` 0) the key zone `name` in the configuration being read.
 ///
 /// # Safety
 /// `cf` must be a configuration being read.
 pub unsafe fn add(cf: *mut ngx_conf_t, name: &[u8], size: usize) -> *mut ngx_shm_zone_t {
-    // nginx keeps the name's pointer for the cycle's life: copy it into the cycle's pool.
-    // SAFETY: cf is being read (the caller's promise), so cf->pool is live.
-    let data = unsafe { ngx_pnalloc((*cf).pool, name.len().max(1)) } as *mut u8;
-    if data.is_null() {
-        return std::ptr::null_mut();
-    }
-    // SAFETY: data has room for name.len() bytes.
-    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), data, name.len()) };
-    let mut name = ngx_str_t {
-        len: name.len(),
-        data,
-    };
-    // SAFETY: cf is being read; the tag is the module's address, the same in every cycle.
-    let zone = unsafe {
-        ngx_shared_memory_add(
-            cf,
-            &mut name,
-            size,
-            (&raw mut ngx_stream_noise_module).cast(),
-        )
-    };
-    if !zone.is_null() {
-        // SAFETY: nginx returned this cycle's entry for the zone.
-        unsafe { (*zone).init = Some(init_zone) };
-    }
-    zone
+    // SAFETY: the caller's promise.
+    unsafe { shm::add_zone(cf, name, size, init_zone) }
 }
 
 /// Zone init: takes the previous cycle's table over, or lays out a new one.

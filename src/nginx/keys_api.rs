@@ -14,19 +14,17 @@
 use std::ffi::{c_char, c_void};
 
 use nginx_sys::{
-    ngx_chain_t, ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t,
-    ngx_http_core_module, ngx_http_discard_request_body, ngx_http_finalize_request,
-    ngx_http_output_filter, ngx_http_read_client_request_body, ngx_http_request_t,
-    ngx_http_send_header, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_HTTP_DELETE, NGX_HTTP_GET,
-    NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_POST, NGX_HTTP_PUT,
-    NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
+    ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t, ngx_http_core_module,
+    ngx_http_discard_request_body, ngx_http_finalize_request, ngx_http_read_client_request_body,
+    ngx_http_request_t, ngx_int_t, ngx_shm_zone_t, NGX_HTTP_DELETE, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_POST, NGX_HTTP_PUT, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
-use ngx::core::{Buffer, Pool, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ngx_string;
 use serde_json::{json, Map, Value};
 
-use super::key_zone;
 use super::log;
+use super::{key_zone, status};
 use crate::core::key_table::{Access, KeyTable, Record, TableError};
 use crate::core::keys;
 
@@ -449,34 +447,10 @@ unsafe fn read_body(r: &ngx_http_request_t) -> Result<Vec<u8>, String> {
 /// # Safety
 /// `r` must be a live request.
 unsafe fn send(r: *mut ngx_http_request_t, Reply(status, body): Reply) -> ngx_int_t {
-    // SAFETY: the caller's promise.
-    let req = unsafe { &mut *r };
     let mut text = body.to_string();
     text.push('\n');
-    req.headers_out.status = status;
-    req.headers_out.content_length_n = text.len() as i64;
-    let ct: ngx_str_t = ngx_string!("application/json");
-    req.headers_out.content_type = ct;
-    req.headers_out.content_type_len = ct.len;
-    // SAFETY: as above.
-    let rc = unsafe { ngx_http_send_header(r) };
-    if rc == nginx_sys::NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || req.header_only() != 0
-    {
-        return rc;
-    }
-    // SAFETY: the request pool lives until the response is sent.
-    let pool = unsafe { Pool::from_ngx_pool(req.pool) };
-    let Some(mut buf) = pool.create_buffer_from_str(&text) else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    };
-    buf.set_last_buf(true);
-    buf.set_last_in_chain(true);
-    let mut out = ngx_chain_t {
-        buf: buf.as_ngx_buf_mut(),
-        next: std::ptr::null_mut(),
-    };
-    // SAFETY: as nginx's own handlers do: the filters copy the chain links they keep.
-    unsafe { ngx_http_output_filter(r, &mut out) }
+    // SAFETY: the caller's promise.
+    unsafe { status::send_body(r, status, ngx_string!("application/json"), &text) }
 }
 
 #[cfg(test)]

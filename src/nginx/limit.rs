@@ -25,11 +25,11 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use nginx_sys::{
-    ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_list_part_t, ngx_module_t, ngx_pid,
-    ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_calloc,
-    ngx_slab_pool_t, ngx_str_t, NGX_ERROR, NGX_OK,
+    ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_list_part_t, ngx_module_t, ngx_pid, ngx_shm_zone_t,
+    ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_calloc, ngx_slab_pool_t, NGX_ERROR, NGX_OK,
 };
 
+use super::shm;
 use crate::core::key_limit::{Entry, Header, Refusal, Table};
 
 extern "C" {
@@ -167,25 +167,11 @@ pub fn forget_own() {
 /// # Safety
 /// `cf` must be a configuration being read.
 pub unsafe fn add_zone(cf: *mut ngx_conf_t) -> ngx_int_t {
-    let mut name = ngx_str_t {
-        len: ZONE_NAME.len(),
-        data: ZONE_NAME.as_ptr().cast_mut(),
-    };
-    // SAFETY: cf is being read; the tag is the stream module's address, the same in every
-    // cycle while the .so stays loaded.
-    let zone = unsafe {
-        ngx_shared_memory_add(
-            cf,
-            &mut name,
-            ZONE_SIZE,
-            (&raw mut ngx_stream_noise_module).cast(),
-        )
-    };
+    // SAFETY: the caller's promise.
+    let zone = unsafe { shm::add_zone(cf, ZONE_NAME.as_bytes(), ZONE_SIZE, init_zone) };
     if zone.is_null() {
         return NGX_ERROR as ngx_int_t;
     }
-    // SAFETY: nginx returned the zone entry of this cycle.
-    unsafe { (*zone).init = Some(init_zone) };
     NGX_OK as ngx_int_t
 }
 

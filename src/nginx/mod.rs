@@ -24,6 +24,7 @@
 //! * [`status`]: the counters in shared memory and the http `noise_status` handler.
 //! * [`pre_handshake`]: the `nginx -t` warning for `$noise_*` used before the handshake.
 //! * [`limit`]: `noise_limit_conn_per_key`, connections per client key in shared memory.
+//! * [`shm`]: how the module adds its shared zones.
 //! * [`pool`]: Rust values owned by nginx pools; [`sockaddr`]: addresses as raw bytes.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -47,6 +48,7 @@ pub mod preread;
 pub mod proxy_header;
 pub mod proxy_pass;
 pub mod server;
+pub mod shm;
 pub mod sockaddr;
 pub mod socket;
 pub mod status;

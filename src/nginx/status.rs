@@ -17,20 +17,15 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use nginx_sys::{
     ngx_chain_t, ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t,
     ngx_http_core_module, ngx_http_discard_request_body, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_module_t, ngx_shared_memory_add,
-    ngx_shm_zone_t, ngx_slab_calloc, ngx_slab_pool_t, ngx_str_t, ngx_worker, NGX_ERROR,
-    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK,
-    NGX_OK,
+    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_shm_zone_t, ngx_slab_calloc,
+    ngx_slab_pool_t, ngx_str_t, ngx_worker, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_OK, NGX_OK,
 };
 use ngx::core::{Buffer, Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ngx_string;
 
+use super::shm;
 use crate::core::metrics::{self, Counters, Direction, Reason, Side, State};
-
-extern "C" {
-    /// The stream module (C glue): the zone's tag, the same for both modules.
-    static mut ngx_stream_noise_module: ngx_module_t;
-}
 
 /// The zone: the counters plus the slab allocator's own pages.
 const ZONE_SIZE: usize = 128 * 1024;
@@ -82,22 +77,11 @@ pub fn bytes(side: Side, direction: Direction, n: usize) {
 /// # Safety
 /// `cf` must be a configuration being read.
 pub unsafe fn add_zone(cf: *mut ngx_conf_t) -> ngx_int_t {
-    let mut name = ngx_string!("noise_status");
-    // SAFETY: cf is being read; the tag is the stream module's address, the same in every
-    // cycle while the .so stays loaded.
-    let zone = unsafe {
-        ngx_shared_memory_add(
-            cf,
-            &mut name,
-            ZONE_SIZE,
-            (&raw mut ngx_stream_noise_module).cast(),
-        )
-    };
+    // SAFETY: the caller's promise.
+    let zone = unsafe { shm::add_zone(cf, b"noise_status", ZONE_SIZE, init_zone) };
     if zone.is_null() {
         return NGX_ERROR as ngx_int_t;
     }
-    // SAFETY: nginx returned the zone entry of this cycle.
-    unsafe { (*zone).init = Some(init_zone) };
     NGX_OK as ngx_int_t
 }
 
@@ -163,11 +147,34 @@ unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Some(c) => metrics::render(c),
         None => "# the noise_status zone is not set up\n".to_string(),
     };
-    req.headers_out.status = NGX_HTTP_OK as usize;
+    // SAFETY: as above.
+    unsafe {
+        send_body(
+            r,
+            NGX_HTTP_OK as usize,
+            ngx_string!("text/plain; version=0.0.4; charset=utf-8"),
+            &text,
+        )
+    }
+}
+
+/// Sends a whole response: status, content type and body (this handler's and the key
+/// zone API's).
+///
+/// # Safety
+/// `r` must be a live request whose response has not been sent.
+pub unsafe fn send_body(
+    r: *mut ngx_http_request_t,
+    status: usize,
+    content_type: ngx_str_t,
+    text: &str,
+) -> ngx_int_t {
+    // SAFETY: the caller's promise.
+    let req = unsafe { &mut *r };
+    req.headers_out.status = status;
     req.headers_out.content_length_n = text.len() as i64;
-    let ct: ngx_str_t = ngx_string!("text/plain; version=0.0.4; charset=utf-8");
-    req.headers_out.content_type = ct;
-    req.headers_out.content_type_len = ct.len;
+    req.headers_out.content_type = content_type;
+    req.headers_out.content_type_len = content_type.len;
     // SAFETY: as above.
     let rc = unsafe { ngx_http_send_header(r) };
     if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || req.header_only() != 0 {
@@ -175,7 +182,7 @@ unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     // SAFETY: the request pool lives until the response is sent.
     let pool = unsafe { Pool::from_ngx_pool(req.pool) };
-    let Some(mut body) = pool.create_buffer_from_str(&text) else {
+    let Some(mut body) = pool.create_buffer_from_str(text) else {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     };
     body.set_last_buf(true);
