@@ -112,6 +112,7 @@ fn main() {
         padding: 0,
         trusted: None,
         revoked: None,
+        confirm: false,
     });
     let server_pub = Secret::from_bytes([2; 32]).public_key();
     let mut lines = Vec::new();

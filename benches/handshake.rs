@@ -55,6 +55,7 @@ fn main() {
         padding: 0,
         trusted: None,
         revoked: None,
+        confirm: false,
     });
     println!("| protocol | µs per handshake (both sides) |");
     println!("|---|---|");

@@ -162,6 +162,7 @@ fn run_vector(index: usize, v: &Value) {
             padding: if padded { 32 } else { 0 },
             trusted: None,
             revoked: None,
+            confirm: false,
         })
     };
     let neg = |is_alice| {

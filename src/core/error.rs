@@ -76,6 +76,15 @@ pub enum Error {
     /// transport message: it never proved it holds the session keys.
     #[error("connection closed before the client's first transport message, which this protocol needs to authenticate it (a replayed handshake message?)")]
     Unconfirmed,
+    /// Key confirmation (docs/protocol.md §4.7): the server's verdict refused our static key.
+    #[error("the server refused our static key: {}", .0.describe())]
+    KeyRefused(crate::core::confirm::Verdict),
+    /// Key confirmation was agreed, and the server closed without sending its verdict.
+    #[error("the server closed the connection without confirming that it accepted our static key (it refused the key, or failed)")]
+    NotConfirmed,
+    /// Key confirmation was agreed, and the server's first transport message is no verdict.
+    #[error("malformed key confirmation from the server ({0})")]
+    BadConfirmation(&'static str),
     /// The local configuration lacks what a protocol needs ([`crate::core::requirements`]).
     #[error("configuration: {protocol} needs {need}")]
     Missing {

@@ -35,6 +35,8 @@ pub enum Step {
     TriedOwnKey { fingerprint: String, matched: bool },
     /// The peer's static key, once learnt and checked.
     PeerKey(String),
+    /// Key confirmation (docs/protocol.md §4.7): what happened.
+    Confirmed(&'static str),
 }
 
 impl fmt::Display for Step {
@@ -56,6 +58,7 @@ impl fmt::Display for Step {
             Step::Switching(p) => write!(f, "negotiation: switching to {p}"),
             Step::AskingRetry(p) => write!(f, "negotiation: asking for a retry with {p}"),
             Step::Rejecting => f.write_str("negotiation: rejecting the offer"),
+            Step::Confirmed(what) => write!(f, "key confirmation: {what}"),
             Step::PeerAnswered(what) => write!(f, "negotiation: the responder {what}"),
             Step::TriedKey {
                 fingerprint,

@@ -45,6 +45,7 @@ pub fn settings(trusted: Option<Vec<[u8; 32]>>) -> Arc<Settings> {
         padding: 0,
         trusted: trusted.map(KeySet::new),
         revoked: None,
+        confirm: false,
     })
 }
 

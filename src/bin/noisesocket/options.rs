@@ -143,6 +143,9 @@ impl Options {
             padding: self.padding,
             trusted,
             revoked: None,
+            // Ask a server to confirm it accepted our key (docs/protocol.md §4.7), so that
+            // a refusal fails `connect` instead of looking like a silent server.
+            confirm: role == Role::Initiator,
         };
         Ok((Arc::new(policy), Arc::new(settings)))
     }

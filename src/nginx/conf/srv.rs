@@ -76,6 +76,8 @@ impl SideConf {
                 .as_ref()
                 .map(|k| k.value.clone())
                 .filter(|k| !k.is_empty()),
+            // Initiators (noise_upstream) ask for key confirmation; responders ignore it.
+            confirm: true,
         })
     }
 
