@@ -34,7 +34,7 @@ pub enum Error {
     #[error("connection closed during the handshake")]
     ClosedDuringHandshake,
     /// The peer explicitly rejected the handshake. The data is unauthenticated.
-    #[error("rejected by peer (negotiation data {})", Hex(.0))]
+    #[error("rejected by peer (negotiation data {}): it does not run the protocol we offered, or it refused our first message (patterns that send our static key first, such as IK: it does not trust our key or has revoked it; or the key we hold for it is not its own)", Hex(.0))]
     Rejected(Vec<u8>),
     /// The peer's negotiation data could not be understood.
     #[error("unrecognised negotiation data {}", Hex(.0))]
