@@ -113,6 +113,7 @@ fn main() {
         trusted: None,
         revoked: None,
         ask_verdict: false,
+        confirm: false,
     });
     let server_pub = Secret::from_bytes([2; 32]).public_key();
     let mut lines = Vec::new();

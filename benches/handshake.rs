@@ -56,6 +56,7 @@ fn main() {
         trusted: None,
         revoked: None,
         ask_verdict: false,
+        confirm: false,
     });
     println!("| protocol | µs per handshake (both sides) |");
     println!("|---|---|");

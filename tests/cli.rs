@@ -213,15 +213,33 @@ fn failures_say_what_failed_in_one_line() {
             p(&server_pub),
         ],
     );
-    assert_eq!(
-        err.trim(),
-        "noisesocket: handshake failed: rejected by peer (negotiation data 0001ff)"
+    assert!(
+        err.starts_with(
+            "noisesocket: handshake failed: rejected by peer (negotiation data 0001ff): "
+        ) && err.contains("it does not trust our key"),
+        "{err}"
     );
     assert!(
         server_err.contains("client key not in trusted keys"),
         "{server_err}"
     );
     let _ = client_pub;
+
+    // XX: the client's key arrives in the last message; the server's key-confirmation
+    // verdict (docs/protocol.md §4.8) makes the refusal a failed connect, in words.
+    let (err, server_err) = failing_client(
+        &dir,
+        &["--key", &server_key, "--trusted-keys", &p(&other_pub)],
+        &["--key".into(), client_key.clone()],
+    );
+    assert_eq!(
+        err.trim(),
+        "noisesocket: handshake failed: the server refused our static key: our static key is not in its trusted keys"
+    );
+    assert!(
+        server_err.contains("client key not in trusted keys"),
+        "{server_err}"
+    );
 
     // A wrong server key for NK: the server cannot read message 1 and closes.
     let nk = "Noise_NK_25519_ChaChaPoly_BLAKE2s";

@@ -163,6 +163,7 @@ fn run_vector(index: usize, v: &Value) {
             trusted: None,
             revoked: None,
             ask_verdict: false,
+            confirm: false,
         })
     };
     let neg = |is_alice| {

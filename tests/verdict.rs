@@ -20,6 +20,7 @@ fn asking(trusted: Option<Vec<[u8; 32]>>) -> Arc<Settings> {
         trusted: trusted.map(KeySet::new),
         revoked: None,
         ask_verdict: true,
+        confirm: false,
     })
 }
 
@@ -200,4 +201,47 @@ fn after_a_switch_the_first_transport_frame_decides() {
     assert_eq!(s.info.stage, Stage::Switch);
     assert!(s.info.verdict_pending);
     assert_eq!(s.info.remote_static, Some(public(1)));
+}
+
+/// An XX client that asks for key confirmation (docs/protocol.md §4.8) of a server that
+/// asks its caller for a verdict: the verdict is what the client is told.
+fn confirming_pair() -> (Handshake, Handshake) {
+    let name = "XX_25519_ChaChaPoly_BLAKE2s";
+    let client_settings = Arc::new(Settings {
+        confirm: true,
+        ..(*settings(None)).clone()
+    });
+    start(
+        policy(&[name], Codec::Virgil, creds(Some(1), None)),
+        policy(&[name], Codec::Virgil, creds(Some(2), None)).with_initiator_static_required(true),
+        client_settings,
+        asking(None),
+    )
+}
+
+#[test]
+fn a_denied_key_is_told_to_a_confirming_client() {
+    let (mut client, mut server) = confirming_pair();
+    run_until_verdict(&mut client, &mut server);
+    assert_eq!(server.pending_verdict(), Some(public(1)));
+    assert!(matches!(
+        server.resolve(Verdict::Deny),
+        Err(Error::Unauthorized { .. })
+    ));
+    let verdict = server.pending_output().to_vec();
+    assert!(!verdict.is_empty(), "a refusing verdict is queued");
+    assert!(matches!(
+        client.read(&verdict),
+        Err(Error::KeyRefused(_))
+    ));
+}
+
+#[test]
+fn an_allowed_key_is_confirmed_to_a_confirming_client() {
+    let (mut client, mut server) = confirming_pair();
+    run_until_verdict(&mut client, &mut server);
+    server.resolve(Verdict::Allow).unwrap();
+    let out = pump(client, server, 64);
+    let (c, s) = (out.alice.unwrap(), out.bob.unwrap());
+    assert!(c.info.key_confirmed && s.info.key_confirmed);
 }

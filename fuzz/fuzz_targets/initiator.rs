@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let Ok(policy) = Policy::new(protocols, Codec::Virgil, creds) else { return };
     let trusted = (flags & 0x40 != 0).then(|| KeySet::new(vec![[7; 32]]));
-    let settings = Arc::new(Settings { app_prologue: b"fuzz".to_vec(), padding: 16, trusted, revoked: None, ask_verdict: false });
+    let settings = Arc::new(Settings { app_prologue: b"fuzz".to_vec(), padding: 16, trusted, revoked: None, ask_verdict: false, confirm: false });
     let Ok(mut hs) = Handshake::initiator(Arc::new(policy), settings) else { return };
     for piece in rest.chunks(step) {
         let n = hs.pending_output().len();

@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else { return };
     let step = usize::from(flags & 0x3f) + 1;
     let trusted = (flags & 0x40 != 0).then(|| KeySet::new(vec![Secret::from_bytes([1; 32]).public_key()]));
-    let settings = Arc::new(Settings { app_prologue: Vec::new(), padding: 0, trusted, revoked: None, ask_verdict: false });
+    let settings = Arc::new(Settings { app_prologue: Vec::new(), padding: 0, trusted, revoked: None, ask_verdict: false, confirm: false });
     let mut hs = Handshake::responder(policy(), settings);
     let mut offset = 0;
     for piece in rest.chunks(step) {

@@ -34,7 +34,7 @@ pub enum Error {
     #[error("connection closed during the handshake")]
     ClosedDuringHandshake,
     /// The peer explicitly rejected the handshake. The data is unauthenticated.
-    #[error("rejected by peer (negotiation data {})", Hex(.0))]
+    #[error("rejected by peer (negotiation data {}): it does not run the protocol we offered, or it refused our first message (patterns that send our static key first, such as IK: it does not trust our key or has revoked it; or the key we hold for it is not its own)", Hex(.0))]
     Rejected(Vec<u8>),
     /// The peer's negotiation data could not be understood.
     #[error("unrecognised negotiation data {}", Hex(.0))]
@@ -84,6 +84,15 @@ pub enum Error {
     /// session keys, so it may be anyone who recorded message 1.
     #[error("{ended}")]
     Unconfirmed { ended: Ended },
+    /// Key confirmation (docs/protocol.md §4.8): the server's verdict refused our static key.
+    #[error("the server refused our static key: {}", .0.describe())]
+    KeyRefused(crate::core::confirm::Verdict),
+    /// Key confirmation was agreed, and the server closed without sending its verdict.
+    #[error("the server closed the connection without confirming that it accepted our static key (it refused the key, or failed)")]
+    NotConfirmed,
+    /// Key confirmation was agreed, and the server's first transport message is no verdict.
+    #[error("malformed key confirmation from the server ({0})")]
+    BadConfirmation(&'static str),
     /// The local configuration lacks what a protocol needs ([`crate::core::requirements`]).
     #[error("configuration: {protocol} needs {need}")]
     Missing {

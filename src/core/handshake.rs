@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use super::confirm::{self, Verdict as KeyVerdict};
 use super::crypto::{TriesMemo, TriesResolver};
 use super::error::{Error, Result};
 use super::frame::HandshakeReader;
@@ -55,6 +56,9 @@ pub struct Settings {
     /// Responder: the caller decides on every initiator static key once it is proven (after
     /// the file lists, which still refuse first); see the module doc.
     pub ask_verdict: bool,
+    /// As an initiator, ask the responder to confirm that it accepted our static key
+    /// (key confirmation, docs/protocol.md §4.8). Responders always honour the request.
+    pub confirm: bool,
 }
 
 /// What the handshake established, for logs and variables.
@@ -73,6 +77,9 @@ pub struct HandshakeInfo {
     /// the handshake (its possession is proven only by the first transport frame), so the
     /// caller asks for a verdict once that frame opens, before any plaintext is used.
     pub verdict_pending: bool,
+    /// Whether key confirmation ran (docs/protocol.md §4.8): the responder's verdict
+    /// accepted our key (initiator), or we sent an accepting verdict (responder).
+    pub key_confirmed: bool,
 }
 
 /// A finished handshake.
@@ -95,6 +102,9 @@ enum Phase {
     Exchange,
     /// Responder: the initiator proved its key; waiting for [`Handshake::resolve`].
     AwaitVerdict,
+    /// Initiator: the Noise handshake is over, waiting for the responder's key-confirmation
+    /// verdict (docs/protocol.md §4.8).
+    AwaitConfirmation,
     Done,
     Failed,
 }
@@ -130,6 +140,26 @@ pub struct Handshake {
     /// While a first message is tried with several keys: the DH results of those tries
     /// (crypto's [`TriesMemo`]), closed when they end.
     tries_memo: Option<Arc<TriesMemo>>,
+    /// Where key confirmation stands (docs/protocol.md §4.8).
+    confirm: Confirm,
+    /// The transport, when key confirmation needed it before [`Handshake::finish`].
+    split: Option<Transport>,
+}
+
+/// Key confirmation (docs/protocol.md §4.8) on this connection.
+#[derive(Default)]
+enum Confirm {
+    /// Not asked for, or not agreed.
+    #[default]
+    Off,
+    /// Initiator: asked in the first message of the running protocol.
+    Requested,
+    /// Responder: offered; a verdict is owed once the initiator's key is judged.
+    Promised,
+    /// Initiator: agreed; the verdict is being read.
+    Expected(confirm::Reader),
+    /// The verdict accepted the initiator's key.
+    Done,
 }
 
 impl Handshake {
@@ -162,6 +192,8 @@ impl Handshake {
             local_index: 0,
             verdict_given: false,
             tries_memo: None,
+            confirm: Confirm::Off,
+            split: None,
         }
     }
 
@@ -208,6 +240,12 @@ impl Handshake {
         let (protocol, neg) = hs.negotiator.initial()?;
         let prologue = prologue::init1(&neg, &hs.settings.app_prologue);
         hs.start_protocol(protocol, Role::Initiator, Stage::Initial, &prologue)?;
+        let payload = if hs.settings.confirm && payload.is_empty() {
+            hs.confirm = Confirm::Requested;
+            confirm::MARKER.to_vec()
+        } else {
+            payload
+        };
         hs.next_payload = Some(payload);
         hs.neg_a1 = neg;
         let neg = hs.neg_a1.clone();
@@ -269,6 +307,16 @@ impl Handshake {
         }
         let mut used = 0;
         while used < input.len() && !matches!(self.phase, Phase::Done | Phase::AwaitVerdict) {
+            if self.phase == Phase::AwaitConfirmation {
+                match self.read_verdict(&input[used..]) {
+                    Ok(n) => used += n,
+                    Err(e) => {
+                        self.phase = Phase::Failed;
+                        return Err(e);
+                    }
+                }
+                continue;
+            }
             used += self.reader.feed(&input[used..]);
             if let Some(e) = self.reader.take_error() {
                 self.phase = Phase::Failed;
@@ -317,9 +365,9 @@ impl Handshake {
                 if self.stage == Stage::Initial && self.index == 1 {
                     self.queue_reject();
                 }
-                Err(Error::Unauthorized { key })
+                Err(self.refuse(Error::Unauthorized { key }))
             }
-            Verdict::Unavailable(why) => Err(Error::VerdictUnavailable { key, why }),
+            Verdict::Unavailable(why) => Err(self.refuse(Error::VerdictUnavailable { key, why })),
         };
         if result.is_err() {
             self.phase = Phase::Failed;
@@ -332,7 +380,15 @@ impl Handshake {
         let reject_without_message = self.phase == Phase::AwaitResponse
             && self.reader.has_negotiation()
             && !self.reader.negotiation().is_empty();
-        let err = if reject_without_message {
+        let err = if let (Phase::AwaitConfirmation, Confirm::Expected(reader)) =
+            (&self.phase, &self.confirm)
+        {
+            if reader.started() {
+                Error::Truncated
+            } else {
+                Error::NotConfirmed
+            }
+        } else if reject_without_message {
             // A Go server's reject: negotiation data, then EOF before the noise length.
             Error::Rejected(self.reader.negotiation().to_vec())
         } else if self.reader.is_empty() {
@@ -352,18 +408,15 @@ impl Handshake {
         let (Some(mut noise), Some(protocol)) = (self.noise.take(), self.protocol.take()) else {
             return Err(Error::Internal("handshake state missing".into()));
         };
-        let (k1, k2) = noise.dangerously_get_raw_split();
-        let (k1, k2) = (Zeroizing::new(k1), Zeroizing::new(k2));
-        let (send, recv) = if self.noise_role.is_initiator() {
-            (&k1, &k2)
-        } else {
-            (&k2, &k1)
+        let transport = match self.split.take() {
+            Some(transport) => transport,
+            None => split(
+                &mut noise,
+                &protocol,
+                self.noise_role,
+                self.settings.padding,
+            )?,
         };
-        let transport = Transport::new(
-            CipherState::new(protocol.cipher(), send)?,
-            CipherState::new(protocol.cipher(), recv)?,
-            self.settings.padding,
-        );
         let remote_static = noise.get_remote_static().and_then(|k| k.try_into().ok());
         let local_static = protocol
             .needs_local_static(self.noise_role)
@@ -380,6 +433,7 @@ impl Handshake {
                 && !self.role.is_initiator()
                 && remote_static.is_some()
                 && !self.verdict_given,
+            key_confirmed: matches!(self.confirm, Confirm::Done),
         };
         Ok(Established {
             transport,
@@ -402,7 +456,7 @@ impl Handshake {
             Phase::AwaitVerdict => Err(Error::Internal(
                 "message while waiting for a verdict".into(),
             )),
-            Phase::Done | Phase::Failed => Err(Error::Internal("message after the end".into())),
+            Phase::AwaitConfirmation | Phase::Done | Phase::Failed => Err(Error::Internal("message after the end".into())),
         }
     }
 
@@ -623,6 +677,9 @@ impl Handshake {
                 );
                 self.neg_b1 = neg;
                 self.start_protocol(protocol, Role::Initiator, Stage::Retry, &prologue)?;
+                if matches!(self.confirm, Confirm::Requested) {
+                    self.next_payload = Some(confirm::MARKER.to_vec());
+                }
                 self.write_message(&data)?;
                 self.phase = Phase::Exchange;
                 Ok(())
@@ -651,7 +708,9 @@ impl Handshake {
     /// next message if the handshake goes on.
     fn read_and_answer(&mut self, noise: &[u8]) -> Result<()> {
         self.read_noise(noise)?;
-        self.check_remote()?;
+        if let Err(e) = self.check_remote() {
+            return Err(self.refuse(e));
+        }
         self.answer_or_wait()
     }
 
@@ -694,6 +753,7 @@ impl Handshake {
 
     fn answer(&mut self) -> Result<()> {
         if !self.noise_finished() {
+            self.negotiate_confirmation();
             self.write_message(&[])?;
         }
         self.phase = if self.noise_finished() {
@@ -702,9 +762,108 @@ impl Handshake {
             Phase::Exchange
         };
         if self.phase == Phase::Done && self.settings.trusted.is_some() && !self.remote_checked {
-            return Err(Error::NoPeerKey);
+            return Err(self.refuse(Error::NoPeerKey));
+        }
+        if self.phase == Phase::Done {
+            self.conclude_confirmation()?;
         }
         Ok(())
+    }
+
+    /// Key confirmation (docs/protocol.md §4.8), before we write a message of a running
+    /// handshake: a responder about to write its first message offers it if the initiator
+    /// asked and the initiator writes the last message; an initiator that asked and is about
+    /// to write its last message expects a verdict if the responder offered.
+    fn negotiate_confirmation(&mut self) {
+        let three = self
+            .protocol
+            .as_ref()
+            .is_some_and(|p| p.message_count() == 3);
+        let marked = self.received.last().is_some_and(|b| b == confirm::MARKER);
+        let noise_initiator = self.noise_role.is_initiator();
+        match self.confirm {
+            Confirm::Off
+                if !self.role.is_initiator()
+                    && !noise_initiator
+                    && self.index == 1
+                    && three
+                    && marked
+                    && self.next_payload.is_none() =>
+            {
+                self.next_payload = Some(confirm::MARKER.to_vec());
+                self.confirm = Confirm::Promised;
+            }
+            Confirm::Requested if noise_initiator && self.index == 2 => {
+                self.confirm = if three && marked {
+                    Confirm::Expected(confirm::Reader::default())
+                } else {
+                    Confirm::Off
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// The Noise handshake is over and the peer's key passed: a responder that promised a
+    /// verdict queues an accepting one; an initiator that expects one waits for it.
+    fn conclude_confirmation(&mut self) -> Result<()> {
+        match self.confirm {
+            Confirm::Promised => {
+                let mut transport = self.split_now()?;
+                confirm::seal(&mut transport.sealer, KeyVerdict::Accepted, &mut self.out)?;
+                self.split = Some(transport);
+                self.confirm = Confirm::Done;
+                self.note(|| Step::Confirmed("sent the key-confirmation verdict"));
+            }
+            Confirm::Expected(_) => {
+                self.split = Some(self.split_now()?);
+                self.phase = Phase::AwaitConfirmation;
+            }
+            Confirm::Requested => self.confirm = Confirm::Off,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A responder that promised a verdict refuses the initiator's key with `e`: it queues
+    /// a refusing verdict (best effort, sent with any pending output) and returns `e`.
+    fn refuse(&mut self, e: Error) -> Error {
+        if matches!(self.confirm, Confirm::Promised) && self.noise_finished() {
+            if let Ok(mut transport) = self.split_now() {
+                if confirm::seal(&mut transport.sealer, KeyVerdict::of(&e), &mut self.out).is_ok() {
+                    self.note(|| Step::Confirmed("sent a refusing key-confirmation verdict"));
+                }
+            }
+            self.confirm = Confirm::Off;
+        }
+        e
+    }
+
+    /// Initiator: reads the responder's verdict.
+    fn read_verdict(&mut self, input: &[u8]) -> Result<usize> {
+        let (Confirm::Expected(reader), Some(transport)) = (&mut self.confirm, &mut self.split)
+        else {
+            return Err(Error::Internal("no key confirmation to read".into()));
+        };
+        let (used, verdict) = reader.feed(input, transport)?;
+        match verdict {
+            None => {}
+            Some(KeyVerdict::Accepted) => {
+                self.confirm = Confirm::Done;
+                self.phase = Phase::Done;
+                self.note(|| Step::Confirmed("the server confirmed it accepted our key"));
+            }
+            Some(refused) => return Err(Error::KeyRefused(refused)),
+        }
+        Ok(used)
+    }
+
+    /// The transport keys of the finished Noise handshake.
+    fn split_now(&mut self) -> Result<Transport> {
+        let (Some(noise), Some(protocol)) = (self.noise.as_mut(), self.protocol.as_ref()) else {
+            return Err(Error::Internal("no handshake state".into()));
+        };
+        split(noise, protocol, self.noise_role, self.settings.padding)
     }
 
     fn noise_finished(&self) -> bool {
@@ -917,6 +1076,27 @@ impl Handshake {
         self.note(|| Step::PeerKey(keys::fingerprint(&key)));
         Ok(())
     }
+}
+
+/// Splits a finished Noise handshake into the transport, by its Noise role.
+fn split(
+    noise: &mut snow::HandshakeState,
+    protocol: &Protocol,
+    noise_role: Role,
+    padding: usize,
+) -> Result<Transport> {
+    let (k1, k2) = noise.dangerously_get_raw_split();
+    let (k1, k2) = (Zeroizing::new(k1), Zeroizing::new(k2));
+    let (send, recv) = if noise_role.is_initiator() {
+        (&k1, &k2)
+    } else {
+        (&k2, &k1)
+    };
+    Ok(Transport::new(
+        CipherState::new(protocol.cipher(), send)?,
+        CipherState::new(protocol.cipher(), recv)?,
+        padding,
+    ))
 }
 
 fn push_sized(out: &mut Vec<u8>, field: &[u8]) {

@@ -78,6 +78,8 @@ pub enum Reason {
     Replay,
     /// A message broke the framing rules.
     Malformed,
+    /// The peer refused our static key (its key-confirmation verdict, docs/protocol.md §4.8).
+    Refused,
     /// A socket error during the handshake.
     Socket,
     /// The TCP connect to a back end failed.
@@ -90,7 +92,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in label order.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Timeout,
         Reason::Decrypt,
         Reason::UntrustedKey,
@@ -102,6 +104,7 @@ impl Reason {
         Reason::LowOrderKey,
         Reason::Replay,
         Reason::Malformed,
+        Reason::Refused,
         Reason::Socket,
         Reason::Connect,
         Reason::Local,
@@ -121,6 +124,7 @@ impl Reason {
             Reason::LowOrderKey => "low_order_key",
             Reason::Replay => "replay",
             Reason::Malformed => "malformed",
+            Reason::Refused => "refused",
             Reason::Socket => "socket",
             Reason::Connect => "connect",
             Reason::Local => "local",
@@ -146,6 +150,9 @@ impl Reason {
             Error::ClosedDuringHandshake | Error::Truncated => Reason::Closed,
             Error::WeakPeerKey => Reason::LowOrderKey,
             Error::Unconfirmed { .. } => Reason::Replay,
+            Error::KeyRefused(_) => Reason::Refused,
+            Error::NotConfirmed => Reason::Closed,
+            Error::BadConfirmation(_) => Reason::Malformed,
             Error::FrameTooShort(_)
             | Error::BodyLength { .. }
             | Error::EmptyHandshakeMessage

@@ -23,6 +23,7 @@
 //! Errors are [`error::Error`]; `is_peer_fault` says whose fault each one is.
 
 pub mod buffer_pool;
+pub mod confirm;
 pub mod crypto;
 pub mod deframer;
 pub mod error;

@@ -39,6 +39,8 @@ pub enum Step {
     AwaitingVerdict(String),
     /// The caller's verdict on it.
     Verdict(&'static str),
+    /// Key confirmation (docs/protocol.md §4.8): what happened.
+    Confirmed(&'static str),
 }
 
 impl fmt::Display for Step {
@@ -60,6 +62,7 @@ impl fmt::Display for Step {
             Step::Switching(p) => write!(f, "negotiation: switching to {p}"),
             Step::AskingRetry(p) => write!(f, "negotiation: asking for a retry with {p}"),
             Step::Rejecting => f.write_str("negotiation: rejecting the offer"),
+            Step::Confirmed(what) => write!(f, "key confirmation: {what}"),
             Step::PeerAnswered(what) => write!(f, "negotiation: the responder {what}"),
             Step::TriedKey {
                 fingerprint,

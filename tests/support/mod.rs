@@ -46,6 +46,7 @@ pub fn settings(trusted: Option<Vec<[u8; 32]>>) -> Arc<Settings> {
         trusted: trusted.map(KeySet::new),
         revoked: None,
         ask_verdict: false,
+        confirm: false,
     })
 }
 

@@ -156,6 +156,9 @@ impl Options {
             trusted,
             revoked: None,
             ask_verdict: false,
+            // Ask a server to confirm it accepted our key (docs/protocol.md §4.8), so that
+            // a refusal fails `connect` instead of looking like a silent server.
+            confirm: role == Role::Initiator,
         };
         Ok((Arc::new(policy), Arc::new(settings)))
     }

@@ -91,6 +91,8 @@ impl SideConf {
                 .map(|k| k.value.clone())
                 .filter(|k| !k.is_empty()),
             ask_verdict: false,
+            // Initiators (noise_upstream) ask for key confirmation; responders ignore it.
+            confirm: true,
         })
     }
 
