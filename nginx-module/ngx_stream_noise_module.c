@@ -70,6 +70,8 @@ static ngx_command_t  ngx_stream_noise_commands[] = {
                              NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
     ngx_stream_noise_command("noise_upstream_handshake_timeout",
                              NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
+    ngx_stream_noise_command("noise_upstream_key_confirmation",
+                             NGX_STREAM_NOISE_ANY|NGX_CONF_FLAG),
 
       ngx_null_command
 };

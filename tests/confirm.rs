@@ -250,7 +250,7 @@ fn a_missing_or_cut_verdict_fails_closed() {
 
 #[test]
 fn the_verdict_is_read_byte_by_byte_and_early_data_stays() {
-    let (mut a, mut b, verdict) = up_to_the_verdict();
+    let (mut a, b, verdict) = up_to_the_verdict();
     let mut est_b = {
         assert!(b.pending_output().is_empty());
         b.finish().unwrap()

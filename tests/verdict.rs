@@ -230,10 +230,7 @@ fn a_denied_key_is_told_to_a_confirming_client() {
     ));
     let verdict = server.pending_output().to_vec();
     assert!(!verdict.is_empty(), "a refusing verdict is queued");
-    assert!(matches!(
-        client.read(&verdict),
-        Err(Error::KeyRefused(_))
-    ));
+    assert!(matches!(client.read(&verdict), Err(Error::KeyRefused(_))));
 }
 
 #[test]

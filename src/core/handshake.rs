@@ -456,7 +456,9 @@ impl Handshake {
             Phase::AwaitVerdict => Err(Error::Internal(
                 "message while waiting for a verdict".into(),
             )),
-            Phase::AwaitConfirmation | Phase::Done | Phase::Failed => Err(Error::Internal("message after the end".into())),
+            Phase::AwaitConfirmation | Phase::Done | Phase::Failed => {
+                Err(Error::Internal("message after the end".into()))
+            }
         }
     }
 

@@ -9,6 +9,10 @@ module against a second Noise stack, and to send crafted bad input.
 
 Options: --protocol NAME, --key FILE, --remote-key BASE64|FILE, --negotiation virgil|empty,
 --prologue STRING, --psk FILE, --echo, --count N, --ready-file PATH, -v.
+Key confirmation (our extension, docs/protocol.md §4.8), listen only: --offer-confirm MODE
+offers it when asked and then sends `accept` (verdict 00, then echo as usual), `refuse`
+(verdict 01, then close), `close` (close without a verdict) or `garbage` (a data frame where
+the verdict belongs).
 Bad-input knobs: --corrupt-frame N (flip a ciphertext bit in the N-th transport frame sent),
 --truncate (end with half a frame, then FIN), --no-read (never read after the handshake),
 and for connect only --stall (send half of message 1 and wait) and --keep-open (no FIN
@@ -34,6 +38,7 @@ PATTERNS = {"NN": 4, "NK": 5, "NX": 6, "XN": 7, "XK": 8, "XX": 9, "KN": 10, "KK"
 CIPHERS = {"ChaChaPoly": 1, "AESGCM": 2}
 HASHES = {"BLAKE2s": 1, "BLAKE2b": 2, "SHA256": 3, "SHA512": 4}
 REJECT = b"\x00\x01\xff"
+CONFIRM = b"NSKC\x01"
 
 
 class Fail(Exception):
@@ -142,8 +147,8 @@ class Peer:
     def encrypted(self):
         return self.index >= 1 or first_encrypted(self.name)
 
-    def write(self, neg=b""):
-        body = struct.pack(">H", 0) if self.encrypted() else b""
+    def write(self, neg=b"", body=b""):
+        body = struct.pack(">H", len(body)) + body if self.encrypted() else body
         msg = bytes(self.noise.write_message(body))
         self.index += 1
         return struct.pack(">H", len(neg)) + neg + struct.pack(">H", len(msg)) + msg
@@ -157,7 +162,9 @@ class Peer:
             n = struct.unpack(">H", payload[:2])[0]
             if n > len(payload) - 2:
                 raise Fail("body length %d exceeds the payload" % n)
+            payload = payload[2:2 + n]
         self.index += 1
+        return payload
 
 
 def handshake_initiator(sock, o):
@@ -205,11 +212,15 @@ def handshake_responder(sock, o):
     if not msg:
         raise Fail("empty first message")
     p.setup(name, neg)
+    asked = False
     while True:
-        p.read(msg)
+        body = p.read(msg)
+        if p.index == 1 and body == CONFIRM:
+            asked = True
         if p.noise.handshake_finished:
             break
-        sock.sendall(p.write())
+        offer = CONFIRM if asked and p.index == 1 and o["offer_confirm"] else b""
+        sock.sendall(p.write(body=offer))
         if p.noise.handshake_finished:
             break
         if wire.sized() != b"":
@@ -217,6 +228,17 @@ def handshake_responder(sock, o):
         msg = wire.sized()
         if msg is None:
             raise Fail("connection closed during the handshake")
+    if asked and o["offer_confirm"]:
+        mode = o["offer_confirm"]
+        if mode == "accept":
+            sock.sendall(frames(p, CONFIRM + b"\x00")[0])
+        elif mode == "refuse":
+            sock.sendall(frames(p, CONFIRM + b"\x01")[0])
+            raise Fail("refused the initiator's key (key confirmation)")
+        elif mode == "close":
+            raise Fail("closing without a key-confirmation verdict")
+        else:
+            sock.sendall(frames(p, b"hello")[0])
     return p, wire
 
 
@@ -307,7 +329,7 @@ def parse(argv):
     o = {"protocol": "Noise_XX_25519_ChaChaPoly_BLAKE2s", "key": None, "remote": None,
          "negotiation": "virgil", "prologue": b"", "psk": None, "echo": False, "count": 1,
          "ready": None, "verbose": False, "corrupt": 0, "truncate": False, "stall": False,
-         "no_read": False, "keep_open": False}
+         "no_read": False, "keep_open": False, "offer_confirm": None}
     if len(argv) < 2:
         raise Fail(__doc__.strip().splitlines()[3])
     o["command"], o["address"] = argv[0], argv[1]
@@ -328,6 +350,10 @@ def parse(argv):
         elif a == "--stall": o["stall"] = True
         elif a == "--no-read": o["no_read"] = True
         elif a == "--keep-open": o["keep_open"] = True
+        elif a == "--offer-confirm":
+            o["offer_confirm"] = next(it)
+            if o["offer_confirm"] not in ("accept", "refuse", "close", "garbage"):
+                raise Fail("--offer-confirm: accept, refuse, close or garbage")
         else: raise Fail("unknown option %s" % a)
     return o
 

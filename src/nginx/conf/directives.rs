@@ -43,18 +43,15 @@ pub fn parse(ctx: Context<'_>, name: &str) -> Result<(), String> {
             set_once(&mut conf.protocols, protocols, name)?;
         }
         "noise_upstream" => {
-            let on = match first.as_slice() {
-                b"on" => true,
-                b"off" => false,
-                _ => {
-                    return Err(format!(
-                        "invalid value \"{}\" in \"{name}\", it must be \"on\" or \"off\"",
-                        text(&first)
-                    ))
-                }
-            };
-            set_once(&mut conf.upstream, on, name)?;
+            set_once(&mut conf.upstream, on_off(name, &first)?, name)?;
             conf.upstream_at = Some(args::position(cf));
+        }
+        "noise_upstream_key_confirmation" => {
+            set_once(
+                &mut conf.upstream_key_confirmation,
+                on_off(name, &first)?,
+                name,
+            )?;
         }
         "noise_upstream_protocol" => {
             let p = Protocol::parse(&text(&first)).map_err(|e| format!("\"{name}\": {e}"))?;
@@ -93,6 +90,18 @@ pub fn parse(ctx: Context<'_>, name: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A flag's value, as nginx's own `ngx_conf_set_flag_slot` words its error.
+fn on_off(name: &str, arg: &[u8]) -> Result<bool, String> {
+    match arg {
+        b"on" => Ok(true),
+        b"off" => Ok(false),
+        _ => Err(format!(
+            "invalid value \"{}\" in \"{name}\", it must be \"on\" or \"off\"",
+            text(arg)
+        )),
+    }
 }
 
 /// The directives both sides have, `noise_X` and `noise_upstream_X`.

@@ -81,11 +81,16 @@ impl UpstreamSide {
         rules::upstream_keys(&protocol, side, !conf.upstream_server_keys.is_empty())?;
         let codec = conf.upstream_negotiation.unwrap_or_default();
         rules::nameable(&protocol, codec)?;
+        let mut settings = (*side.settings(true)).clone();
+        // Ask an nginx-noise back end to confirm that it accepted our key, so that a
+        // refusal is a failed attempt (docs/protocol.md §4.8); off for back ends that
+        // cannot take a first-message payload.
+        settings.confirm = conf.upstream_key_confirmation.unwrap_or(true);
         Ok(UpstreamSide {
             protocol,
             codec,
             credentials: side.credentials(),
-            settings: side.settings(true),
+            settings: Arc::new(settings),
             server_keys: conf.upstream_server_keys.clone(),
             handshake_timeout: side.handshake_timeout,
         })

@@ -91,8 +91,9 @@ impl SideConf {
                 .map(|k| k.value.clone())
                 .filter(|k| !k.is_empty()),
             ask_verdict: false,
-            // Initiators (noise_upstream) ask for key confirmation; responders ignore it.
-            confirm: true,
+            // Set by the side that needs it: `noise_keys` (server), key confirmation
+            // (upstream, `noise_upstream_key_confirmation`).
+            confirm: false,
         })
     }
 
@@ -138,6 +139,8 @@ pub struct SrvConf {
     pub upstream_protocol: Option<Protocol>,
     pub upstream_negotiation: Option<Codec>,
     pub upstream_server_keys: Vec<ServerKey>,
+    /// `noise_upstream_key_confirmation` (docs/protocol.md §4.8); unset means on.
+    pub upstream_key_confirmation: Option<bool>,
     pub upstream_conf: SideConf,
     /// Built by merge for servers with `noise_listen`.
     pub server_side: Option<ServerSide>,
@@ -181,6 +184,9 @@ impl SrvConf {
         }
         if self.upstream_negotiation.is_none() {
             self.upstream_negotiation = parent.upstream_negotiation;
+        }
+        if self.upstream_key_confirmation.is_none() {
+            self.upstream_key_confirmation = parent.upstream_key_confirmation;
         }
         if self.upstream_server_keys.is_empty() {
             self.upstream_server_keys
