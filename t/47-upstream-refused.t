@@ -30,7 +30,7 @@ for my $mode (qw(none accept refuse close garbage)) {
 }
 $t->wait_port($_) for values %py;
 
-$t->write_config(<<'END');
+$t->write_config(<<'END' . NoiseTest::STATUS_HTTP);
 stream {
     log_format st '$server_port $status $upstream_addr';
     access_log %%TESTDIR%%/logs/access.log st;
@@ -67,25 +67,12 @@ stream {
     server { listen 127.0.0.1:%%PORT_a_py_close%%; noise_upstream on; proxy_pass 127.0.0.1:%%PORT_py_close%%; }
     server { listen 127.0.0.1:%%PORT_a_py_garbage%%; noise_upstream on; proxy_pass 127.0.0.1:%%PORT_py_garbage%%; }
 }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:%%PORT_http%%;
-        location /metrics { noise_status; }
-    }
-}
 END
 $t->run;
 my $workers = $t->worker_set;
-my $http = $t->port('http');
 
-sub status {
-    my ($got) = $t->plain_exchange($http, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n", keep_open => 1, timeout => 3);
-    return $got;
-}
 sub refused_count {
-    my $s = status();
-    return $s =~ /^nginx_noise_handshakes_total\{side="upstream",result="failed",reason="refused"\} (\d+)$/m ? $1 : 0;
+    return $t->series('nginx_noise_handshakes_total{side="upstream",result="failed",reason="refused"}') // 0;
 }
 sub ask {
     my ($name, $input) = @_;

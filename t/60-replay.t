@@ -25,7 +25,7 @@ $t->scripted_backend('sink', "BACKEND\n");
 my $dir = $t->dir;
 my $ik = 'Noise_IK_25519_ChaChaPoly_BLAKE2s';
 
-$t->write_config(<<"END");
+$t->write_config(<<"END" . NoiseTest::STATUS_HTTP);
 stream {
     log_format noise '\$server_port \$status [\$noise_client_key]';
     access_log %%TESTDIR%%/logs/access.log noise;
@@ -50,13 +50,6 @@ stream {
         noise_upstream_private_key %%TESTDIR%%/gateway.key;
         noise_upstream_server_key 127.0.0.1:%%PORT_first%% %%TESTDIR%%/server.pub;
         proxy_pass 127.0.0.1:%%PORT_first%%;
-    }
-}
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:%%PORT_http%%;
-        location /metrics { noise_status; }
     }
 }
 END
@@ -142,7 +135,7 @@ my ($reset, $bad) = replay_lines();
 is($reset, 3, 'three resets: each an info line that says replay') or diag($t->error_log_since($mark));
 is($bad, 1, 'a garbage first frame: an info line that says replay');
 unlike($t->error_log_since($mark), qr/\[(error|crit|alert|emerg)\]/, 'nothing at error level');
-my ($status) = $t->plain_exchange($t->port('http'), "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n", keep_open => 1, timeout => 3);
+my $status = $t->metrics;
 my %count = $status =~ /^nginx_noise_handshakes_total\{side="server",result="failed",reason="(\w+)"\} (\d+)$/mg;
 is($count{replay}, 5 + 1 + 3 + 1, 'counted as replays: 5 closes, the timeout, 3 resets, the garbage frame');
 is($count{socket}, 0, 'none as a socket error');

@@ -18,7 +18,7 @@ $t->write_file('revoked.pub', "$pub{revoked}\n", 0644);
 $t->echo_backend('echo');
 my $dir = $t->dir;
 my $refused = $t->refused_port;
-$t->write_config(<<"END" =~ s/REFUSED/$refused/r);
+$t->write_config((<<"END" =~ s/REFUSED/$refused/r) . NoiseTest::STATUS_HTTP);
 stream {
     server {
         noise_listen 127.0.0.1:%%PORT_noise%%;
@@ -44,25 +44,12 @@ stream {
         proxy_pass 127.0.0.1:REFUSED;
     }
 }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:%%PORT_http%%;
-        location /metrics { noise_status; }
-    }
-}
 END
 $t->run;
 my ($noise, $http) = ($t->port('noise'), $t->port('http'));
 
-sub status {
-    my ($got) = $t->plain_exchange($http, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n", keep_open => 1, timeout => 3);
-    return $got;
-}
-sub value {
-    my ($text, $series) = @_;
-    return $text =~ /^\Q$series\E (-?\d+)$/m ? $1 : undef;
-}
+sub status { $t->metrics }
+sub value { $t->series($_[1], $_[0]) }
 my @client = ('--key', "$dir/client.key", '--remote-key', "$dir/server.pub");
 
 my $s = status();
@@ -151,15 +138,7 @@ my ($got) = $t->plain_exchange($http, "POST /metrics HTTP/1.0\r\nHost: x\r\nCont
 like($got, qr{^HTTP/1\.1 405 }, 'POST: 405');
 
 my $h = NoiseTest->new;
-$h->write_config(<<'END');
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:%%PORT_http%%;
-        location /metrics { noise_status; }
-    }
-}
-END
+$h->write_config(NoiseTest::STATUS_HTTP);
 $h->run;
 ($got) = $h->plain_exchange($h->port('http'), "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n", keep_open => 1, timeout => 3);
 like($got, qr/^nginx_noise_handshakes_total\{side="server",result="ok"\} 0$/m, 'no stream block: zeros, no crash');

@@ -20,7 +20,7 @@ $t->keygen($_) for qw(server a b);
 $t->echo_backend('echo');
 my $dir = $t->dir;
 my $limit = 3;
-$t->write_config(<<"END");
+$t->write_config(<<"END" . NoiseTest::STATUS_HTTP);
 stream {
     server {
         noise_listen 127.0.0.1:%%PORT_noise%%;
@@ -30,25 +30,11 @@ stream {
         proxy_half_close on;
     }
 }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:%%PORT_http%%;
-        location /metrics { noise_status; }
-    }
-}
 END
 $t->run;
 my ($noise, $http) = ($t->port('noise'), $t->port('http'));
 
-sub status {
-    my ($got) = $t->plain_exchange($http, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n", keep_open => 1, timeout => 3);
-    return $got;
-}
-sub value {
-    my ($series) = @_;
-    return status() =~ /^\Q$series\E (-?\d+)$/m ? $1 : undef;
-}
+sub value { $t->series($_[0]) }
 my $established = 'nginx_noise_connections{side="server",state="established"}';
 my $limited = 'nginx_noise_handshakes_total{side="server",result="failed",reason="limit"}';
 

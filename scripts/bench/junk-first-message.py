@@ -31,43 +31,17 @@ resolution (10 ms) over a few thousand connections: about 1 %.
 """
 
 import argparse
-import base64
 import os
 import shutil
-import signal
 import socket
-import statistics
-import struct
-import subprocess
 import sys
 import tempfile
-import time
 
-from noise.connection import Keypair, NoiseConnection
+from benchlib import MODULE, free_port, keygen, measure, read_all, sized, start_nginx, stop_nginx
+from benchlib import worst_log_lines, xx as xx_handshake
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NGINX = os.environ.get("NOISE_BENCH_NGINX") or os.path.join(REPO, "build/sbin/nginx")
-MODULE = os.environ.get("NOISE_BENCH_MODULE") or os.path.join(
-    REPO, "build/modules/ngx_stream_noise_module.so")
-CLI = os.environ.get("NOISE_BENCH_CLI") or os.path.join(REPO, "build/bin/noisesocket")
-TICK = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("xx", "kk", "ik", "kx", "kn", "tcp")
 PROTOCOL = {p: "Noise_%s_25519_ChaChaPoly_BLAKE2s" % p.upper() for p in VARIANTS[:5]}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def keygen(d, name):
-    key = subprocess.run([CLI, "keygen"], check=True, capture_output=True).stdout
-    pub = subprocess.run([CLI, "pubkey"], input=key, check=True, capture_output=True).stdout
-    with open(os.path.join(d, name + ".key"), "wb") as f:
-        f.write(key)
-    os.chmod(os.path.join(d, name + ".key"), 0o600)
-    return base64.b64decode(key.strip()), pub.decode().strip()
 
 
 def config(d, ports):
@@ -88,19 +62,6 @@ def config(d, ports):
     return "".join(out)
 
 
-def sized(data):
-    return struct.pack(">H", len(data)) + data
-
-
-def read_all(s):
-    while True:
-        try:
-            if not s.recv(65536):
-                return
-        except ConnectionResetError:
-            return
-
-
 def junk(port, variant):
     """One forged message 1, empty negotiation data (the server's only protocol)."""
     e = os.urandom(32)
@@ -114,50 +75,12 @@ def junk(port, variant):
 
 
 def xx(port, client_key):
-    n = NoiseConnection.from_name(PROTOCOL["xx"].encode())
-    n.set_as_initiator()
-    n.set_prologue(b"NoiseSocketInit1" + struct.pack(">H", 0))
-    n.set_keypair_from_private_bytes(Keypair.STATIC, client_key)
-    n.start_handshake()
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(sized(b"") + sized(bytes(n.write_message(b""))))
-        buf = b""
-        while True:
-            if len(buf) >= 4:
-                neg = struct.unpack(">H", buf[:2])[0]
-                if len(buf) >= 4 + neg:
-                    ln = struct.unpack(">H", buf[2 + neg:4 + neg])[0]
-                    if len(buf) >= 4 + neg + ln:
-                        break
-            d = s.recv(65536)
-            if not d:
-                raise RuntimeError("xx: closed during the handshake")
-            buf += d
-        n.read_message(buf[4 + neg:4 + neg + ln])
-        s.sendall(sized(b"") + sized(bytes(n.write_message(b"\x00\x00"))))
-        read_all(s)
-    if not n.handshake_finished:
-        raise RuntimeError("xx: handshake did not finish")
+    xx_handshake(port, client_key, PROTOCOL["xx"])
 
 
 def tcp(port):
     with socket.create_connection(("127.0.0.1", port)) as s:
         read_all(s)
-
-
-def cpu(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / TICK
-
-
-def worker(d):
-    master = int(open(os.path.join(d, "nginx.pid")).read())
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True,
-                         text=True).stdout.split()
-    if len(out) != 1:
-        raise RuntimeError("expected one worker, found %s" % out)
-    return int(out[0])
 
 
 def main():
@@ -168,7 +91,6 @@ def main():
     a = ap.parse_args()
     variants = a.variants.split(",")
     d = tempfile.mkdtemp(prefix="junk-first-message.")
-    os.mkdir(os.path.join(d, "logs"))  # nginx opens its compiled-in error log first
     master = None
     try:
         for i in range(8):
@@ -179,36 +101,14 @@ def main():
         with open(os.path.join(d, "one.pub"), "w") as f:
             f.write(clients[0][1] + "\n")
         ports = {v: free_port() for v in VARIANTS}
-        with open(os.path.join(d, "nginx.conf"), "w") as f:
-            f.write(config(d, ports))
-        subprocess.run([NGINX, "-p", d + "/", "-c", d + "/nginx.conf"], check=True)
-        for _ in range(100):
-            if os.path.exists(os.path.join(d, "nginx.pid")):
-                break
-            time.sleep(0.05)
-        master = int(open(os.path.join(d, "nginx.pid")).read())
-        time.sleep(0.3)
-        pid = worker(d)
+        master, pid = start_nginx(d, config(d, ports))
         run = {
             "xx": lambda: xx(ports["xx"], clients[0][0]),
             "tcp": lambda: tcp(ports["tcp"]),
         }
         for v in ("kk", "ik", "kx", "kn"):
             run[v] = (lambda v: lambda: junk(ports[v], v))(v)
-        figures = {v: [] for v in variants}
-        for r in range(a.rounds):
-            for v in variants:
-                for _ in range(20):  # warm up: the worker's caches, not counted
-                    run[v]()
-                time.sleep(0.1)
-                before = cpu(pid)
-                for _ in range(a.count):
-                    run[v]()
-                time.sleep(0.2)  # the last connection's close
-                figures[v].append((cpu(pid) - before) / a.count * 1e6)
-            sys.stderr.write("round %d: %s\n" % (r + 1, " ".join(
-                "%s=%.0f" % (v, figures[v][-1]) for v in variants)))
-        median = {v: statistics.median(figures[v]) for v in variants}
+        median = measure(pid, run, variants, a.count, a.rounds)
         print("worker CPU per connection (utime+stime, median of %d rounds of %d):"
               % (a.rounds, a.count))
         for v in variants:
@@ -216,19 +116,13 @@ def main():
             label = {"xx": "XX, whole handshake", "tcp": "plain TCP connection"}.get(
                 v, "%s junk message 1" % v.upper())
             print("  %-26s %7.0f us%s" % (label, median[v], ratio))
-        log = open(os.path.join(d, "error.log")).read()
-        worst = [l for l in log.splitlines() if "[alert]" in l or "[crit]" in l]
+        worst = worst_log_lines(d)
         if worst:
             print("error log has alert/crit lines:\n" + "\n".join(worst[:5]))
             return 1
         return 0
     finally:
-        if master:
-            try:
-                os.kill(master, signal.SIGQUIT)
-                time.sleep(0.5)
-            except ProcessLookupError:
-                pass
+        stop_nginx(master)
         shutil.rmtree(d, ignore_errors=True)
 
 

@@ -21,6 +21,11 @@
 //!    [`deframer::Deframer`] is a ready-made input buffer of one frame for simple callers.
 //!
 //! Errors are [`error::Error`]; `is_peer_fault` says whose fault each one is.
+//!
+//! No `unsafe` here, enforced: the attribute below makes any `unsafe` block in the core a
+//! compile error, so the claim "all unsafe code lives in the nginx layer" is checked.
+
+#![forbid(unsafe_code)]
 
 pub mod buffer_pool;
 pub mod confirm;

@@ -443,6 +443,26 @@ sub wait_for {
     }
 }
 
+# The http block that serves noise_status at /metrics on the port named "http", for a
+# config: `$t->write_config(<<'END' . NoiseTest::STATUS_HTTP)`.
+use constant STATUS_HTTP => "http {\n    access_log off;\n    server {\n"
+    . "        listen 127.0.0.1:%%PORT_http%%;\n        location /metrics { noise_status; }\n    }\n}\n";
+
+# The noise_status response (served as STATUS_HTTP says).
+sub metrics {
+    my ($self) = @_;
+    my ($got) = $self->plain_exchange($self->port('http'), "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n",
+        keep_open => 1, timeout => 3);
+    return $got;
+}
+
+# One series' value in a noise_status text (the current one without $text), or undef.
+sub series {
+    my ($self, $series, $text) = @_;
+    $text //= $self->metrics;
+    return $text =~ /^\Q$series\E (-?\d+)$/m ? $1 : undef;
+}
+
 # A plain TCP client that writes $data (then half-closes unless keep_open) while reading
 # whatever comes back, until EOF or timeout. Returns (bytes read, closed by peer).
 # `local => ADDR` connects from that address (e.g. 127.0.0.2, to tell a client from nginx).
