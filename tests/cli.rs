@@ -323,18 +323,32 @@ fn listen_port_binds_every_address() {
     assert_eq!(out.stdout, b"any address");
 }
 
-/// `--help` works before a command too, and says how stdin EOF and `listen PORT` behave.
+/// `--help` works at the top and for each command and exits 0; it says how stdin EOF and
+/// `listen PORT` behave. Usage errors exit 2 (clap's convention, like most tools), apart
+/// from failures of a well-formed command, which exit 1.
 #[test]
-fn help_documents_eof_and_binding() {
-    for args in [vec!["--help"], vec!["connect", "--help"]] {
+fn help_and_usage_errors() {
+    for (args, wants) in [
+        (vec!["--help"], "stdin EOF leaves the connection open"),
+        (vec!["connect", "--help"], "-N, --half-close"),
+        (vec!["listen", "--help"], "binds every IPv4 address"),
+        (vec!["help", "listen"], "--ready-file"),
+    ] {
         let out = Command::new(cli()).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("-N, --half-close"), "{text}");
-        assert!(
-            text.contains("stdin EOF leaves the connection open"),
-            "{text}"
-        );
-        assert!(text.contains("binds every IPv4 address"), "{text}");
+        assert!(text.contains(wants), "{args:?}: {text}");
+    }
+    for args in [
+        vec!["bogus"],
+        vec!["connect"],
+        vec!["connect", "127.0.0.1:1", "--echo"],
+        vec!["listen", "0", "--padding", "70000"],
+        vec!["listen", "0", "--count", "many"],
+        vec!["connect", "127.0.0.1:1", "--negotiation", "protobuf"],
+    ] {
+        let out = Command::new(cli()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: says why");
     }
 }

@@ -18,21 +18,14 @@ use nginx_noise::core::keys::{self, Secret};
 use nginx_noise::core::negotiation::Policy;
 use nginx_noise::core::protocol::Role;
 
-use options::{Options, USAGE};
+use clap::Parser;
+use options::{Cli, Command, Options};
 
 fn main() -> ExitCode {
-    let options = match Options::parse(std::env::args().skip(1)) {
-        Ok(o) => o,
-        Err(e) if e == USAGE => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("noisesocket: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&options) {
+    // clap prints --help and --version and exits 0, and exits 2 with its message on a
+    // usage error.
+    let cli = Cli::parse();
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("noisesocket: {e}");
@@ -41,14 +34,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(o: &Options) -> Result<(), String> {
-    match o.command.as_str() {
-        "keygen" => {
+fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Keygen => {
             let key = Secret::generate().map_err(|e| e.to_string())?;
             println!("{}", keys::encode_key(key.as_bytes()));
             Ok(())
         }
-        "pubkey" => {
+        Command::Pubkey => {
             let mut data = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut data)
@@ -58,16 +51,28 @@ fn run(o: &Options) -> Result<(), String> {
             println!("{}", keys::encode_key(&key.public_key()));
             Ok(())
         }
-        "connect" => connect(o),
-        "listen" => listen(o),
-        other => Err(format!("unknown command {other}\n{USAGE}")),
+        Command::Connect { address, session } => connect(&Options::of(&address, session)),
+        Command::Listen {
+            address,
+            session,
+            switch_on_failure,
+            echo,
+            count,
+            ready_file,
+        } => listen(&Options {
+            switch_on_failure,
+            echo,
+            count,
+            ready_file,
+            ..Options::of(&address, session)
+        }),
     }
 }
 
 fn address(o: &Options) -> Result<&str, String> {
     o.address
         .as_deref()
-        .ok_or_else(|| format!("{} needs an address", o.command))
+        .ok_or_else(|| "an address is needed".to_string())
 }
 
 fn report(o: &Options, info: &nginx_noise::core::handshake::HandshakeInfo) {

@@ -1,7 +1,10 @@
-//! Command-line options of `noisesocket` and how they become a [`Policy`] and [`Settings`].
+//! Command-line options of `noisesocket` (clap, derived) and how they become a [`Policy`]
+//! and [`Settings`]. Usage errors exit 2 with clap's message; `--help` exits 0.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
 
 use nginx_noise::core::handshake::Settings;
 use nginx_noise::core::keys;
@@ -11,37 +14,98 @@ use nginx_noise::core::protocol::{Protocol, Role};
 
 pub const DEFAULT_PROTOCOL: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 
-pub const USAGE: &str = "usage:
-  noisesocket keygen                       print a new private key (base64)
-  noisesocket pubkey < private.key         print the public key of a private key
-  noisesocket connect HOST:PORT [options]  initiator: stdin -> peer, peer -> stdout
-  noisesocket listen [HOST:]PORT [options] responder: one connection on stdio, or --echo;
-                                           a bare PORT binds every IPv4 address (0.0.0.0),
-                                           as nginx's `listen PORT` does
-stdio, like OpenBSD nc: stdin EOF leaves the connection open and output goes on until the
-peer closes (the peer's close ends it, even with stdin still open); -N sends a FIN at
-stdin EOF (nc -N, ncat's default), for peers that answer only once they see the end.
-options:
-  --protocol NAME        Noise protocol; repeat to allow more (first is offered/default)
-                         (default Noise_XX_25519_ChaChaPoly_BLAKE2s)
-  --key FILE             own static private key
-  --remote-key FILE|B64  peer's static public key (required by NK XK KK IK, checked otherwise)
-  --trusted-keys FILE    only accept peers whose static key is listed
-  --negotiation virgil|empty   negotiation data to send (default virgil)
-  --prologue STRING      application prologue
-  --psk FILE             pre-shared key for psk protocols
-  --padding N            pad bodies to a multiple of N bytes
-  --switch-on-failure NAME  listen: switch to NAME when the first message fails (stale key)
-  --echo                 listen: echo every connection back, serve until --count is reached
-  --count N              listen: exit after N connections
-  --ready-file PATH      listen: write the bound port to PATH once listening
-  -N, --half-close       shut down the sending side (TCP FIN) at stdin EOF
-  -v                     print protocol, peer key and handshake hash to stderr";
+/// Make keys and talk NoiseSocket by hand, the way `wg genkey` and `openssl s_client` are
+/// used.
+///
+/// stdio works like OpenBSD nc: stdin EOF leaves the connection open and output goes on
+/// until the peer closes (the peer's close ends it, even with stdin still open); -N sends a
+/// FIN at stdin EOF (nc -N, ncat's default), for peers that answer only once they see the
+/// end.
+#[derive(Debug, Parser)]
+#[command(name = "noisesocket", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
 
-/// Parsed command line.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a new private key (base64).
+    Keygen,
+    /// Print the public key of the private key on stdin.
+    Pubkey,
+    /// Initiator: stdin -> peer, peer -> stdout.
+    Connect {
+        /// HOST:PORT of the NoiseSocket server.
+        address: String,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+    /// Responder: one connection on stdio, or --echo.
+    Listen {
+        /// [HOST:]PORT; a bare PORT binds every IPv4 address (0.0.0.0), as nginx's
+        /// `listen PORT` does.
+        address: String,
+        #[command(flatten)]
+        session: SessionArgs,
+        /// Switch to this protocol when the first message fails (a stale key).
+        #[arg(long, value_name = "NAME")]
+        switch_on_failure: Option<String>,
+        /// Echo every connection back, serving until --count is reached.
+        #[arg(long)]
+        echo: bool,
+        /// Exit after N connections.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Write the bound port to PATH once listening.
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<PathBuf>,
+    },
+}
+
+/// What both `connect` and `listen` take.
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// Noise protocol; repeat to allow more (the first is offered, or the default).
+    #[arg(long = "protocol", value_name = "NAME", default_value = DEFAULT_PROTOCOL)]
+    pub protocols: Vec<String>,
+    /// Own static private key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The peer's static public key (required by NK XK KK IK, checked otherwise).
+    #[arg(long, value_name = "FILE|B64")]
+    pub remote_key: Option<String>,
+    /// Only accept peers whose static key is listed.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Negotiation data to send: virgil or empty.
+    #[arg(long, value_name = "CODEC", default_value = "virgil", value_parser = parse_codec)]
+    pub negotiation: Codec,
+    /// Application prologue.
+    #[arg(long, value_name = "STRING", default_value = "")]
+    pub prologue: String,
+    /// Pre-shared key for psk protocols.
+    #[arg(long, value_name = "FILE")]
+    pub psk: Option<PathBuf>,
+    /// Pad bodies to a multiple of N bytes (0 to 65517).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=65517))]
+    pub padding: u16,
+    /// Shut down the sending side (TCP FIN) at stdin EOF.
+    #[arg(short = 'N', long)]
+    pub half_close: bool,
+    /// Print protocol, peer key and handshake hash to stderr.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+fn parse_codec(s: &str) -> Result<Codec, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+/// One session's options, as `connect`, `listen` and the echo threads use them.
 #[derive(Debug, Default)]
 pub struct Options {
-    pub command: String,
     pub address: Option<String>,
     pub protocols: Vec<String>,
     pub key: Option<PathBuf>,
@@ -61,58 +125,27 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
-        let mut o = Options::default();
-        let mut args = args.into_iter();
-        o.command = args.next().ok_or("missing command")?;
-        if matches!(o.command.as_str(), "-h" | "--help" | "help") {
-            return Err(USAGE.to_string());
-        }
-        let value = |args: &mut dyn Iterator<Item = String>, flag: &str| {
-            args.next().ok_or_else(|| format!("{flag} needs a value"))
+    /// The options of `connect` or `listen`.
+    pub fn of(address: &str, s: SessionArgs) -> Options {
+        let protocols = if s.protocols.is_empty() {
+            vec![DEFAULT_PROTOCOL.to_string()]
+        } else {
+            s.protocols
         };
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--protocol" => o.protocols.push(value(&mut args, &arg)?),
-                "--key" => o.key = Some(value(&mut args, &arg)?.into()),
-                "--remote-key" => o.remote_key = Some(value(&mut args, &arg)?),
-                "--trusted-keys" => o.trusted_keys = Some(value(&mut args, &arg)?.into()),
-                "--negotiation" => {
-                    o.negotiation = value(&mut args, &arg)?
-                        .parse()
-                        .map_err(|e| format!("{e}"))?
-                }
-                "--prologue" => o.prologue = value(&mut args, &arg)?.into_bytes(),
-                "--psk" => o.psk = Some(value(&mut args, &arg)?.into()),
-                "--padding" => {
-                    o.padding = value(&mut args, &arg)?
-                        .parse()
-                        .ok()
-                        .filter(|n| *n <= 65517)
-                        .ok_or("--padding needs a number from 0 to 65517")?
-                }
-                "--switch-on-failure" => o.switch_on_failure = Some(value(&mut args, &arg)?),
-                "--echo" => o.echo = true,
-                "--count" => {
-                    o.count = Some(
-                        value(&mut args, &arg)?
-                            .parse()
-                            .map_err(|_| "--count needs a number")?,
-                    )
-                }
-                "--ready-file" => o.ready_file = Some(value(&mut args, &arg)?.into()),
-                "-N" | "--half-close" => o.half_close = true,
-                "-v" | "--verbose" => o.verbose = true,
-                "-h" | "--help" => return Err(USAGE.to_string()),
-                s if s.starts_with('-') => return Err(format!("unknown option {s}")),
-                s if o.address.is_none() => o.address = Some(s.to_string()),
-                s => return Err(format!("unexpected argument {s}")),
-            }
+        Options {
+            address: Some(address.to_string()),
+            protocols,
+            key: s.key,
+            remote_key: s.remote_key,
+            trusted_keys: s.trusted_keys,
+            negotiation: s.negotiation,
+            prologue: s.prologue.into_bytes(),
+            psk: s.psk,
+            padding: usize::from(s.padding),
+            half_close: s.half_close,
+            verbose: s.verbose,
+            ..Options::default()
         }
-        if o.protocols.is_empty() {
-            o.protocols.push(DEFAULT_PROTOCOL.to_string());
-        }
-        Ok(o)
     }
 
     /// The negotiation policy and settings for `role`; every key file is read here.
