@@ -80,8 +80,8 @@ my $n = connection_of($log, 'noise handshake handler: start');
 ok(defined $n, 'handshake handler start logged') or BAIL_OUT('no debug lines');
 my $conn = join "\n", lines_of($log, $n);
 like($conn, qr/noise handshake: recv\(\) \d+ bytes/, 'raw handshake recv sizes');
-like($conn, qr/noise handshake: received message: negotiation data 6 bytes, noise message 32 bytes/,
-    'message 1 with its field sizes (XX: e only)');
+like($conn, qr/noise handshake: received message: negotiation data 6 bytes, noise message 37 bytes/,
+    'message 1 with its field sizes (XX: e, and the 5-byte key-confirmation request of docs/protocol.md §4.8)');
 like($conn, qr/noise handshake: negotiation: accepted Noise_XX_25519_ChaChaPoly_BLAKE2s/,
     'negotiation decision');
 like($conn, qr/noise handshake: sending message 2: negotiation data 0 bytes, noise message \d+ bytes/,
@@ -165,7 +165,7 @@ my $xx = $t->port('xx');
 $n = connection_of($log, "noise upstream: connecting to 127\\.0\\.0\\.1:$xx");
 ok(defined $n, 'upstream connect logged');
 my $up = join "\n", lines_of($log, $n);
-like($up, qr/noise handshake: sending message 1: negotiation data 6 bytes, noise message 32 bytes/,
+like($up, qr/noise handshake: sending message 1: negotiation data 6 bytes, noise message 37 bytes/,
     'upstream message 1 (queued at construction) is logged');
 like($up, qr/negotiation: the responder accepted our offer/, 'upstream negotiation outcome');
 my $server_fp = fingerprint($pub{server});

@@ -33,6 +33,8 @@ use super::log;
 use super::socket::{self, Io};
 use super::status;
 use crate::core::metrics::Direction;
+use crate::core::send_buffer::SendBuffer;
+use crate::core::transport::Sealer;
 use crate::noise_debug;
 
 /// Our bit of `c->buffered` while ciphertext waits (0x01 is SSL's, 0x02 HTTP/2's).
@@ -68,17 +70,9 @@ pub unsafe fn send_empty_frame(c: *mut ngx_connection_t, st: &mut NoiseConn) -> 
     let mut first = true;
     // SAFETY: forwarded.
     unsafe {
-        seal_and_flush(c, st, |st| {
+        seal_and_flush(c, st, |sealer, output| {
             if std::mem::take(&mut first) {
-                let NoiseConn {
-                    phase: conn::Phase::Transport(tr),
-                    output,
-                    ..
-                } = st
-                else {
-                    return Err(crate::core::Error::Internal("not in transport".into()));
-                };
-                output.seal_empty(&mut tr.sealer)?;
+                output.seal_empty(sealer)?;
             }
             Ok(false)
         })
@@ -91,18 +85,38 @@ pub unsafe fn send_empty_frame(c: *mut ngx_connection_t, st: &mut NoiseConn) -> 
 /// # Safety
 /// Called by nginx with a live connection and a buffer of `size` bytes.
 pub unsafe extern "C" fn noise_recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
-    // SAFETY: the call contract: c is live and its state unreferenced elsewhere; the
-    // reference ends with this call.
+    // SAFETY: the call contract; `recv` is given what nginx gave us, with c's state.
+    unsafe {
+        counted(c, Direction::In, "noise_recv", size, |st| {
+            recv(c, st, buf, size)
+        })
+    }
+}
+
+/// The frame of `c->recv` and `c->send`: `c`'s state for `io`, the plaintext bytes it moved
+/// counted in `noise_status`, and one debug line, as `ngx_ssl_recv` / `ngx_ssl_write` log.
+///
+/// # Safety
+/// `c` is a live connection whose state no one else references during this call; `io`
+/// keeps the promises of the function it stands for.
+#[inline(always)]
+unsafe fn counted(
+    c: *mut ngx_connection_t,
+    direction: Direction,
+    what: &str,
+    size: usize,
+    io: impl FnOnce(&mut NoiseConn) -> isize,
+) -> isize {
+    // SAFETY: the caller's promise; the reference ends with this call.
     let Some(st) = (unsafe { conn::get(c) }) else {
         return NGX_ERROR as isize;
     };
-    // SAFETY: forwarded from nginx, with c's state.
-    let n = unsafe { recv(c, st, buf, size) };
+    let n = io(st);
     if n > 0 {
-        status::bytes(st.side, Direction::In, n as usize);
+        status::bytes(st.side, direction, n as usize);
     }
-    // SAFETY: the call contract (module doc): c is live for this call.
-    noise_debug!(unsafe { (*c).log }, "noise_recv: {n} of {size}");
+    // SAFETY: the caller's promise: c is live for this call.
+    noise_debug!(unsafe { (*c).log }, "{what}: {n} of {size}");
     n
 }
 
@@ -282,19 +296,12 @@ pub unsafe extern "C" fn noise_recv_chain(
 /// # Safety
 /// Called by nginx with a live connection and `size` readable bytes at `buf`.
 pub unsafe extern "C" fn noise_send(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
-    // SAFETY: the call contract: c is live and its state unreferenced elsewhere; the
-    // reference ends with this call.
-    let Some(st) = (unsafe { conn::get(c) }) else {
-        return NGX_ERROR as isize;
-    };
-    // SAFETY: forwarded from nginx, with c's state.
-    let n = unsafe { send(c, st, buf, size) };
-    if n > 0 {
-        status::bytes(st.side, Direction::Out, n as usize);
+    // SAFETY: the call contract; `send` is given what nginx gave us, with c's state.
+    unsafe {
+        counted(c, Direction::Out, "noise_send", size, |st| {
+            send(c, st, buf, size)
+        })
     }
-    // SAFETY: the call contract (module doc): c is live for this call.
-    noise_debug!(unsafe { (*c).log }, "noise_send: {n} of {size}");
-    n
 }
 
 /// [`noise_send`] without its counting and debug line; `st` is `c`'s state.
@@ -310,16 +317,8 @@ unsafe fn send(c: *mut ngx_connection_t, st: &mut NoiseConn, buf: *mut u8, size:
     let mut taken = 0;
     // SAFETY: the call contract (module doc): c is live for this call.
     let result = unsafe {
-        seal_and_flush(c, st, |st| {
-            let NoiseConn {
-                phase: conn::Phase::Transport(tr),
-                output,
-                ..
-            } = st
-            else {
-                return Ok(false);
-            };
-            taken += output.seal(&mut tr.sealer, &data[taken..])?;
+        seal_and_flush(c, st, |sealer, output| {
+            taken += output.seal(sealer, &data[taken..])?;
             // Anything left did not fit: flush, then seal more.
             Ok(taken < data.len())
         })
@@ -364,25 +363,17 @@ pub unsafe extern "C" fn noise_send_chain(
     let log = unsafe { (*c).log };
     // SAFETY: c is live; the closure walks nginx's valid chain.
     let result = unsafe {
-        seal_and_flush(c, st, |st| {
-            let NoiseConn {
-                phase: conn::Phase::Transport(tr),
-                output,
-                ..
-            } = st
-            else {
-                return Ok(false);
-            };
+        seal_and_flush(c, st, |sealer, output| {
             while !cl.is_null() && sent < limit {
                 let b: &mut ngx_buf_t = &mut *(*cl).buf;
                 let budget = (limit - sent) as usize;
                 let in_memory = b.temporary() != 0 || b.memory() != 0 || b.mmap() != 0;
                 let n = if in_memory && b.pos < b.last {
                     let len = (b.last as usize - b.pos as usize).min(budget);
-                    output.seal(&mut tr.sealer, slice::from_raw_parts(b.pos, len))?
+                    output.seal(sealer, slice::from_raw_parts(b.pos, len))?
                 } else if !in_memory && b.in_file() != 0 && b.file_pos < b.file_last {
                     let want = ((b.file_last - b.file_pos) as usize).min(budget);
-                    let space = output.body_space(&tr.sealer, want);
+                    let space = output.body_space(sealer, want);
                     if space.is_empty() {
                         0
                     } else {
@@ -396,7 +387,7 @@ pub unsafe extern "C" fn noise_send_chain(
                                 Err(crate::core::Error::Internal("pread".into()))
                             }
                         }?;
-                        output.seal_body(&mut tr.sealer, got)?;
+                        output.seal_body(sealer, got)?;
                         got
                     }
                 } else {
@@ -439,7 +430,7 @@ pub unsafe extern "C" fn noise_send_chain(
 unsafe fn seal_and_flush(
     c: *mut ngx_connection_t,
     st: &mut NoiseConn,
-    mut fill: impl FnMut(&mut NoiseConn) -> Result<bool, crate::core::Error>,
+    mut fill: impl FnMut(&mut Sealer, &mut SendBuffer) -> Result<bool, crate::core::Error>,
 ) -> Result<(), ()> {
     // SAFETY: the call contract: c and its write event are live for this call.
     let (fd, log, wev) = unsafe { ((*c).fd, (*c).log, &mut *(*c).write) };
@@ -449,7 +440,16 @@ unsafe fn seal_and_flush(
     loop {
         if more {
             let before = if debug { st.output.pending().len() } else { 0 };
-            let filled = fill(st);
+            // Only an established connection seals; in any other phase there is
+            // nothing to add, only what is already queued to flush.
+            let filled = match st {
+                NoiseConn {
+                    phase: conn::Phase::Transport(tr),
+                    output,
+                    ..
+                } => fill(&mut tr.sealer, output),
+                _ => Ok(false),
+            };
             if debug {
                 noise_debug!(
                     log,
