@@ -46,7 +46,9 @@ my $trunc = $t->port('trunc');
 $t->spawn($t->{python}, $t->{peer}, 'listen', $trunc, '--echo', '--count', 100, '--key', "$dir/b1.key", '--truncate');
 my $noread = $t->port('noread');
 $t->spawn($t->{python}, $t->{peer}, 'listen', $noread, '--echo', '--count', 100, '--key', "$dir/b1.key", '--no-read');
-$t->wait_port($_) for $badmac, $trunc, $noread;
+my $reset = $t->port('reset');
+$t->spawn($t->{python}, $t->{peer}, 'listen', $reset, '--echo', '--count', 100, '--key', "$dir/b1.key", '--reset');
+$t->wait_port($_) for $badmac, $trunc, $noread, $reset;
 $t->refused_port('refuse');
 
 my @gw = map { "    server { listen 127.0.0.1:%%PORT_g_$_->[0]%%; $_->[1] proxy_pass $_->[2]; }\n" } (
@@ -71,6 +73,7 @@ my @gw = map { "    server { listen 127.0.0.1:%%PORT_g_$_->[0]%%; $_->[1] proxy_
     ['ctexplicit', 'proxy_connect_timeout 1s; noise_upstream_handshake_timeout 30s;', '127.0.0.1:%%PORT_stall3%%'],
     ['var', '', '$target'],
     ['garbage', '', '127.0.0.1:%%PORT_garbage%%'],
+    ['reset', '', '127.0.0.1:%%PORT_reset%%'],
     ['oversize', 'noise_upstream_handshake_timeout 2s;', '127.0.0.1:%%PORT_oversize%%'],
     ['loworder', '', '127.0.0.1:%%PORT_loworder%%'],
     ['badmac', 'proxy_half_close on;', '127.0.0.1:%%PORT_badmac%%'],
@@ -261,9 +264,26 @@ for my $case (
     unlike($r, qr/not noise|\x00\x00\x00/, "$name: no back-end plaintext reaches the client")
         unless $name eq 'badmac' || $name eq 'trunc';
     my $since = $t->error_log_since($mark);
-    like($since, $re, "$name: logged, saying what happened");
+    like($since, $re, "$name: logged, saying what happened") or diag($since);
     unlike($since, qr/upstream timed out/, "$name: no false timeout line");
     is($t->worker_set, $workers, "$name: workers survive");
+}
+# A back end's reset is an error, as nginx logs it on a plain upstream (ngx_connection_error).
+{
+    my $mark = $t->error_log_mark;
+    my ($r, $closed) = $t->plain_exchange(g('reset'), "data for reset\n", keep_open => 1, timeout => 6);
+    ok($closed, 'reset: session closed');
+    ok($t->wait_for(5, sub { $t->error_log_since($mark) =~
+        /\[error\].*noise: recv\(\) failed \(104: Connection reset by peer\) while proxying and reading from upstream/ }),
+        "a back end's reset after the handshake: one error line, as on a plain upstream") or diag($t->error_log_since($mark));
+}
+# A client's reset is the client's business: info, as nginx logs it on a plain connection.
+{
+    my $mark = $t->error_log_mark;
+    my $r = $t->python_client($t->port('b1'), '', '--key', "$dir/other.key", '--reset');
+    ok($t->wait_for(5, sub { $t->error_log_since($mark) =~ /\[info\].*noise: recv\(\) failed \(104: Connection reset by peer\)/ }),
+        "a client's reset after the handshake: one info line");
+    unlike($t->error_log_since($mark), qr/\[(error|alert|crit)\]/, "a client's reset: nothing above info");
 }
 # A back end that speaks plaintext and closes at once may already be in CLOSE_WAIT when the
 # connect is checked: that must be a failed handshake, never a relayed plaintext (it was, on

@@ -213,7 +213,7 @@ unsafe fn recv(c: *mut ngx_connection_t, st: &mut NoiseConn, buf: *mut u8, size:
             }
             Io::Failed(errno) => {
                 // SAFETY: as above.
-                unsafe { log::errno(log, "recv() failed", errno) };
+                unsafe { log::connection_error(c, errno, c"noise: recv() failed") };
                 st.read_error = true;
             }
         }
@@ -491,7 +491,7 @@ unsafe fn seal_and_flush(
             }
             Io::Failed(errno) => {
                 // SAFETY: as above.
-                unsafe { log::errno(log, "send() failed", errno) };
+                unsafe { log::connection_error(c, errno, c"noise: send() failed") };
                 st.write_error = true;
                 wev.set_error(1);
                 return Err(());

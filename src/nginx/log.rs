@@ -5,7 +5,9 @@
 //! mask, as `ngx_event_openssl.c` logs SSL: compiled out unless nginx is built
 //! `--with-debug`, one mask test when it is.
 
-use nginx_sys::{ngx_conf_t, ngx_log_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO};
+use std::ffi::CStr;
+
+use nginx_sys::{ngx_conf_t, ngx_connection_t, ngx_log_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO};
 
 use super::limit::Denied;
 use crate::core::key_limit::Refusal;
@@ -123,6 +125,21 @@ pub unsafe fn errno(log: *mut ngx_log_t, doing: &str, errno: i32) {
             level_of_errno(errno),
             &format!("noise: {doing} ({text})"),
         )
+    };
+}
+
+/// A failed `recv()` or `send()` on `c`, logged by nginx's own `ngx_connection_error`, so
+/// that its level is the one nginx gives the same errno on a plain connection: `info` for a
+/// client's reset or timeout, `error` for a back end's (the connection's `log_error`),
+/// `alert` for an errno no peer causes, nothing for a reset where nginx ignores them.
+///
+/// # Safety
+/// `c` must be a live connection.
+pub unsafe fn connection_error(c: *mut ngx_connection_t, errno: i32, text: &CStr) {
+    // SAFETY: c is live (caller's promise); nginx only reads `text` (a NUL-terminated
+    // string that outlives the call) despite the `char *` in its signature.
+    unsafe {
+        nginx_sys::ngx_connection_error(c, errno as nginx_sys::ngx_err_t, text.as_ptr().cast_mut())
     };
 }
 

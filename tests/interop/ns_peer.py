@@ -17,7 +17,8 @@ Bad-input knobs: --corrupt-frame N (flip a ciphertext bit in the N-th transport 
 --truncate (end with half a frame, then FIN), --no-read (never read after the handshake),
 and for connect only --stall (send half of message 1 and wait) and --keep-open (no FIN
 after stdin ends: for peers such as HTTP servers that take a FIN as an abort). With listen they apply to
-the echo.
+the echo. --reset: after the handshake and one transport frame (sent by connect, read by
+listen), close with a TCP reset (SO_LINGER 0).
 
 Wire format (2018-05-01 NoiseSocket): handshake message `u16 neg_len | neg | u16 len | noise`,
 transport `u16 len | ciphertext`, encrypted payload `u16 body_len | body | padding`;
@@ -277,6 +278,11 @@ def receive(p, wire, sink):
 
 def relay(sock, o, p, wire):
     sent = [0]
+    if o["reset"]:
+        sock.sendall(frames(p, b"reset follows\n")[0])
+        threading.Event().wait(0.5)
+        reset(sock)
+        return
 
     def writer():
         out = sys.stdin.buffer
@@ -306,8 +312,17 @@ def relay(sock, o, p, wire):
     t.join()
 
 
+def reset(sock):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 def echo(sock, o, p, wire):
     sent = [0]
+    if o["reset"]:
+        wire.sized()  # the first frame: the session is proxying by now
+        reset(sock)
+        return
 
     def send(body):
         for f in frames(p, body):
@@ -329,7 +344,7 @@ def parse(argv):
     o = {"protocol": "Noise_XX_25519_ChaChaPoly_BLAKE2s", "key": None, "remote": None,
          "negotiation": "virgil", "prologue": b"", "psk": None, "echo": False, "count": 1,
          "ready": None, "verbose": False, "corrupt": 0, "truncate": False, "stall": False,
-         "no_read": False, "keep_open": False, "offer_confirm": None}
+         "no_read": False, "keep_open": False, "offer_confirm": None, "reset": False}
     if len(argv) < 2:
         raise Fail(__doc__.strip().splitlines()[3])
     o["command"], o["address"] = argv[0], argv[1]
@@ -350,6 +365,7 @@ def parse(argv):
         elif a == "--stall": o["stall"] = True
         elif a == "--no-read": o["no_read"] = True
         elif a == "--keep-open": o["keep_open"] = True
+        elif a == "--reset": o["reset"] = True
         elif a == "--offer-confirm":
             o["offer_confirm"] = next(it)
             if o["offer_confirm"] not in ("accept", "refuse", "close", "garbage"):
