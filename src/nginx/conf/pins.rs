@@ -1,0 +1,137 @@
+//! `noise_upstream_server_key` pins and which upstream server each applies to
+//! (docs/nginx-integration.md §5.4).
+//!
+//! A pin is keyed either by an address (`10.0.0.5:7443`, `[::1]:7443`, `unix:/path`) or by
+//! a name (`backend.example:7443`). Invariants:
+//!
+//! * an address pin applies to the server at that address, whatever its configured name;
+//! * a name pin applies to a server configured with that name (the `server` directive's
+//!   text, or `proxy_pass name:port` for an implicit group), at every address the name has,
+//!   at configuration time or, for `server ... resolve`, at run time; and, as the address
+//!   form always did, to a server configured *by address* at one of the addresses the name
+//!   had when the configuration loaded. It never applies to a server configured with
+//!   another name, even at the same address (two names, one address);
+//! * when both an address pin and a name pin apply and disagree, the address pin wins: it
+//!   names the socket being connected to.
+//!
+//! Pure data and comparisons: nothing here touches nginx.
+
+use crate::nginx::sockaddr::same_address;
+
+/// A `host:port` as written in a `server` directive or a pin: the host compared without
+/// case, the port exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    /// Lower case.
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parses `host:port`; `None` unless the host is a plausible DNS name or address and
+    /// the port a number in 1..=65535.
+    pub fn parse(text: &str) -> Option<HostPort> {
+        let (host, port) = text.rsplit_once(':')?;
+        let port: u16 = port.parse().ok().filter(|&p| p != 0)?;
+        let plausible = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+        if host.is_empty() || !(bracketed || host.chars().all(plausible)) {
+            return None;
+        }
+        Some(HostPort {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// Whether the host is an IP address (IPv4 dotted, or a bracketed IPv6 address) rather
+    /// than a name.
+    pub fn is_address(&self) -> bool {
+        self.host.starts_with('[') || self.host.parse::<std::net::Ipv4Addr>().is_ok()
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// What a pin is keyed by.
+#[derive(Clone, Debug)]
+pub enum Pinned {
+    /// Socket addresses as raw `sockaddr` bytes (an address, or a `unix:` path).
+    Address(Vec<Vec<u8>>),
+    /// A name; `resolved` holds the addresses it had when the configuration loaded (empty
+    /// when only a `server ... resolve` of that name knows it).
+    Name {
+        name: HostPort,
+        resolved: Vec<Vec<u8>>,
+    },
+}
+
+/// One `noise_upstream_server_key`: the key the server it applies to must prove.
+#[derive(Clone, Debug)]
+pub struct ServerKey {
+    /// The address or name as written.
+    pub address: String,
+    pub pinned: Pinned,
+    pub key: [u8; 32],
+    /// "file:line" of the directive.
+    pub at: String,
+}
+
+/// A server as the pins see it: where it is being connected, and how it was configured.
+pub struct Server<'a> {
+    /// Raw `sockaddr` bytes.
+    pub sockaddr: &'a [u8],
+    /// The configured name (`server` text or implicit `host:port`), if known.
+    pub name: Option<&'a str>,
+}
+
+/// The key of the pin that applies to `server`, if any (the address pin first).
+pub fn key_for(pins: &[ServerKey], server: &Server<'_>) -> Option<[u8; 32]> {
+    let configured = server.name.and_then(HostPort::parse);
+    let by_address = pins.iter().find(|p| match &p.pinned {
+        Pinned::Address(addrs) => addrs.iter().any(|a| same_address(a, server.sockaddr)),
+        Pinned::Name { .. } => false,
+    });
+    let by_name = || {
+        pins.iter().find(|p| match (&p.pinned, &configured) {
+            (Pinned::Name { name, .. }, Some(c)) if name == c => true,
+            // A server configured by address, at an address the name had at load time.
+            (Pinned::Name { resolved, .. }, Some(c)) if c.is_address() => {
+                resolved.iter().any(|a| same_address(a, server.sockaddr))
+            }
+            _ => false,
+        })
+    };
+    by_address.or_else(by_name).map(|p| p.key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_host_port() {
+        let hp = HostPort::parse("Backend.Example:7443").unwrap();
+        assert_eq!(hp.host, "backend.example");
+        assert_eq!(hp.port, 7443);
+        assert!(!hp.is_address());
+        assert!(HostPort::parse("127.0.0.1:80").unwrap().is_address());
+        assert!(HostPort::parse("[::1]:80").unwrap().is_address());
+        for bad in [
+            "backend.example",
+            "backend.example:",
+            "backend.example:0",
+            "backend.example:65536",
+            ":80",
+            "bad name:80",
+            "a/b:80",
+            "[]:80",
+        ] {
+            assert!(HostPort::parse(bad).is_none(), "{bad}");
+        }
+    }
+}
