@@ -205,8 +205,8 @@ END
     return ($rc, $out, "$dir/$name:$n");
 }
 for my $case (
-    ["backend.example $pub{right}", qr/invalid server "backend\.example": expected ADDRESS:PORT, NAME:PORT or unix:PATH/, 'no port'],
-    ["backend.example:99999 $pub{right}", qr/invalid server "backend\.example:99999"/, 'port out of range'],
+    ["backend.example $pub{right}", qr/no port in "backend\.example"/, 'no port'],
+    ["backend.example:99999 $pub{right}", qr/invalid server "backend\.example:99999": expected ADDRESS:PORT or NAME:PORT/, 'port out of range'],
     ["back/end:7443 $pub{right}", qr/invalid server "back\/end:7443"/, 'not a name'],
     ["nosuch.invalid:7443 $pub{right}", qr/cannot resolve "nosuch\.invalid:7443"/, 'unknown name'],
 ) {

@@ -331,7 +331,7 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         Err(line) => {
             // SAFETY: the session's client connection and its log are live.
             unsafe { log::write((*(*w.session).connection).log, log::ERR, &line) };
-            status::failed(Side::Upstream, Reason::WrongKey);
+            status::failed(Side::Upstream, Reason::Local);
             // A failed attempt: the proxy frees the peer as failed (max_fails) and tries
             // the next one (proxy_next_upstream).
             return NGX_DECLINED as ngx_int_t;

@@ -165,8 +165,8 @@ fn key_list(
     Ok(Loaded { path, value })
 }
 
-/// `noise_upstream_server_key address|name:port key|file`: an address pin (an IP address or
-/// `unix:` path, resolved as today) or a name pin ([`super::pins`]). A name that does not
+/// `noise_upstream_server_key address:port|name:port key|file`: an address pin (an IP
+/// address) or a name pin ([`super::pins`]). A name that does not
 /// resolve now is accepted only if some `server NAME resolve` will (checked at
 /// postconfiguration, with this directive's position).
 fn server_key(
@@ -185,40 +185,40 @@ fn server_key(
         }
     };
     let written = text(address);
-    let at = args::position(cf);
-    let unix = written.starts_with("unix:");
-    let parsed = HostPort::parse(&written);
-    if !unix && parsed.is_none() {
-        return Err(format!(
-            "\"{NAME}\": invalid server \"{written}\": expected ADDRESS:PORT, NAME:PORT or unix:PATH"
-        ));
+    if !written.contains(':') {
+        return Err(format!("\"{NAME}\": no port in \"{written}\""));
     }
-    let resolved = args::addresses(cf, address, false);
-    let pinned = match (parsed, resolved) {
-        (Some(name), resolved) if !name.is_address() => {
-            let resolved = match resolved {
-                Some((r, _)) => r.into_iter().map(|(_, raw)| raw).collect(),
-                None if cfg!(ngx_stream_upstream_resolve) => {
-                    main.unresolved_pins.push((name.clone(), at.clone()));
-                    Vec::new()
-                }
-                None => return Err(format!("\"{NAME}\": cannot resolve \"{written}\"")),
-            };
-            Pinned::Name { name, resolved }
-        }
-        (_, Some((resolved, has_port))) => {
-            if !has_port && !unix {
-                return Err(format!("\"{NAME}\": no port in \"{written}\""));
+    let Some(parsed) = HostPort::parse(&written) else {
+        return Err(format!(
+            "\"{NAME}\": invalid server \"{written}\": expected ADDRESS:PORT or NAME:PORT"
+        ));
+    };
+    let resolved = args::addresses(cf, address, false)
+        .map(|(r, _)| r.into_iter().map(|(_, raw)| raw).collect::<Vec<_>>());
+    let pinned = if parsed.is_address() {
+        Pinned::Address(
+            resolved.ok_or_else(|| format!("\"{NAME}\": invalid address \"{written}\""))?,
+        )
+    } else {
+        let resolved = match resolved {
+            Some(r) => r,
+            // A `server NAME resolve` may know it: postconfiguration decides.
+            None if cfg!(ngx_stream_upstream_resolve) => {
+                main.unresolved_pins
+                    .push((parsed.clone(), args::position(cf)));
+                Vec::new()
             }
-            Pinned::Address(resolved.into_iter().map(|(_, raw)| raw).collect())
+            None => return Err(format!("\"{NAME}\": cannot resolve \"{written}\"")),
+        };
+        Pinned::Name {
+            name: parsed,
+            resolved,
         }
-        (_, None) => return Err(format!("\"{NAME}\": invalid address \"{written}\"")),
     };
     Ok(ServerKey {
         address: written,
         pinned,
         key,
-        at,
     })
 }
 

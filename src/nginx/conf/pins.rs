@@ -1,7 +1,7 @@
 //! `noise_upstream_server_key` pins and which upstream server each applies to
 //! (docs/nginx-integration.md §5.4).
 //!
-//! A pin is keyed either by an address (`10.0.0.5:7443`, `[::1]:7443`, `unix:/path`) or by
+//! A pin is keyed either by an address (`10.0.0.5:7443`, `[::1]:7443`) or by
 //! a name (`backend.example:7443`). Invariants:
 //!
 //! * an address pin applies to the server at that address, whatever its configured name;
@@ -60,7 +60,7 @@ impl std::fmt::Display for HostPort {
 /// What a pin is keyed by.
 #[derive(Clone, Debug)]
 pub enum Pinned {
-    /// Socket addresses as raw `sockaddr` bytes (an address, or a `unix:` path).
+    /// Socket addresses as raw `sockaddr` bytes.
     Address(Vec<Vec<u8>>),
     /// A name; `resolved` holds the addresses it had when the configuration loaded (empty
     /// when only a `server ... resolve` of that name knows it).
@@ -77,8 +77,6 @@ pub struct ServerKey {
     pub address: String,
     pub pinned: Pinned,
     pub key: [u8; 32],
-    /// "file:line" of the directive.
-    pub at: String,
 }
 
 /// A server as the pins see it: where it is being connected, and how it was configured.
