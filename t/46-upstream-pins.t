@@ -1,8 +1,9 @@
 #!/usr/bin/perl
 # noise_upstream_server_key by name, and fail closed in pinned groups (issue 19 item 2).
 # A name pin applies to the servers configured with that name: at configuration time (a
-# right key passes, a wrong key fails over to the next server, 502 when all fail), for IK,
-# and at run time for `server NAME resolve` whose address a DNS server changes (a tiny
+# right key passes, a wrong key fails over to the next server, 502 when all fail), with
+# least_conn, hash and random (the chosen peer is found among the group's round-robin
+# peers), for IK, and at run time for `server NAME resolve` whose address a DNS server changes (a tiny
 # one in Python below, that the `resolver` directive points at): another key there is
 # refused, the right key passes. In a group that uses pins, a server no pin applies to is
 # a failed attempt with one error line, before anything connects, unless trusted keys
@@ -88,6 +89,10 @@ stream {
     upstream mixed { server 127.0.0.1:%%PORT_unpinned%%; server 127.0.0.1:%%PORT_r1%%; }
     upstream vouched { server 127.0.0.1:%%PORT_x%%; server 127.0.0.1:%%PORT_r1%%; }
     upstream conflict { server localhost:%%PORT_r1%%; }
+    # Other balancers choose among round-robin peers too (in a zone or not).
+    upstream bal_lc { zone bal_lc 64k; least_conn; server localhost:%%PORT_w%%; server localhost:%%PORT_r1%%; }
+    upstream bal_hash { hash \$remote_port; server localhost:%%PORT_w%%; server localhost:%%PORT_r1%%; }
+    upstream bal_random { zone bal_random 64k; random; server localhost:%%PORT_w%%; server localhost:%%PORT_r1%%; }
 
     noise_upstream on;
     noise_upstream_private_key %%TESTDIR%%/gw.key;
@@ -105,6 +110,9 @@ stream {
     server { listen 127.0.0.1:%%PORT_g_vouched%%; proxy_pass vouched;
              noise_upstream_trusted_keys %%TESTDIR%%/other.list;
              noise_upstream_server_key 127.0.0.1:%%PORT_r1%% $pub{right}; }
+@{[map { "    server { listen 127.0.0.1:%%PORT_g_$_%%; proxy_pass $_;
+             noise_upstream_server_key localhost:%%PORT_r1%% $pub{right};
+             noise_upstream_server_key localhost:%%PORT_w%% $pub{right}; }\n" } qw(bal_lc bal_hash bal_random)]}
     server { listen 127.0.0.1:%%PORT_g_conflict%%; proxy_pass conflict;
              noise_upstream_server_key localhost:%%PORT_r1%% $pub{other};
              noise_upstream_server_key 127.0.0.1:%%PORT_r1%% $pub{right}; }
@@ -138,6 +146,19 @@ my ($r1, $w, $unpinned) = map { $t->port($_) } qw(r1 w unpinned);
     $mark = $t->error_log_mark;
     is(fetch('allwrong'), '', 'name pin, every server wrong: nothing gets through');
     ok($t->wait_for(3, sub { grep { / 502$/ } access_lines('allwrong') }), 'name pin, every server wrong: 502');
+    for my $b (qw(bal_lc bal_hash bal_random)) {
+        $mark = $t->error_log_mark;
+        # Until the balancer has tried the other server once (then max_fails parks it).
+        my @got;
+        for (1 .. 12) {
+            push @got, fetch($b);
+            last if $t->error_log_since($mark) =~ /upstream 127\.0\.0\.1:$w failed/;
+        }
+        is_deeply(\@got, [("r1\n") x @got], "name pin with $b: every session ends at the right key");
+        like($t->error_log_since($mark),
+            qr/\[error\].*NoiseSocket handshake with upstream 127\.0\.0\.1:$w failed: server key mismatch/,
+            "name pin with $b: the other key is refused");
+    }
     is(fetch('ik'), "r1\n", 'IK with a name pin: nginx -t accepts it, the key is the pinned one');
     is(fetch('conflict'), "r1\n", 'address pin and name pin disagree: the address pin wins');
 }
