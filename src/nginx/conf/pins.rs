@@ -89,9 +89,18 @@ pub struct Server<'a> {
 
 /// The key of the pin that applies to `server`, if any (the address pin first).
 pub fn key_for(pins: &[ServerKey], server: &Server<'_>) -> Option<[u8; 32]> {
+    key_by(pins, server, same_address)
+}
+
+/// [`key_for`] with `same` telling whether two socket addresses are one.
+fn key_by(
+    pins: &[ServerKey],
+    server: &Server<'_>,
+    same: impl Fn(&[u8], &[u8]) -> bool,
+) -> Option<[u8; 32]> {
     let configured = server.name.and_then(HostPort::parse);
     let by_address = pins.iter().find(|p| match &p.pinned {
-        Pinned::Address(addrs) => addrs.iter().any(|a| same_address(a, server.sockaddr)),
+        Pinned::Address(addrs) => addrs.iter().any(|a| same(a, server.sockaddr)),
         Pinned::Name { .. } => false,
     });
     let by_name = || {
@@ -99,7 +108,7 @@ pub fn key_for(pins: &[ServerKey], server: &Server<'_>) -> Option<[u8; 32]> {
             (Pinned::Name { name, .. }, Some(c)) if name == c => true,
             // A server configured by address, at an address the name had at load time.
             (Pinned::Name { resolved, .. }, Some(c)) if c.is_address() => {
-                resolved.iter().any(|a| same_address(a, server.sockaddr))
+                resolved.iter().any(|a| same(a, server.sockaddr))
             }
             _ => false,
         })
@@ -110,6 +119,78 @@ pub fn key_for(pins: &[ServerKey], server: &Server<'_>) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// nginx's comparison is not linked into unit tests; these addresses compare as bytes.
+    fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
+        a == b
+    }
+
+    /// A `sockaddr_in` as raw bytes.
+    fn v4(a: [u8; 4], port: u16) -> Vec<u8> {
+        let mut raw = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        raw.extend(port.to_be_bytes());
+        raw.extend(a);
+        raw.extend([0u8; 8]);
+        raw
+    }
+
+    fn name_pin(name: &str, resolved: Vec<Vec<u8>>, key: u8) -> ServerKey {
+        ServerKey {
+            address: name.into(),
+            pinned: Pinned::Name {
+                name: HostPort::parse(name).unwrap(),
+                resolved,
+            },
+            key: [key; 32],
+        }
+    }
+
+    #[test]
+    fn which_pin_applies() {
+        let here = v4([10, 0, 0, 5], 7443);
+        let moved = v4([10, 0, 0, 6], 7443);
+        let pins = vec![
+            name_pin("backend.example:7443", vec![here.clone()], 1),
+            ServerKey {
+                address: "10.0.0.9:7443".into(),
+                pinned: Pinned::Address(vec![v4([10, 0, 0, 9], 7443)]),
+                key: [2; 32],
+            },
+        ];
+        let at = |sockaddr: &[u8], name: Option<&str>| {
+            key_by(&pins, &Server { sockaddr, name }, bytes_equal).map(|k| k[0])
+        };
+        // By name, at any address, without case.
+        assert_eq!(at(&here, Some("backend.example:7443")), Some(1));
+        assert_eq!(at(&moved, Some("Backend.Example:7443")), Some(1));
+        assert_eq!(at(&moved, Some("backend.example:7444")), None);
+        // Another name at the same address: not this pin.
+        assert_eq!(at(&here, Some("other.example:7443")), None);
+        // A server written as the address the name had at load time (as before).
+        assert_eq!(at(&here, Some("10.0.0.5:7443")), Some(1));
+        assert_eq!(at(&moved, Some("10.0.0.6:7443")), None);
+        // An unknown name: only address pins.
+        assert_eq!(at(&here, None), None);
+        assert_eq!(at(&v4([10, 0, 0, 9], 7443), None), Some(2));
+    }
+
+    #[test]
+    fn address_pin_wins() {
+        let here = v4([10, 0, 0, 5], 7443);
+        let pins = vec![
+            name_pin("backend.example:7443", vec![], 1),
+            ServerKey {
+                address: "10.0.0.5:7443".into(),
+                pinned: Pinned::Address(vec![here.clone()]),
+                key: [2; 32],
+            },
+        ];
+        let server = Server {
+            sockaddr: &here,
+            name: Some("backend.example:7443"),
+        };
+        assert_eq!(key_by(&pins, &server, bytes_equal), Some([2; 32]));
+    }
 
     #[test]
     fn parses_host_port() {
