@@ -12,11 +12,18 @@
 use std::env;
 
 /// `(cfg name, first nginx version that has it, what it is)`.
-const VERSION_FEATURES: &[(&str, u64, &str)] = &[(
-    "ngx_stream_virtual_servers",
-    1_025_005,
-    "stream server_name: ngx_stream_addr_conf_t has default_server, several servers may share an address",
-)];
+const VERSION_FEATURES: &[(&str, u64, &str)] = &[
+    (
+        "ngx_stream_virtual_servers",
+        1_025_005,
+        "stream server_name: ngx_stream_addr_conf_t has default_server, several servers may share an address",
+    ),
+    (
+        "ngx_stream_upstream_resolve",
+        1_027_003,
+        "stream upstream `server ... resolve` in open source: ngx_stream_upstream_server_t has host",
+    ),
+];
 
 /// The oldest nginx the module supports.
 const MIN_VERSION: u64 = 1_022_001;

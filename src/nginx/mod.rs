@@ -42,6 +42,7 @@ pub mod limit;
 pub mod listen;
 pub mod log;
 pub mod module;
+pub mod peers;
 pub mod pool;
 pub mod pre_handshake;
 pub mod preread;

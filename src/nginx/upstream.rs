@@ -27,6 +27,7 @@
 //! unposts its event.
 
 use std::ffi::c_void;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use nginx_sys::{
@@ -34,19 +35,20 @@ use nginx_sys::{
     ngx_delete_posted_event, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_handler_pt,
     ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_int_t, ngx_peer_connection_t,
     ngx_post_event, ngx_posted_events, ngx_stream_core_srv_conf_t, ngx_stream_filter_pt,
-    ngx_stream_session_t, ngx_stream_top_filter, ngx_stream_upstream_rr_peers_t,
-    ngx_stream_upstream_srv_conf_t, ngx_uint_t, NGX_AGAIN, NGX_DECLINED, NGX_ERROR, NGX_OK,
+    ngx_stream_session_t, ngx_stream_top_filter, ngx_stream_upstream_srv_conf_t, ngx_uint_t,
+    NGX_AGAIN, NGX_DECLINED, NGX_ERROR, NGX_OK,
 };
 use nginx_sys::{ngx_current_msec, ngx_msec_t};
 
+use super::conf::pins::Server;
 use super::conf::rules::DEFAULT_HANDSHAKE_TIMEOUT;
-use super::conf::UpstreamSide;
+use super::conf::{HostPort, UpstreamSide};
 use super::conn::{self, NoiseConn};
 use super::connect_state::{self, State as Connect};
 use super::handshake::{drive, Failure, Progress};
 use super::proxy_header::{self, Header, Sent};
 use super::stream_conf::{noise_index, Confs};
-use super::{gate, listen, log, pool, proxy_pass, sockaddr, status, target_guard};
+use super::{gate, listen, log, peers, pool, proxy_pass, sockaddr, status, target_guard};
 use crate::core::handshake::{Handshake, HandshakeInfo};
 use crate::core::metrics::{Reason, Side, State};
 
@@ -64,6 +66,10 @@ struct PeerWrap {
     set_session: nginx_sys::ngx_event_set_peer_session_pt,
     save_session: nginx_sys::ngx_event_save_peer_session_pt,
     side: Arc<UpstreamSide>,
+    /// The upstream group (live for the configuration), for the pins' view of its peers.
+    group: *const ngx_stream_upstream_srv_conf_t,
+    /// The group has a `server ... resolve` (its addresses are not known in advance).
+    resolving: bool,
     session: *mut ngx_stream_session_t,
     pc: *mut ngx_peer_connection_t,
     /// The connection being handshaken, and its number (the slot may be reused).
@@ -98,6 +104,7 @@ pub fn install(cf: &mut ngx_conf_t, mut confs: Confs) -> ngx_int_t {
     };
     // SAFETY: postconfiguration runs alone; nothing else holds our main conf.
     let main = unsafe { confs.noise_main_mut() };
+    let mut resolve_names = Vec::new();
     for &uscf in groups {
         // SAFETY: uscf is a live group (above), changed only here, during configuration.
         let peer = unsafe { &mut (*uscf).peer };
@@ -105,6 +112,26 @@ pub fn install(cf: &mut ngx_conf_t, mut confs: Confs) -> ngx_int_t {
             main.init_peers.push((uscf as usize, init));
             peer.init = Some(init_peer);
         }
+        // SAFETY: as above.
+        let names = unsafe { peers::resolve_names(uscf) };
+        if !names.is_empty() {
+            main.resolving_groups.push(uscf as usize);
+        }
+        resolve_names.extend(names.iter().filter_map(|n| HostPort::parse(n)));
+    }
+    // A name pin that did not resolve must name a `server ... resolve`: anything else is a
+    // typo or a name nginx will never connect to.
+    if let Some((name, at)) = main
+        .unresolved_pins
+        .iter()
+        .find(|(name, _)| !resolve_names.contains(name))
+    {
+        let msg = format!(
+            "\"noise_upstream_server_key\": cannot resolve \"{name}\" and no upstream has \"server {name} resolve\" in {at}"
+        );
+        // SAFETY: cf->log is live.
+        unsafe { log::write(cf.log, log::EMERG, &msg) };
+        return NGX_ERROR as ngx_int_t;
     }
     // SAFETY: the filter chain is plain data, set up during postconfiguration, one module
     // after the other.
@@ -160,27 +187,26 @@ fn check_server(
                 .map_err(|e| format!("{e} (server at {at})"))?;
         }
         proxy_pass::Target::Group(uscf) if side.needs_server_key() => {
+            let mut missing = None;
             // SAFETY: target() returned one of the live groups; a group's peer.data is its
             // round-robin peer lists (set by its balancer's init, which runs before
-            // postconfiguration), each a linked list of live peers.
+            // postconfiguration); no session runs yet.
             unsafe {
-                let mut list = (*uscf).peer.data as *const ngx_stream_upstream_rr_peers_t;
-                while !list.is_null() {
-                    let mut peer = (*list).peer;
-                    while !peer.is_null() {
-                        let raw = sockaddr::view((*peer).sockaddr, (*peer).socklen);
-                        if side.server_key(raw).is_none() {
-                            return Err(format!(
-                                "no \"noise_upstream_server_key\" for {} of upstream \"{}\", which \"{}\" needs (server at {at})",
-                                String::from_utf8_lossy((*peer).name.as_bytes()),
-                                String::from_utf8_lossy((*uscf).host.as_bytes()),
-                                side.protocol
-                            ));
-                        }
-                        peer = (*peer).next;
+                peers::visit(uscf, std::ptr::null(), |p| {
+                    if side.server_key(&p.server()).is_some() {
+                        return ControlFlow::Continue(());
                     }
-                    list = (*list).next;
-                }
+                    missing = Some(p.name.map_or_else(|| p.address.to_string(), str::to_owned));
+                    ControlFlow::Break(())
+                })
+            };
+            if let Some(server) = missing {
+                // SAFETY: as above.
+                let group = unsafe { String::from_utf8_lossy((*uscf).host.as_bytes()) };
+                return Err(format!(
+                    "no \"noise_upstream_server_key\" for {server} of upstream \"{group}\", which \"{}\" needs (server at {at})",
+                    side.protocol
+                ));
             }
         }
         _ => {}
@@ -208,9 +234,11 @@ unsafe extern "C" fn init_peer(
     // SAFETY: the session is live, and so is its upstream (set before peer.init); nothing
     // else runs while we change its peer functions.
     let (s, pc) = unsafe { (&mut *s, &mut (*(*s).upstream).peer) };
-    let Some(side) = Confs::of_session(s).noise_srv().upstream_side.clone() else {
+    let confs = Confs::of_session(s);
+    let Some(side) = confs.noise_srv().upstream_side.clone() else {
         return rc;
     };
+    let resolving = confs.noise_main().resolving_groups.contains(&(us as usize));
     let wrap = PeerWrap {
         data: pc.data,
         get: pc.get,
@@ -219,6 +247,8 @@ unsafe extern "C" fn init_peer(
         set_session: pc.set_session,
         save_session: pc.save_session,
         side,
+        group: us,
+        resolving,
         session: s,
         pc,
         conn: std::ptr::null_mut(),
@@ -288,6 +318,25 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
     }
     // SAFETY: pc is the session's live peer connection; the balancer filled it.
     let pc = unsafe { &mut *pc };
+    // Which pin applies, decided before anything connects (fail closed).
+    // SAFETY: the balancer set sockaddr/socklen and name.
+    let (sockaddr, name) = unsafe {
+        (
+            sockaddr::view(pc.sockaddr, pc.socklen),
+            String::from_utf8_lossy((*pc.name).as_bytes()).into_owned(),
+        )
+    };
+    let key = match pin_of(w, pc, sockaddr, &name) {
+        Ok(key) => key,
+        Err(line) => {
+            // SAFETY: the session's client connection and its log are live.
+            unsafe { log::write((*(*w.session).connection).log, log::ERR, &line) };
+            status::failed(Side::Upstream, Reason::Local);
+            // A failed attempt: the proxy frees the peer as failed (max_fails) and tries
+            // the next one (proxy_next_upstream).
+            return NGX_DECLINED as ngx_int_t;
+        }
+    };
     let saved = pc.get;
     pc.get = Some(ngx_event_get_peer);
     // SAFETY: as nginx connects a peer whose address the balancer chose.
@@ -297,17 +346,11 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         return rc; // NGX_ERROR or NGX_DECLINED: pc->connection is already NULL
     }
     let c = pc.connection;
-    // SAFETY: the balancer set sockaddr/socklen and name; the connect made c live.
-    let (sockaddr, name, log) = unsafe {
-        (
-            sockaddr::view(pc.sockaddr, pc.socklen),
-            String::from_utf8_lossy((*pc.name).as_bytes()).into_owned(),
-            (*c).log,
-        )
-    };
+    // SAFETY: the connect made c live.
+    let log = unsafe { (*c).log };
     let hs = w
         .side
-        .policy_for(sockaddr)
+        .policy_for(key)
         .and_then(|policy| Handshake::initiator(Arc::new(policy), w.side.settings.clone()));
     let hs = match hs {
         Ok(hs) => hs,
@@ -376,6 +419,57 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         "noise upstream: connecting to {name}, handshake posted"
     );
     NGX_AGAIN as ngx_int_t
+}
+
+/// The pin for the peer the balancer chose ([`crate::nginx::conf::pins`]), or the error
+/// line when the attempt must fail closed: the pattern needs the server's key and none
+/// applies, or the group uses pins (a pin applies to one of its servers, or it has a
+/// `server ... resolve` and this side has pins) and neither a pin nor
+/// `noise_upstream_trusted_keys` vouches for this server.
+fn pin_of(
+    w: &PeerWrap,
+    pc: &ngx_peer_connection_t,
+    sockaddr: &[u8],
+    address: &str,
+) -> Result<Option<[u8; 32]>, String> {
+    let side = &w.side;
+    if !side.has_pins() && !side.needs_server_key() {
+        return Ok(None);
+    }
+    // SAFETY: w.group is the session's live group; pc->name was just set by its balancer.
+    let scan = unsafe { peers::scan(w.group, pc.name, |s| side.server_key(s).is_some()) };
+    let server = Server {
+        sockaddr,
+        name: scan.current.as_deref(),
+    };
+    if let Some(key) = side.server_key(&server) {
+        crate::noise_debug!(
+            // SAFETY: the session's client connection and its log are live.
+            unsafe { (*(*w.session).connection).log },
+            "noise upstream: pin for {} at {address}",
+            scan.current.as_deref().unwrap_or("(unnamed server)")
+        );
+        return Ok(Some(key));
+    }
+    let uses_pins = side.has_pins() && (scan.any_pinned || w.resolving);
+    if !side.needs_server_key() && (side.has_trusted_keys() || !uses_pins) {
+        return Ok(None);
+    }
+    // SAFETY: w.group is live.
+    let group = unsafe { String::from_utf8_lossy((*w.group).host.as_bytes()).into_owned() };
+    let configured = scan.current.as_deref().unwrap_or(address);
+    let why = if side.needs_server_key() {
+        format!("\"{}\" needs the server's key in advance", side.protocol)
+    } else {
+        "the group uses pins and no \"noise_upstream_trusted_keys\" is set".to_string()
+    };
+    let add = match &scan.current {
+        Some(n) if n != address => format!("\"noise_upstream_server_key {n} KEY\" (or {address})"),
+        _ => format!("\"noise_upstream_server_key {address} KEY\""),
+    };
+    Err(format!(
+        "noise: upstream \"{group}\" server \"{configured}\" at {address}: no \"noise_upstream_server_key\" applies and {why}; refused: add {add}"
+    ))
 }
 
 unsafe extern "C" fn free_peer(

@@ -77,6 +77,7 @@ sub nginx_version {
 my %since = (
     pass => 1_025_005,              # the stream `pass` directive
     virtual_servers => 1_025_005,   # stream server_name, several servers per address
+    resolve => 1_027_003,           # `server ... resolve` in open-source stream upstreams
 );
 
 sub has {

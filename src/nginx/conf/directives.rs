@@ -9,8 +9,9 @@ use ngx::core::NGX_CONF_ERROR;
 
 use super::args::{self, text};
 use super::main::{MainConf, NoiseAddress};
+use super::pins::{HostPort, Pinned, ServerKey};
 use super::rules::{self, set_once};
-use super::srv::{KeysConf, Loaded, ServerKey, SideConf, SrvConf};
+use super::srv::{KeysConf, Loaded, SideConf, SrvConf};
 use crate::core::key_table::{capacity_for, Access};
 use crate::core::keys::{self, KeyFileError, KeySet, Secret};
 use crate::core::protocol::Protocol;
@@ -75,7 +76,7 @@ pub fn parse(ctx: Context<'_>, name: &str) -> Result<(), String> {
         }
         "noise_upstream_server_key" => {
             let second = all.get(1).cloned().unwrap_or_default();
-            let key = server_key(cf, &first, &second)?;
+            let key = server_key(cf, main, &first, &second)?;
             conf.upstream_server_keys.push(key);
         }
         _ => {
@@ -173,8 +174,16 @@ fn key_list(
     Ok(Loaded { path, value })
 }
 
-/// `noise_upstream_server_key address key|file`.
-fn server_key(cf: &mut ngx_conf_t, address: &[u8], key: &[u8]) -> Result<ServerKey, String> {
+/// `noise_upstream_server_key address:port|name:port key|file`: an address pin (an IP
+/// address) or a name pin ([`super::pins`]). A name that does not
+/// resolve now is accepted only if some `server NAME resolve` will (checked at
+/// postconfiguration, with this directive's position).
+fn server_key(
+    cf: &mut ngx_conf_t,
+    main: &mut MainConf,
+    address: &[u8],
+    key: &[u8],
+) -> Result<ServerKey, String> {
     const NAME: &str = "noise_upstream_server_key";
     let key = match keys::decode_key(&text(key)) {
         Ok(k) => k,
@@ -184,15 +193,40 @@ fn server_key(cf: &mut ngx_conf_t, address: &[u8], key: &[u8]) -> Result<ServerK
                 .map_err(|e| format!("\"{NAME}\": {e}"))?
         }
     };
-    let Some((resolved, has_port)) = args::addresses(cf, address, false) else {
-        return Err(format!("\"{NAME}\": cannot resolve \"{}\"", text(address)));
-    };
-    if !has_port {
-        return Err(format!("\"{NAME}\": no port in \"{}\"", text(address)));
+    let written = text(address);
+    if !written.contains(':') {
+        return Err(format!("\"{NAME}\": no port in \"{written}\""));
     }
+    let Some(parsed) = HostPort::parse(&written) else {
+        return Err(format!(
+            "\"{NAME}\": invalid server \"{written}\": expected ADDRESS:PORT or NAME:PORT"
+        ));
+    };
+    let resolved = args::addresses(cf, address, false)
+        .map(|(r, _)| r.into_iter().map(|(_, raw)| raw).collect::<Vec<_>>());
+    let pinned = if parsed.is_address() {
+        Pinned::Address(
+            resolved.ok_or_else(|| format!("\"{NAME}\": invalid address \"{written}\""))?,
+        )
+    } else {
+        let resolved = match resolved {
+            Some(r) => r,
+            // A `server NAME resolve` may know it: postconfiguration decides.
+            None if cfg!(ngx_stream_upstream_resolve) => {
+                main.unresolved_pins
+                    .push((parsed.clone(), args::position(cf)));
+                Vec::new()
+            }
+            None => return Err(format!("\"{NAME}\": cannot resolve \"{written}\"")),
+        };
+        Pinned::Name {
+            name: parsed,
+            resolved,
+        }
+    };
     Ok(ServerKey {
-        address: text(address),
-        sockaddrs: resolved.into_iter().map(|(_, raw)| raw).collect(),
+        address: written,
+        pinned,
         key,
     })
 }

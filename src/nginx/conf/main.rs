@@ -5,6 +5,8 @@
 
 use nginx_sys::{ngx_int_t, ngx_stream_session_t, ngx_stream_upstream_srv_conf_t};
 
+use super::pins::HostPort;
+
 /// One recorded `noise_listen` address.
 pub struct NoiseAddress {
     pub text: String,
@@ -55,6 +57,12 @@ pub struct MainConf {
     pub pre_handshake: Recorded,
     /// `noise_keys_zone` names declared in this stream block.
     pub key_zones: Vec<String>,
+    /// Name pins whose name did not resolve when the configuration loaded, with the
+    /// directive's "file:line": postconfiguration requires a `server NAME resolve` for each.
+    pub unresolved_pins: Vec<(HostPort, String)>,
+    /// Upstream groups (by address) that have a `server ... resolve`: their addresses are
+    /// not known in advance, so a pinned side fails closed on any of them.
+    pub resolving_groups: Vec<usize>,
 }
 
 impl MainConf {

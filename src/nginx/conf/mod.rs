@@ -7,6 +7,8 @@
 //! * [`args`]: nginx's own parsers for times, sizes, paths and URLs, on directive arguments;
 //! * [`srv`]: the per-server conf ([`SrvConf`], [`SideConf`]) and its merge;
 //! * [`rules`]: each configuration rule once, with the directive names for messages;
+//! * [`pins`]: `noise_upstream_server_key` pins by address or name, and which server each
+//!   applies to;
 //! * [`sides`]: what a server runs with, built by merge ([`ServerSide`], [`UpstreamSide`]);
 //! * [`main`]: the main conf ([`MainConf`]): the configuration's `noise_listen` addresses
 //!   and the upstream groups' original `peer.init`.
@@ -19,10 +21,12 @@
 pub mod args;
 pub mod directives;
 pub mod main;
+pub mod pins;
 pub mod rules;
 pub mod sides;
 pub mod srv;
 
 pub use main::{InitPeer, MainConf, NoiseAddress, Recorded, Use};
+pub use pins::{HostPort, Pinned, ServerKey};
 pub use sides::{ServerSide, UpstreamSide};
-pub use srv::{KeysConf, Loaded, ServerKey, SideConf, SrvConf};
+pub use srv::{KeysConf, Loaded, SideConf, SrvConf};

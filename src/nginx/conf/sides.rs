@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use nginx_sys::ngx_msec_t;
 
+use super::pins::{self, Server, ServerKey};
 use super::rules::{self, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_UPSTREAM_PROTOCOL};
-use super::srv::{KeysConf, ServerKey, SrvConf};
+use super::srv::{KeysConf, SrvConf};
 use crate::core::handshake::Settings;
 use crate::core::negotiation::codec::Codec;
 use crate::core::negotiation::{Credentials, Policy};
 use crate::core::protocol::{Protocol, Role};
 use crate::core::Error;
-use crate::nginx::sockaddr::same_address;
 
 /// What a `noise_listen` server needs at run time.
 pub struct ServerSide {
@@ -96,12 +96,19 @@ impl UpstreamSide {
         })
     }
 
-    /// The configured key of the server at `sockaddr`, if any.
-    pub fn server_key(&self, sockaddr: &[u8]) -> Option<[u8; 32]> {
-        self.server_keys
-            .iter()
-            .find(|k| k.sockaddrs.iter().any(|a| same_address(a, sockaddr)))
-            .map(|k| k.key)
+    /// The key of the pin that applies to `server`, if any ([`super::pins`]).
+    pub fn server_key(&self, server: &Server<'_>) -> Option<[u8; 32]> {
+        pins::key_for(&self.server_keys, server)
+    }
+
+    /// Whether this side pins any server (`noise_upstream_server_key`).
+    pub fn has_pins(&self) -> bool {
+        !self.server_keys.is_empty()
+    }
+
+    /// Whether servers are checked against `noise_upstream_trusted_keys`.
+    pub fn has_trusted_keys(&self) -> bool {
+        self.settings.trusted.is_some()
     }
 
     /// Whether the protocol needs the server's key before the handshake.
@@ -109,10 +116,10 @@ impl UpstreamSide {
         self.protocol.needs_remote_static(Role::Initiator)
     }
 
-    /// The initiator policy for a connection to the server at `sockaddr`.
-    pub fn policy_for(&self, sockaddr: &[u8]) -> Result<Policy, Error> {
+    /// The initiator policy for a connection to a server whose pin (if any) is `key`.
+    pub fn policy_for(&self, key: Option<[u8; 32]>) -> Result<Policy, Error> {
         let mut credentials = self.credentials.clone();
-        credentials.remote_static = self.server_key(sockaddr);
+        credentials.remote_static = key;
         let policy = Policy::new(vec![self.protocol.clone()], self.codec, credentials)?;
         policy.validate(Role::Initiator)?;
         Ok(policy)

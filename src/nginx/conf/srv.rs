@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use nginx_sys::{ngx_msec_t, ngx_stream_complex_value_t, ngx_stream_session_t};
 
+use super::pins::ServerKey;
 use super::sides::{ServerSide, UpstreamSide};
 use crate::core::handshake::Settings;
 use crate::core::key_table::Access;
@@ -21,15 +22,6 @@ use crate::core::requirements;
 pub struct Loaded<T> {
     pub path: PathBuf,
     pub value: T,
-}
-
-/// One `noise_upstream_server_key`: the key the server at these addresses must prove.
-#[derive(Clone, Debug)]
-pub struct ServerKey {
-    pub address: String,
-    /// Socket addresses as raw `sockaddr` bytes.
-    pub sockaddrs: Vec<Vec<u8>>,
-    pub key: [u8; 32],
 }
 
 /// `noise_keys zone=NAME [miss=deny|allow]`: client keys decided by a key zone.
