@@ -17,7 +17,7 @@ $t->write_file('trusted.pub', "$pub{client}\n$pub{gateway}\n$pub{revoked}\n", 06
 $t->write_file('revoked.pub', "$pub{revoked}\n", 0644);
 $t->echo_backend('echo');
 my $dir = $t->dir;
-my $refused = $t->refused_port;
+my $refused = $t->refused_port('refused');
 $t->write_config((<<"END" =~ s/REFUSED/$refused/r) . NoiseTest::STATUS_HTTP);
 stream {
     server {
