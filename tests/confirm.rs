@@ -7,8 +7,8 @@ mod support;
 
 use std::sync::Arc;
 
-use nginx_noise::core::confirm::{Verdict, MARKER};
 use nginx_noise::core::handshake::{Handshake, Settings};
+use nginx_noise::core::key_verdict::{KeyVerdict, MARKER};
 use nginx_noise::core::keys::KeySet;
 use nginx_noise::core::negotiation::codec::Codec;
 use nginx_noise::core::prologue;
@@ -80,7 +80,7 @@ fn refused_key_reaches_the_initiator_as_a_verdict() {
     assert!(matches!(out.bob, Err(Error::UntrustedKey { .. })));
     let err = out.alice.err().expect("alice must fail");
     assert!(
-        matches!(err, Error::KeyRefused(Verdict::Untrusted)),
+        matches!(err, Error::KeyRefused(KeyVerdict::Untrusted)),
         "{err}"
     );
     assert_eq!(
@@ -99,7 +99,7 @@ fn refused_key_reaches_the_initiator_as_a_verdict() {
     let out = pump(a, b, 100);
     assert!(matches!(
         out.alice,
-        Err(Error::KeyRefused(Verdict::Revoked))
+        Err(Error::KeyRefused(KeyVerdict::Revoked))
     ));
 }
 

@@ -7,11 +7,11 @@
 //! way to answer it: a server that refuses the key can only close, and a client cannot tell
 //! "refused" from "the server has nothing to say yet". So, only when both sides take part:
 //!
-//! * the initiator puts [`MARKER`] as the body of its first handshake message (a request);
+//! * the initiator puts [`MARKER`](crate::core::key_verdict::MARKER) as the body of its first handshake message (a request);
 //! * a responder that knows the extension, and runs a three-message pattern as the Noise
-//!   responder, puts [`MARKER`] as the body of its own first message (an offer);
+//!   responder, puts [`MARKER`](crate::core::key_verdict::MARKER) as the body of its own first message (an offer);
 //! * once it has judged the initiator's key, the responder sends one transport message
-//!   whose body is a [`Verdict`]; the initiator counts the handshake as done only when it
+//!   whose body is a [`KeyVerdict`]; the initiator counts the handshake as done only when it
 //!   has opened an accepting one.
 //!
 //! Invariants:
@@ -26,85 +26,22 @@
 
 use super::error::{Error, Result};
 use super::frame::{transport_frame, FrameStatus};
+use super::key_verdict::{KeyVerdict, MARKER};
 use super::transport::{Opened, Sealer, Transport, BODY_OFFSET};
 
-/// The request (initiator's first payload) and the offer (responder's first payload), and
-/// the start of every verdict: `NSKC` (NoiseSocket key confirmation), version 1.
-pub const MARKER: &[u8] = b"NSKC\x01";
-
-/// The responder's judgement of the initiator's static key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Accepted,
-    /// The key is not among the responder's trusted keys.
-    Untrusted,
-    /// The key is on the responder's revoked-keys list.
-    Revoked,
-    /// The key differs from the one the responder expects of this client.
-    WrongKey,
-    /// The responder requires a static key and the handshake proved none.
-    NoKey,
-    /// Any other reason.
-    Other,
-}
-
-impl Verdict {
-    fn code(self) -> u8 {
-        match self {
-            Verdict::Accepted => 0,
-            Verdict::Untrusted => 1,
-            Verdict::Revoked => 2,
-            Verdict::WrongKey => 3,
-            Verdict::NoKey => 4,
-            Verdict::Other => 0xff,
-        }
-    }
-
-    fn from_code(code: u8) -> Verdict {
-        match code {
-            0 => Verdict::Accepted,
-            1 => Verdict::Untrusted,
-            2 => Verdict::Revoked,
-            3 => Verdict::WrongKey,
-            4 => Verdict::NoKey,
-            _ => Verdict::Other,
-        }
-    }
-
-    /// The verdict that a responder's error about the initiator's key amounts to.
-    pub fn of(e: &Error) -> Verdict {
-        match e {
-            Error::UntrustedKey { .. } | Error::Unauthorized { .. } => Verdict::Untrusted,
-            Error::RevokedKey { .. } => Verdict::Revoked,
-            Error::WrongRemoteKey { .. } => Verdict::WrongKey,
-            Error::NoPeerKey => Verdict::NoKey,
-            _ => Verdict::Other,
-        }
-    }
-
-    /// Why the responder refused, in words, for the initiator's error message.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Verdict::Accepted => "accepted",
-            Verdict::Untrusted => "our static key is not in its trusted keys",
-            Verdict::Revoked => "our static key is on its revoked-keys list",
-            Verdict::WrongKey => "our static key is not the one it expects of us",
-            Verdict::NoKey => "it requires a static key and we proved none",
-            Verdict::Other => "for a reason it did not name",
-        }
-    }
-
-    /// The verdict's body: [`MARKER`], then the code.
-    pub fn body(self) -> [u8; 6] {
-        let mut body = [0u8; 6];
-        body[..5].copy_from_slice(MARKER);
-        body[5] = self.code();
-        body
+/// The verdict that a responder's error about the initiator's key amounts to.
+pub fn verdict_of(e: &Error) -> KeyVerdict {
+    match e {
+        Error::UntrustedKey { .. } | Error::Unauthorized { .. } => KeyVerdict::Untrusted,
+        Error::RevokedKey { .. } => KeyVerdict::Revoked,
+        Error::WrongRemoteKey { .. } => KeyVerdict::WrongKey,
+        Error::NoPeerKey => KeyVerdict::NoKey,
+        _ => KeyVerdict::Other,
     }
 }
 
 /// Responder: appends the transport frame that carries `verdict` to `out`.
-pub fn seal(sealer: &mut Sealer, verdict: Verdict, out: &mut Vec<u8>) -> Result<()> {
+pub fn seal(sealer: &mut Sealer, verdict: KeyVerdict, out: &mut Vec<u8>) -> Result<()> {
     let body = verdict.body();
     let start = out.len();
     out.resize(start + sealer.frame_len(body.len()), 0);
@@ -129,7 +66,7 @@ impl Reader {
         &mut self,
         input: &[u8],
         transport: &mut Transport,
-    ) -> Result<(usize, Option<Verdict>)> {
+    ) -> Result<(usize, Option<KeyVerdict>)> {
         let mut used = 0;
         loop {
             let want = match transport_frame(&self.frame)? {
@@ -149,7 +86,7 @@ impl Reader {
             Opened::Incomplete => return Err(Error::Internal("verdict frame incomplete".into())),
         };
         match body {
-            [m @ .., code] if m == MARKER => Ok((used, Some(Verdict::from_code(*code)))),
+            [m @ .., code] if m == MARKER => Ok((used, Some(KeyVerdict::from_code(*code)))),
             _ => Err(Error::BadConfirmation("not a verdict")),
         }
     }

@@ -86,7 +86,7 @@ pub enum Error {
     Unconfirmed { ended: Ended },
     /// Key confirmation (docs/protocol.md §4.8): the server's verdict refused our static key.
     #[error("the server refused our static key: {}", .0.describe())]
-    KeyRefused(crate::core::confirm::Verdict),
+    KeyRefused(crate::core::key_verdict::KeyVerdict),
     /// Key confirmation was agreed, and the server closed without sending its verdict.
     #[error("the server closed the connection without confirming that it accepted our static key (it refused the key, or failed)")]
     NotConfirmed,
@@ -97,14 +97,14 @@ pub enum Error {
     #[error("configuration: {protocol} needs {need}")]
     Missing {
         protocol: String,
-        need: crate::core::requirements::Need,
+        need: crate::core::unmet::Need,
     },
     /// A responder's trusted keys cannot supply the initiator's key for this protocol.
     #[error("configuration: {protocol} {}", .problem.describe(*.count))]
     PeerKeys {
         protocol: String,
         count: usize,
-        problem: crate::core::requirements::PeerKeysProblem,
+        problem: crate::core::unmet::PeerKeysProblem,
     },
     /// The local configuration cannot run this protocol (bad name, bad key, ...).
     #[error("configuration: {0}")]

@@ -28,10 +28,11 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::confirm::{self, Verdict as KeyVerdict};
+use super::confirm;
 use super::crypto::{TriesMemo, TriesResolver};
 use super::error::{Error, Result};
 use super::frame::HandshakeReader;
+use super::key_verdict::{KeyVerdict, MARKER};
 use super::keys::{self, KeySet};
 use super::negotiation::{Decision, Negotiator, Response, Stage};
 use super::payload::{self, MAX_BODY, MAX_MESSAGE};
@@ -242,7 +243,7 @@ impl Handshake {
         hs.start_protocol(protocol, Role::Initiator, Stage::Initial, &prologue)?;
         let payload = if hs.settings.confirm && payload.is_empty() {
             hs.confirm = Confirm::Requested;
-            confirm::MARKER.to_vec()
+            MARKER.to_vec()
         } else {
             payload
         };
@@ -680,7 +681,7 @@ impl Handshake {
                 self.neg_b1 = neg;
                 self.start_protocol(protocol, Role::Initiator, Stage::Retry, &prologue)?;
                 if matches!(self.confirm, Confirm::Requested) {
-                    self.next_payload = Some(confirm::MARKER.to_vec());
+                    self.next_payload = Some(MARKER.to_vec());
                 }
                 self.write_message(&data)?;
                 self.phase = Phase::Exchange;
@@ -781,7 +782,7 @@ impl Handshake {
             .protocol
             .as_ref()
             .is_some_and(|p| p.message_count() == 3);
-        let marked = self.received.last().is_some_and(|b| b == confirm::MARKER);
+        let marked = self.received.last().is_some_and(|b| b == MARKER);
         let noise_initiator = self.noise_role.is_initiator();
         match self.confirm {
             Confirm::Off
@@ -792,7 +793,7 @@ impl Handshake {
                     && marked
                     && self.next_payload.is_none() =>
             {
-                self.next_payload = Some(confirm::MARKER.to_vec());
+                self.next_payload = Some(MARKER.to_vec());
                 self.confirm = Confirm::Promised;
             }
             Confirm::Requested if noise_initiator && self.index == 2 => {
@@ -832,7 +833,13 @@ impl Handshake {
     fn refuse(&mut self, e: Error) -> Error {
         if matches!(self.confirm, Confirm::Promised) && self.noise_finished() {
             if let Ok(mut transport) = self.split_now() {
-                if confirm::seal(&mut transport.sealer, KeyVerdict::of(&e), &mut self.out).is_ok() {
+                if confirm::seal(
+                    &mut transport.sealer,
+                    confirm::verdict_of(&e),
+                    &mut self.out,
+                )
+                .is_ok()
+                {
                     self.note(|| Step::Confirmed("sent a refusing key-confirmation verdict"));
                 }
             }

@@ -29,6 +29,7 @@
 
 pub mod buffer_pool;
 pub mod confirm;
+pub mod credentials;
 pub mod crypto;
 pub mod deframer;
 pub mod error;
@@ -36,6 +37,7 @@ pub mod frame;
 pub mod handshake;
 pub mod key_limit;
 pub mod key_table;
+pub mod key_verdict;
 pub mod keys;
 pub mod metrics;
 pub mod negotiation;
@@ -46,6 +48,7 @@ pub mod requirements;
 pub mod send_buffer;
 pub mod trace;
 pub mod transport;
+pub mod unmet;
 pub mod verdict;
 
 pub use error::{Ended, Error, Result};

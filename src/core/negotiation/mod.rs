@@ -13,6 +13,7 @@
 pub mod codec;
 mod policy;
 
+pub use super::credentials::Credentials;
 pub use policy::Policy;
 
 use std::sync::Arc;
@@ -31,21 +32,6 @@ pub enum Stage {
     Switch,
     /// A protocol the initiator retried with (Init3).
     Retry,
-}
-
-/// The keys for running one protocol in one role.
-#[derive(Clone, Debug, Default)]
-pub struct Credentials {
-    /// Our static private key.
-    pub static_key: Option<Secret>,
-    /// The peer's static public key: given to Noise when the pattern needs it in advance,
-    /// otherwise compared with the key learnt in the handshake.
-    pub remote_static: Option<[u8; 32]>,
-    /// Pre-shared keys, one per psk modifier, in the order of the protocol name.
-    pub psks: Vec<Secret>,
-    /// Fixed ephemeral key, for test vectors only.
-    #[doc(hidden)]
-    pub fixed_ephemeral: Option<Secret>,
 }
 
 /// The responder's answer to an initiator's first message.
