@@ -10,26 +10,56 @@
 //!   at first init; its bytes are only ever touched under the slab pool's own mutex
 //!   (`ngx_shmtx`), which is what makes a `&mut [u8]` over shared memory sound.
 //! * Every operation is one short, bounded, locked call: a lookup is under a microsecond
-//!   (docs/key-zone.md §4), so the lock is never held across I/O.
+//!   (docs/key-zone.md §4). The one I/O under the lock is a change's append to the zone's
+//!   `state=` file ([`super::key_state`]): one `write()` of its records, so that the file
+//!   has the table's order; a compaction, when the file has grown past twice the live
+//!   set, holds it longer (docs/key-zone.md §6).
+//! * The zone's `data` is a [`ZoneConf`] of the cycle (the state file's path), which points
+//!   at the [`Shared`] header in the zone; a reload that keeps the zone hands the header on.
 
 use std::ffi::c_void;
+use std::path::{Path, PathBuf};
 
 use nginx_sys::{
-    ngx_conf_t, ngx_pagesize, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc,
-    ngx_slab_pool_t, NGX_ERROR, NGX_OK,
+    ngx_conf_t, ngx_core_conf_t, ngx_core_module, ngx_cycle_t, ngx_log_t, ngx_pagesize,
+    ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t, NGX_ERROR,
+    NGX_OK,
 };
 
+use super::key_state::{self, StateError};
+use super::{log, pool};
 use crate::core::handshake::Verdict;
-use crate::core::key_table::{Access, KeyTable, TableError};
+use crate::core::key_journal::{self, Op};
+use crate::core::key_table::{Access, KeyTable, Record, TableError};
 use crate::nginx::conf::KeysConf;
 use crate::nginx::shm;
 
-/// What the zone's `data` points at: where the table lies, in the zone itself.
+/// The zone's header in shared memory: where the table lies, and the state file's counters.
 #[repr(C)]
-struct ZoneData {
+struct Shared {
     table: *mut u8,
     len: usize,
+    /// Counts the times the state file was replaced by a snapshot: a process whose
+    /// descriptor is of an older epoch reopens the file.
+    epoch: u64,
+    /// Records in the state file now.
+    records: u64,
+    /// Do not try to compact again before the file holds this many records (after a
+    /// failed compaction).
+    retry_at: u64,
 }
+
+/// The zone's `data`: this cycle's view of it (allocated in the cycle's pool by the
+/// directive that sizes the zone).
+struct ZoneConf {
+    shared: *mut Shared,
+    state: Option<PathBuf>,
+    /// The cycle being configured, for the `user` to give the state file to.
+    cycle: *mut ngx_cycle_t,
+}
+
+/// Compact the state file once it holds this many records more than twice the live set.
+const COMPACT_SLACK: u64 = 1024;
 
 /// Adds (or finds, with `size` 0) the key zone `name` in the configuration being read.
 ///
@@ -40,21 +70,94 @@ pub unsafe fn add(cf: *mut ngx_conf_t, name: &[u8], size: usize) -> *mut ngx_shm
     unsafe { shm::add_zone(cf, name, size, init_zone) }
 }
 
-/// Zone init: takes the previous cycle's table over, or lays out a new one.
+/// Adds the key zone `name` of `size` bytes, the one directive that sizes it, with its
+/// state file if any.
+///
+/// # Safety
+/// `cf` must be a configuration being read.
+pub unsafe fn declare(
+    cf: *mut ngx_conf_t,
+    name: &[u8],
+    size: usize,
+    state: Option<PathBuf>,
+) -> *mut ngx_shm_zone_t {
+    // SAFETY: the caller's promise.
+    let zone = unsafe { add(cf, name, size) };
+    if zone.is_null() {
+        return zone;
+    }
+    let conf = ZoneConf {
+        shared: std::ptr::null_mut(),
+        state,
+        // SAFETY: cf is being read.
+        cycle: unsafe { (*cf).cycle },
+    };
+    // SAFETY: cf's pool lives as long as the cycle that uses the zone.
+    match unsafe { pool::allocate((*cf).pool, conf) } {
+        Some(conf) => {
+            // SAFETY: zone is this cycle's entry, not yet initialised.
+            unsafe { (*zone).data = conf.as_ptr().cast() };
+            zone
+        }
+        None => std::ptr::null_mut(),
+    }
+}
+
+/// The user and group the workers run as, when the master runs as root (then what it
+/// writes must be given to them).
+///
+/// # Safety
+/// `cycle` must be a cycle whose configuration has been read.
+unsafe fn worker_owner(cycle: *mut ngx_cycle_t) -> Option<(u32, u32)> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 || cycle.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's promise: conf_ctx holds the core module's conf at its index.
+    let ccf = unsafe { *(*cycle).conf_ctx.add(ngx_core_module.index) as *const ngx_core_conf_t };
+    if ccf.is_null() {
+        return None;
+    }
+    // SAFETY: ccf is the core module's conf of the cycle.
+    let (user, group) = unsafe { ((*ccf).user, (*ccf).group) };
+    // NGX_CONF_UNSET_UINT: no `user` (nginx not run as root, or user root).
+    (user != nginx_sys::ngx_uid_t::MAX).then_some((user, group))
+}
+
+/// Whether this is `nginx -t`, which must not change files.
+fn testing() -> bool {
+    // SAFETY: a global nginx sets before reading the configuration, never changed after.
+    unsafe { nginx_sys::ngx_test_config != 0 }
+}
+
+/// Zone init: takes the previous cycle's table over, or lays out a new one and loads the
+/// state file into it.
 unsafe extern "C" fn init_zone(
     zone: *mut ngx_shm_zone_t,
     data: *mut c_void,
 ) -> nginx_sys::ngx_int_t {
     // SAFETY: nginx calls init with this cycle's zone, mapped, its slab pool set up at the
-    // start of the mapping; a non-null data is the previous cycle's zone data, for a zone of
-    // the same name, size and tag, so it describes a table in this same mapping.
+    // start of the mapping, and its data our ZoneConf (set by the sizing directive; nginx
+    // refuses a zone nobody sized). A non-null data is the previous cycle's ZoneConf, whose
+    // cycle is still alive during this init, for a zone of the same name, size and tag, so
+    // its header lies in this same mapping.
     unsafe {
+        let conf = (*zone).data as *mut ZoneConf;
+        if conf.is_null() {
+            return NGX_ERROR as nginx_sys::ngx_int_t;
+        }
+        let log = (*zone).shm.log;
         if !data.is_null() {
-            (*zone).data = data;
+            let old = &*(data as *const ZoneConf);
+            (*conf).shared = old.shared;
+            // A state file added or moved by this reload: it gets the zone's keys now.
+            if (*conf).state.is_some() && (*conf).state != old.state && !testing() {
+                return kept_zone_to_new_file(zone, &*conf, log);
+            }
             return NGX_OK as nginx_sys::ngx_int_t;
         }
         let pool = (*zone).shm.addr as *mut ngx_slab_pool_t;
-        let header = ngx_slab_alloc(pool, std::mem::size_of::<ZoneData>()) as *mut ZoneData;
+        let header = ngx_slab_alloc(pool, std::mem::size_of::<Shared>()) as *mut Shared;
         if header.is_null() {
             return NGX_ERROR as nginx_sys::ngx_int_t;
         }
@@ -69,13 +172,136 @@ unsafe extern "C" fn init_zone(
             return NGX_ERROR as nginx_sys::ngx_int_t;
         }
         let bytes = std::slice::from_raw_parts_mut(table, len);
-        if KeyTable::create(bytes, secret).is_err() {
+        let Ok(mut t) = KeyTable::create(bytes, secret) else {
             return NGX_ERROR as nginx_sys::ngx_int_t;
+        };
+        header.write(Shared {
+            table,
+            len,
+            epoch: 0,
+            records: 0,
+            retry_at: 0,
+        });
+        (*conf).shared = header;
+        if let Some(path) = &(*conf).state {
+            // No other process maps the zone yet: the table is ours alone.
+            match load_state(path, &mut t, &mut *header, worker_owner((*conf).cycle)) {
+                Ok((level, msg)) => {
+                    log::write(log, level, &format!("key zone \"{}\": {msg}", name(zone)))
+                }
+                Err(e) => {
+                    log::write(
+                        log,
+                        log::EMERG,
+                        &format!("key zone \"{}\": {e}", name(zone)),
+                    );
+                    return NGX_ERROR as nginx_sys::ngx_int_t;
+                }
+            }
         }
-        header.write(ZoneData { table, len });
-        (*zone).data = header.cast();
     }
     NGX_OK as nginx_sys::ngx_int_t
+}
+
+/// Loads the state file into a new zone's table and (unless `nginx -t`) writes it back
+/// compacted; the text says what was loaded.
+fn load_state(
+    path: &Path,
+    t: &mut KeyTable<'_>,
+    shared: &mut Shared,
+    owner: Option<(u32, u32)>,
+) -> Result<(nginx_sys::ngx_uint_t, String), String> {
+    let now = now();
+    let loaded = key_state::load(path, t, now).map_err(|e| {
+        format!("{e}; nginx refuses to start without the keys it holds: restore it, or move it away to start with an empty zone")
+    })?;
+    let mut msg = format!(
+        "{} keys loaded from \"{}\" ({} records)",
+        t.len(),
+        path.display(),
+        loaded.records
+    );
+    let mut level = log::NOTICE;
+    if let Some(at) = loaded.torn {
+        level = log::WARN;
+        // The one change a crash cut short was never acknowledged: it is dropped.
+        msg.push_str(&format!(
+            "; its last record, at byte {at}, was cut short (a write interrupted by a crash) and is ignored"
+        ));
+    }
+    if !testing() {
+        shared.records = key_state::snapshot(path, t, now, owner).map_err(|e| e.to_string())?;
+        shared.epoch += 1;
+    }
+    Ok((level, msg))
+}
+
+/// A reload kept the zone but gave it a new state file: write the zone's keys there.
+///
+/// # Safety
+/// `zone` is the zone being initialised, `conf` its data, `log` its log.
+unsafe fn kept_zone_to_new_file(
+    zone: *mut ngx_shm_zone_t,
+    conf: &ZoneConf,
+    log: *mut ngx_log_t,
+) -> nginx_sys::ngx_int_t {
+    let Some(path) = conf.state.as_deref() else {
+        return NGX_OK as nginx_sys::ngx_int_t;
+    };
+    // SAFETY: the caller's promise: conf's cycle has read its configuration.
+    let owner = unsafe { worker_owner(conf.cycle) };
+    // SAFETY: the caller's promise; the old cycle's workers may still use the zone, so this
+    // goes through its lock.
+    let done = unsafe {
+        locked(zone, |t, shared, _| {
+            let n = key_state::snapshot(path, t, now(), owner)?;
+            shared.records = n;
+            shared.epoch += 1;
+            Ok::<_, StateError>(n)
+        })
+    };
+    let (level, msg) = match done {
+        Ok(Ok(n)) => (
+            log::NOTICE,
+            format!("{n} keys written to \"{}\"", path.display()),
+        ),
+        Ok(Err(e)) => (log::EMERG, e.to_string()),
+        Err(e) => (log::EMERG, e.to_string()),
+    };
+    // SAFETY: the zone's log is the cycle's.
+    unsafe { log::write(log, level, &format!("key zone \"{}\": {msg}", name(zone))) };
+    if level == log::EMERG {
+        NGX_ERROR as nginx_sys::ngx_int_t
+    } else {
+        NGX_OK as nginx_sys::ngx_int_t
+    }
+}
+
+/// Runs `f` on the zone's table, its header and conf, under the zone's lock.
+///
+/// # Safety
+/// `zone` must be a zone added in the running cycle whose init has run.
+unsafe fn locked<R>(
+    zone: *mut ngx_shm_zone_t,
+    f: impl FnOnce(&mut KeyTable<'_>, &mut Shared, &ZoneConf) -> R,
+) -> Result<R, TableError> {
+    // SAFETY: the caller's promise: a mapped zone whose data is our ZoneConf, its shared
+    // header set by init (a null one cannot happen in a running cycle but is refused).
+    unsafe {
+        let conf = (*zone).data as *const ZoneConf;
+        if conf.is_null() || (*conf).shared.is_null() {
+            return Err(TableError::Layout(0));
+        }
+        let shared = (*conf).shared;
+        let pool = (*zone).shm.addr as *mut ngx_slab_pool_t;
+        ngx_shmtx_lock(&mut (*pool).mutex);
+        // While the mutex is held no process touches these bytes: the slice and the header
+        // are exclusive.
+        let bytes = std::slice::from_raw_parts_mut((*shared).table, (*shared).len);
+        let result = KeyTable::open(bytes).map(|mut t| f(&mut t, &mut *shared, &*conf));
+        ngx_shmtx_unlock(&mut (*pool).mutex);
+        result
+    }
 }
 
 /// Runs `f` on the zone's table, under the zone's lock.
@@ -86,20 +312,138 @@ pub unsafe fn with_table<R>(
     zone: *mut ngx_shm_zone_t,
     f: impl FnOnce(&mut KeyTable<'_>) -> R,
 ) -> Result<R, TableError> {
-    // SAFETY: the caller's promise: a mapped zone whose data our init set (or null when the
-    // zone never initialised, which cannot happen in a running cycle but is refused).
-    unsafe {
-        let data = (*zone).data as *const ZoneData;
-        if data.is_null() {
-            return Err(TableError::Layout(0));
+    // SAFETY: the caller's promise.
+    unsafe { locked(zone, |t, _, _| f(t)) }
+}
+
+/// Why a change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{0}")]
+    Table(#[from] TableError),
+    /// The state file could not take it: the table was put back as it was.
+    #[error("{0} (the change was not applied)")]
+    State(StateError),
+    /// Applied and written, but the disk did not confirm it.
+    #[error("{0} (the change is applied and written, but may not survive a power loss)")]
+    Sync(StateError),
+}
+
+/// Applies `ops` in order under one hold of the zone's lock, journals them to the zone's
+/// state file before returning, and tells for each whether it found the key new (put) or
+/// present (delete). All or nothing: a table that refuses one, or a state file that cannot
+/// take them, leaves the table as it was.
+///
+/// # Safety
+/// As [`with_table`].
+pub unsafe fn change(
+    zone: *mut ngx_shm_zone_t,
+    ops: &[Op],
+    now: u64,
+) -> Result<Vec<bool>, ChangeError> {
+    // SAFETY: the caller's promise.
+    let result = unsafe { locked(zone, |t, shared, conf| apply(t, shared, conf, ops, now)) };
+    let (outcome, path) = result??;
+    if let Some(path) = path {
+        key_state::sync(&path).map_err(ChangeError::Sync)?;
+    }
+    Ok(outcome)
+}
+
+/// The locked part of [`change`]: the outcomes, and the state file to flush.
+fn apply(
+    t: &mut KeyTable<'_>,
+    shared: &mut Shared,
+    conf: &ZoneConf,
+    ops: &[Op],
+    now: u64,
+) -> Result<(Vec<bool>, Option<PathBuf>), ChangeError> {
+    let mut undo: Vec<([u8; 32], Option<Record>)> = Vec::with_capacity(ops.len());
+    let mut outcome = Vec::with_capacity(ops.len());
+    let rollback = |t: &mut KeyTable<'_>, undo: Vec<([u8; 32], Option<Record>)>| {
+        for (key, prev) in undo.into_iter().rev() {
+            match prev {
+                // The key is there (just changed), so this replaces: no room needed.
+                Some(r) => {
+                    let _ = t.put(&key, &r);
+                }
+                None => {
+                    t.remove(&key);
+                }
+            }
         }
-        let pool = (*zone).shm.addr as *mut ngx_slab_pool_t;
-        ngx_shmtx_lock(&mut (*pool).mutex);
-        // While the mutex is held no process touches these bytes: the slice is exclusive.
-        let bytes = std::slice::from_raw_parts_mut((*data).table, (*data).len);
-        let result = KeyTable::open(bytes).map(|mut t| f(&mut t));
-        ngx_shmtx_unlock(&mut (*pool).mutex);
-        result
+    };
+    for op in ops {
+        let (key, done) = match op {
+            Op::Put(key, record) => {
+                let prev = t.get(key, now);
+                (key, t.put(key, record).map(|new| (new, prev)))
+            }
+            Op::Delete(key) => {
+                let prev = t.get(key, now);
+                let found = prev.is_some() && t.remove(key);
+                (key, Ok((found, prev)))
+            }
+        };
+        match done {
+            Ok((flag, prev)) => {
+                outcome.push(flag);
+                undo.push((*key, prev));
+            }
+            Err(e) => {
+                rollback(t, undo);
+                return Err(e.into());
+            }
+        }
+    }
+    let Some(path) = conf.state.as_deref() else {
+        return Ok((outcome, None));
+    };
+    let mut bytes = Vec::with_capacity(ops.len() * 64);
+    let mut n = 0;
+    for (op, flag) in ops.iter().zip(&outcome) {
+        // A delete of an absent key changed nothing.
+        if matches!(op, Op::Delete(_)) && !flag {
+            continue;
+        }
+        if key_journal::encode(op, &mut bytes).is_ok() {
+            n += 1;
+        }
+    }
+    if n > 0 {
+        if let Err(e) = key_state::append(path, shared.epoch, &bytes) {
+            rollback(t, undo);
+            return Err(ChangeError::State(e));
+        }
+        shared.records += n;
+    }
+    let live = t.len() as u64;
+    if shared.records > 2 * live + COMPACT_SLACK && shared.records >= shared.retry_at {
+        compact(path, t, shared, now);
+    }
+    Ok((outcome, Some(path.to_path_buf())))
+}
+
+/// Rewrites the state file as a snapshot of the live entries (under the zone's lock).
+fn compact(path: &Path, t: &KeyTable<'_>, shared: &mut Shared, now: u64) {
+    match key_state::snapshot(path, t, now, None) {
+        Ok(n) => {
+            shared.records = n;
+            shared.epoch += 1;
+            shared.retry_at = 0;
+        }
+        Err(e) => {
+            // The journal stays whole, only longer; try again once it has grown as much.
+            shared.retry_at = shared.records + t.len() as u64 + COMPACT_SLACK;
+            // SAFETY: the cycle's log is live in a worker.
+            unsafe {
+                log::write(
+                    (*nginx_sys::ngx_cycle).log,
+                    log::ERR,
+                    &format!("noise: key zone state file not compacted: {e}"),
+                )
+            };
+        }
     }
 }
 
@@ -112,11 +456,20 @@ pub unsafe fn name(zone: *mut ngx_shm_zone_t) -> String {
     String::from_utf8_lossy(unsafe { (*zone).shm.name.as_bytes() }).into_owned()
 }
 
-/// The current Unix time in seconds, for expiry.
+/// The current Unix time in seconds, for expiry: nginx's cached time (`ngx_time()`),
+/// updated once per event loop turn, so a lookup costs no system call.
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    // SAFETY: ngx_cached_time points at one of nginx's time slots from ngx_time_init on
+    // (before any configuration is read); its `sec` is a plain integer.
+    let sec = unsafe {
+        let t = nginx_sys::ngx_cached_time;
+        if t.is_null() {
+            0
+        } else {
+            (*t).sec
+        }
+    };
+    u64::try_from(sec).unwrap_or(0)
 }
 
 /// The verdict of the server's key zone on a proven client key, and the key's attributes

@@ -23,8 +23,10 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ngx_string;
 use serde_json::{json, Map, Value};
 
+use super::key_zone::{self, ChangeError};
 use super::log;
-use super::{key_zone, status};
+use super::status;
+use crate::core::key_journal::Op;
 use crate::core::key_table::{Access, KeyTable, Record, TableError};
 use crate::core::keys;
 
@@ -241,6 +243,13 @@ fn zone_failure(e: TableError) -> Reply {
     }
 }
 
+fn change_failure(e: &ChangeError) -> Reply {
+    match e {
+        ChangeError::Table(t) => zone_failure(t.clone()),
+        e => error(500, e.to_string()),
+    }
+}
+
 /// What the request asks, once its body (if any) is read.
 fn answer(api: &ApiConf, method: usize, key: &[u8], body: &[u8]) -> Reply {
     let write = method & (NGX_HTTP_PUT | NGX_HTTP_DELETE | NGX_HTTP_POST) as usize != 0;
@@ -279,19 +288,20 @@ fn answer(api: &ApiConf, method: usize, key: &[u8], body: &[u8]) -> Reply {
             Ok(r) => r,
             Err(why) => return error(400, why),
         };
-        table(&mut |t| match t.put(&key, &record) {
-            Ok(true) => Reply(201, record_json(&key, &record)),
-            Ok(false) => Reply(200, record_json(&key, &record)),
-            Err(e) => zone_failure(e),
-        })
+        let json = record_json(&key, &record);
+        // SAFETY: as for `table`.
+        match unsafe { key_zone::change(api.zone, &[Op::Put(key, record)], now) }.as_deref() {
+            Ok([true]) => Reply(201, json),
+            Ok(_) => Reply(200, json),
+            Err(e) => change_failure(e),
+        }
     } else if method & NGX_HTTP_DELETE as usize != 0 {
-        table(&mut |t| {
-            if t.remove(&key) {
-                Reply(200, json!({ "deleted": keys::encode_key(&key) }))
-            } else {
-                error(404, "no such key")
-            }
-        })
+        // SAFETY: as for `table`.
+        match unsafe { key_zone::change(api.zone, &[Op::Delete(key)], now) }.as_deref() {
+            Ok([true]) => Reply(200, json!({ "deleted": keys::encode_key(&key) })),
+            Ok(_) => error(404, "no such key"),
+            Err(e) => change_failure(e),
+        }
     } else {
         error(405, "use GET, PUT or DELETE on a key")
     }
@@ -342,24 +352,22 @@ fn bulk(api: &ApiConf, body: &[u8], now: u64) -> Reply {
         Err(e) => return zone_failure(e),
     }
     let mut applied = 0;
-    for chunk in records.chunks(BULK_CHUNK) {
+    let ops: Vec<Op> = records.into_iter().map(|(k, r)| Op::Put(k, r)).collect();
+    for chunk in ops.chunks(BULK_CHUNK) {
         // SAFETY: as in `answer`.
-        let done = unsafe {
-            key_zone::with_table(api.zone, |t| {
-                for (key, record) in chunk {
-                    t.put(key, record)?;
-                }
-                Ok::<_, TableError>(())
-            })
-        };
-        match done.and_then(|r| r) {
-            Ok(()) => applied += chunk.len(),
-            // Only a writer racing this load for the last free entries gets here.
+        match unsafe { key_zone::change(api.zone, chunk, now) } {
+            Ok(_) => applied += chunk.len(),
+            // Only a writer racing this load for the last free entries, or a state file
+            // that cannot take the chunk, gets here; the chunk itself is not applied.
             Err(e) => {
+                let status = match e {
+                    ChangeError::Table(TableError::Full(_)) => 507,
+                    _ => 500,
+                };
                 return Reply(
-                    507,
-                    json!({ "error": e.to_string(), "applied": applied, "lines": records.len() }),
-                )
+                    status,
+                    json!({ "error": e.to_string(), "applied": applied, "lines": ops.len() }),
+                );
             }
         }
     }

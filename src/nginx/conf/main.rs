@@ -55,6 +55,8 @@ pub struct MainConf {
     pub pre_handshake: Recorded,
     /// `noise_keys_zone` names declared in this stream block.
     pub key_zones: Vec<String>,
+    /// Their `state=` files (one zone per file).
+    pub key_states: Vec<std::path::PathBuf>,
 }
 
 impl MainConf {
