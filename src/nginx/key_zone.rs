@@ -426,11 +426,25 @@ fn apply(
 
 /// Rewrites the state file as a snapshot of the live entries (under the zone's lock).
 fn compact(path: &Path, t: &KeyTable<'_>, shared: &mut Shared, now: u64) {
+    let started = std::time::Instant::now();
+    let before = shared.records;
     match key_state::snapshot(path, t, now, None) {
         Ok(n) => {
             shared.records = n;
             shared.epoch += 1;
             shared.retry_at = 0;
+            // SAFETY: the cycle's log is live in a worker.
+            unsafe {
+                log::write(
+                    (*nginx_sys::ngx_cycle).log,
+                    log::NOTICE,
+                    &format!(
+                        "noise: key zone state file \"{}\" compacted from {before} to {n} records in {} ms",
+                        path.display(),
+                        started.elapsed().as_millis()
+                    ),
+                )
+            };
         }
         Err(e) => {
             // The journal stays whole, only longer; try again once it has grown as much.

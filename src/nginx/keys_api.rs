@@ -310,7 +310,7 @@ fn answer(api: &ApiConf, method: usize, key: &[u8], body: &[u8]) -> Reply {
 /// `POST /`: newline-delimited records, each with its key. Every line is checked before
 /// any is applied; then they are applied in chunks of [`BULK_CHUNK`] per lock hold.
 fn bulk(api: &ApiConf, body: &[u8], now: u64) -> Reply {
-    let mut records = Vec::new();
+    let mut ops = Vec::new();
     for (n, line) in body.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -323,36 +323,39 @@ fn bulk(api: &ApiConf, body: &[u8], now: u64) -> Reply {
                     .and_then(Value::as_str)
                     .ok_or_else(|| "no \"key\"".to_string())
                     .and_then(|k| parse_key(k.as_bytes()))?;
-                Ok((key, parse_record(&v, now)?))
+                Ok(Op::Put(key, parse_record(&v, now)?))
             });
         match parsed {
-            Ok(r) => records.push(r),
+            Ok(op) => ops.push(op),
             Err(why) => return error(400, format!("line {}: {why}", n + 1)),
         }
     }
-    // Room for every new key first, so that a full zone applies nothing.
-    // SAFETY: as in `answer`.
-    let room = unsafe {
-        key_zone::with_table(api.zone, |t| {
-            let new = records
-                .iter()
-                .filter(|(k, _)| t.get(k, now).is_none())
-                .count();
-            (new, t.capacity() - t.len())
-        })
-    };
-    match room {
-        Ok((new, free)) if new > free => {
-            return error(
-                507,
-                format!("the key zone has room for {free} more keys, the load adds {new}"),
-            )
+    // Room for every new key first, so that a full zone applies nothing; counted in chunks
+    // too, so that a large load does not hold the lock through a million lookups.
+    let (mut new, mut free) = (0, 0);
+    for chunk in ops.chunks(BULK_CHUNK) {
+        // SAFETY: as in `answer`.
+        let counted = unsafe {
+            key_zone::with_table(api.zone, |t| {
+                let n = chunk
+                    .iter()
+                    .filter(|op| matches!(op, Op::Put(k, _) if t.get(k, now).is_none()))
+                    .count();
+                (n, t.capacity() - t.len())
+            })
+        };
+        match counted {
+            Ok((n, f)) => (new, free) = (new + n, f),
+            Err(e) => return zone_failure(e),
         }
-        Ok(_) => {}
-        Err(e) => return zone_failure(e),
+    }
+    if new > free {
+        return error(
+            507,
+            format!("the key zone has room for {free} more keys, the load adds {new}"),
+        );
     }
     let mut applied = 0;
-    let ops: Vec<Op> = records.into_iter().map(|(k, r)| Op::Put(k, r)).collect();
     for chunk in ops.chunks(BULK_CHUNK) {
         // SAFETY: as in `answer`.
         match unsafe { key_zone::change(api.zone, chunk, now) } {
