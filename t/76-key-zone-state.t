@@ -97,16 +97,16 @@ SKIP: {
 # Changes of every kind.
 my ($st) = api('PUT', '/keys/' . urlkey($pub{dev1}), '{"verdict":"allow","attrs":{"device":"d-1","tenant":"acme"}}');
 is($st, 201, 'PUT dev1');
-($st) = api('PUT', "/keys/$pub{dev2}", '{"verdict":"deny"}');
+($st) = api('PUT', "/keys/" . urlkey($pub{dev2}), '{"verdict":"deny"}');
 is($st, 201, 'PUT dev2 deny');
 my $body;
-($st, $body) = api('PUT', "/keys/$pub{dev3}", '{"verdict":"allow","attrs":{"device":"d-3"},"ttl":3600}');
+($st, $body) = api('PUT', "/keys/" . urlkey($pub{dev3}), '{"verdict":"allow","attrs":{"device":"d-3"},"ttl":3600}');
 my ($expires) = $body =~ /"expires":(\d+)/;
 ok($expires, 'PUT dev3 with a ttl');
-api('PUT', "/keys/$pub{dev4}", '{"verdict":"allow"}');
-($st) = api('DELETE', "/keys/$pub{dev4}");
+api('PUT', "/keys/" . urlkey($pub{dev4}), '{"verdict":"allow"}');
+($st) = api('DELETE', "/keys/" . urlkey($pub{dev4}));
 is($st, 200, 'DELETE dev4');
-api('PUT', "/keys/$pub{dev5}", '{"verdict":"allow","ttl":1}');
+api('PUT', "/keys/" . urlkey($pub{dev5}), '{"verdict":"allow","ttl":1}');
 my @bulk = map { $t->keygen("bulk$_") } 1 .. 10;
 ($st) = api('POST', '/keys/', join '', map { qq({"key":"$bulk[$_]","verdict":"allow","attrs":{"device":"b$_"}}\n) } 0 .. 9);
 is($st, 200, 'a bulk load');
@@ -121,16 +121,16 @@ is(client('dev1'), "device=d-1 key=$pub{dev1}\n", 'after a restart: an allow ent
 is(client('dev2'), '', 'a deny entry is still refused');
 is(client('dev4'), '', 'a deleted key stays deleted');
 like(client('bulk7', '--protocol', 'Noise_IK_25519_ChaChaPoly_BLAKE2s', '--remote-key', $server_pub), qr/^device=b6 /, 'bulk-loaded keys are back');
-($st, $body) = api('GET', "/keys/$pub{dev3}");
+($st, $body) = api('GET', "/keys/" . urlkey($pub{dev3}));
 like($body, qr/"expires":\Q$expires\E\b/, 'the expiry is kept as it was');
-($st) = api('GET', "/keys/$pub{dev5}");
+($st) = api('GET', "/keys/" . urlkey($pub{dev5}));
 is($st, 404, 'an entry that expired is not brought back');
 is(count(), 13, 'and is not counted: 3 + 10 keys');
 
 # A reload keeps the zone; changes after it are journaled as before.
 $t->reload;
 is(client('dev1'), "device=d-1 key=$pub{dev1}\n", 'after a reload');
-api('PUT', "/keys/$pub{dev4}", '{"verdict":"allow","attrs":{"device":"d-4"}}');
+api('PUT', "/keys/" . urlkey($pub{dev4}), '{"verdict":"allow","attrs":{"device":"d-4"}}');
 api('DELETE', '/keys/' . urlkey($pub{dev1}));
 $t->stop;
 $t->run;
@@ -140,7 +140,7 @@ is(client('dev1'), '', 'a deletion after a reload too');
 # $noise_key_attr_NAME in http through pass.
 SKIP: {
     skip $t->lacks_reason('pass'), 2 unless $t->has('pass');
-    api('PUT', "/keys/$pub{web}", '{"verdict":"allow","attrs":{"device":"w-1","tenant":"t9"}}');
+    api('PUT', "/keys/" . urlkey($pub{web}), '{"verdict":"allow","attrs":{"device":"w-1","tenant":"t9"}}');
     my $r = $t->noise_client($t->port('web'), "GET / HTTP/1.0\r\n\r\n", '--key', "$dir/web.key");
     like($r->{out}, qr/^http device=w-1 tenant=t9 none=\[\]$/m, 'http sees the key\'s attributes through pass, empty for a missing one');
     $r = $t->noise_client($t->port('web'), "GET / HTTP/1.0\r\n\r\n", '--key', "$dir/dev2.key");

@@ -227,6 +227,11 @@ impl<'a> KeyTable<'a> {
         self.capacity
     }
 
+    /// The whole region, for a copy to read at leisure (`KeyTable::open` on the copy).
+    pub fn region(&self) -> &[u8] {
+        self.region
+    }
+
     /// Keys in the table, expired ones not yet met included.
     pub fn len(&self) -> usize {
         get_u64(self.region, H_COUNT) as usize

@@ -92,14 +92,21 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Writes the table's live entries as the new file (tmp, fsync, rename, fsync of the
-/// directory), owned by `owner` when given; returns how many records it holds.
-pub fn snapshot(
+/// A snapshot written to `FILE.tmp` and flushed, not yet in place.
+pub struct Pending {
+    tmp: PathBuf,
+    file: File,
+    records: u64,
+}
+
+/// Writes the table's live entries to `FILE.tmp` and flushes it, owned by `owner` when
+/// given.
+pub fn begin(
     path: &Path,
     table: &KeyTable<'_>,
     now: u64,
     owner: Option<(u32, u32)>,
-) -> Result<u64, StateError> {
+) -> Result<Pending, StateError> {
     let tmp = tmp_path(path);
     let file = OpenOptions::new()
         .write(true)
@@ -109,7 +116,7 @@ pub fn snapshot(
         .open(&tmp)
         .map_err(io("create", &tmp))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    let mut written = 0u64;
+    let mut records = 0u64;
     let mut failed = out.write_all(key_journal::MAGIC).err();
     let mut record = Vec::with_capacity(key_journal::MAX_RECORD);
     table.for_each(now, |key, rec| {
@@ -119,7 +126,7 @@ pub fn snapshot(
         record.clear();
         // The table only holds records it checked: encoding them cannot fail.
         if key_journal::encode(&Op::Put(*key, rec), &mut record).is_ok() {
-            written += 1;
+            records += 1;
             failed = out.write_all(&record).err();
         }
     });
@@ -133,14 +140,72 @@ pub fn snapshot(
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io("chown", &tmp))?;
     }
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io("rename over", path))?;
+    Ok(Pending { tmp, file, records })
+}
+
+/// Appends `tail` (whole records written to the old file since the snapshot was taken),
+/// then puts the snapshot in place of `path`: rename, fsync of the directory. Returns how
+/// many records the file holds.
+pub fn finish(path: &Path, mut pending: Pending, tail: &[u8]) -> Result<u64, StateError> {
+    let mut records = pending.records;
+    if !tail.is_empty() {
+        let mut with_magic = key_journal::MAGIC.to_vec();
+        with_magic.extend_from_slice(tail);
+        records += key_journal::replay(&with_magic, |_| Ok(()))
+            .map_err(|err| StateError::Journal {
+                path: path.display().to_string(),
+                err,
+            })?
+            .records;
+        pending
+            .file
+            .write_all(tail)
+            .map_err(io("write", &pending.tmp))?;
+        pending.file.sync_all().map_err(io("fsync", &pending.tmp))?;
+    }
+    drop(pending.file);
+    std::fs::rename(&pending.tmp, path).map_err(io("rename over", path))?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let dir = dir.unwrap_or(Path::new("."));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync the directory of", path))?;
-    Ok(written)
+    Ok(records)
+}
+
+/// Removes a snapshot that will not be put in place.
+pub fn abandon(pending: Pending) {
+    drop(pending.file);
+    let _ = std::fs::remove_file(&pending.tmp);
+}
+
+/// Writes the table's live entries as the new file at once (the zone's lock held, or no
+/// other process yet); returns how many records it holds.
+pub fn snapshot(
+    path: &Path,
+    table: &KeyTable<'_>,
+    now: u64,
+    owner: Option<(u32, u32)>,
+) -> Result<u64, StateError> {
+    let pending = begin(path, table, now, owner)?;
+    finish(path, pending, &[])
+}
+
+/// The file's length now (the zone's lock held: every append is whole).
+pub fn length(path: &Path) -> Result<u64, StateError> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(io("stat", path))
+}
+
+/// The bytes of `path` from `offset` on.
+pub fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, StateError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).map_err(io("open", path))?;
+    f.seek(SeekFrom::Start(offset)).map_err(io("read", path))?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).map_err(io("read", path))?;
+    Ok(out)
 }
 
 /// This process's descriptor of a state file, and the epoch it was opened at.

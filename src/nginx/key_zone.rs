@@ -47,6 +47,8 @@ struct Shared {
     /// Do not try to compact again before the file holds this many records (after a
     /// failed compaction).
     retry_at: u64,
+    /// The pid of the worker compacting the file now, or 0.
+    compactor: i32,
 }
 
 /// The zone's `data`: this cycle's view of it (allocated in the cycle's pool by the
@@ -181,6 +183,7 @@ unsafe extern "C" fn init_zone(
             epoch: 0,
             records: 0,
             retry_at: 0,
+            compactor: 0,
         });
         (*conf).shared = header;
         if let Some(path) = &(*conf).state {
@@ -343,21 +346,29 @@ pub unsafe fn change(
 ) -> Result<Vec<bool>, ChangeError> {
     // SAFETY: the caller's promise.
     let result = unsafe { locked(zone, |t, shared, conf| apply(t, shared, conf, ops, now)) };
-    let (outcome, path) = result??;
+    let (outcome, path, compact_now) = result??;
     if let Some(path) = path {
         key_state::sync(&path).map_err(ChangeError::Sync)?;
+        if compact_now {
+            // SAFETY: the caller's promise.
+            unsafe { compact(zone, &path, now) };
+        }
     }
     Ok(outcome)
 }
 
-/// The locked part of [`change`]: the outcomes, and the state file to flush.
+/// What the locked part of a change found: the outcomes, the state file to flush, and
+/// whether this process is to compact it.
+type Applied = (Vec<bool>, Option<PathBuf>, bool);
+
+/// The locked part of [`change`].
 fn apply(
     t: &mut KeyTable<'_>,
     shared: &mut Shared,
     conf: &ZoneConf,
     ops: &[Op],
     now: u64,
-) -> Result<(Vec<bool>, Option<PathBuf>), ChangeError> {
+) -> Result<Applied, ChangeError> {
     let mut undo: Vec<([u8; 32], Option<Record>)> = Vec::with_capacity(ops.len());
     let mut outcome = Vec::with_capacity(ops.len());
     let rollback = |t: &mut KeyTable<'_>, undo: Vec<([u8; 32], Option<Record>)>| {
@@ -397,7 +408,7 @@ fn apply(
         }
     }
     let Some(path) = conf.state.as_deref() else {
-        return Ok((outcome, None));
+        return Ok((outcome, None, false));
     };
     let mut bytes = Vec::with_capacity(ops.len() * 64);
     let mut n = 0;
@@ -418,47 +429,105 @@ fn apply(
         shared.records += n;
     }
     let live = t.len() as u64;
-    if shared.records > 2 * live + COMPACT_SLACK && shared.records >= shared.retry_at {
-        compact(path, t, shared, now);
+    let compact_now = shared.records > 2 * live + COMPACT_SLACK
+        && shared.records >= shared.retry_at
+        && !compactor_alive(shared.compactor);
+    if compact_now {
+        // SAFETY: plain syscall.
+        shared.compactor = unsafe { libc::getpid() };
     }
-    Ok((outcome, Some(path.to_path_buf())))
+    Ok((outcome, Some(path.to_path_buf()), compact_now))
 }
 
-/// Rewrites the state file as a snapshot of the live entries (under the zone's lock).
-fn compact(path: &Path, t: &KeyTable<'_>, shared: &mut Shared, now: u64) {
+/// Whether the worker that started a compaction is still there (one that died in the
+/// middle leaves its pid behind).
+fn compactor_alive(pid: i32) -> bool {
+    // SAFETY: plain syscall; signal 0 only checks that the process exists.
+    pid != 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// Rewrites the state file as a snapshot of the live entries, holding the zone's lock only
+/// to copy the table and, at the end, to add what was appended meanwhile and rename: the
+/// encoding, writing and fsync of a million records happen outside it.
+///
+/// # Safety
+/// As [`with_table`]; this process was chosen as the compactor by [`apply`].
+unsafe fn compact(zone: *mut ngx_shm_zone_t, path: &Path, now: u64) {
     let started = std::time::Instant::now();
-    let before = shared.records;
-    match key_state::snapshot(path, t, now, None) {
-        Ok(n) => {
-            shared.records = n;
-            shared.epoch += 1;
-            shared.retry_at = 0;
-            // SAFETY: the cycle's log is live in a worker.
-            unsafe {
-                log::write(
-                    (*nginx_sys::ngx_cycle).log,
-                    log::NOTICE,
-                    &format!(
-                        "noise: key zone state file \"{}\" compacted from {before} to {n} records in {} ms",
-                        path.display(),
-                        started.elapsed().as_millis()
-                    ),
-                )
-            };
+    // SAFETY: the caller's promise.
+    let size = unsafe { locked(zone, |t, _, _| t.region().len()) }.unwrap_or(0);
+    // Touched before the lock is taken, so that the copy under it faults no page in.
+    let mut copy = vec![0xffu8; size];
+    let held = std::time::Instant::now();
+    // SAFETY: the caller's promise.
+    let cut = unsafe {
+        locked(zone, |t, shared, _| {
+            copy.copy_from_slice(t.region());
+            (key_state::length(path), shared.records)
+        })
+    };
+    let mut lock_ms = held.elapsed().as_millis();
+    let outcome = match cut {
+        Ok((Ok(cut), before)) => {
+            let pending = KeyTable::open(&mut copy)
+                .map_err(|e| e.to_string())
+                .and_then(|t| key_state::begin(path, &t, now, None).map_err(|e| e.to_string()));
+            drop(copy);
+            match pending {
+                Ok(pending) => {
+                    let held = std::time::Instant::now();
+                    // SAFETY: the caller's promise.
+                    let done = unsafe {
+                        locked(zone, |_, shared, _| {
+                            let done = key_state::read_from(path, cut)
+                                .and_then(|tail| key_state::finish(path, pending, &tail));
+                            if let Ok(n) = done {
+                                shared.records = n;
+                                shared.epoch += 1;
+                                shared.retry_at = 0;
+                            }
+                            shared.compactor = 0;
+                            done.map(|n| (before, n)).map_err(|e| e.to_string())
+                        })
+                    };
+                    lock_ms += held.elapsed().as_millis();
+                    done.map_err(|e| e.to_string()).and_then(|r| r)
+                }
+                Err(e) => Err(e),
+            }
         }
+        Ok((Err(e), _)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let (level, msg) = match outcome {
+        Ok((before, n)) => (
+            log::NOTICE,
+            format!(
+                "noise: key zone state file \"{}\" compacted from {before} to {n} records in {} ms (the zone's lock held {lock_ms} ms)",
+                path.display(),
+                started.elapsed().as_millis()
+            ),
+        ),
         Err(e) => {
             // The journal stays whole, only longer; try again once it has grown as much.
-            shared.retry_at = shared.records + t.len() as u64 + COMPACT_SLACK;
-            // SAFETY: the cycle's log is live in a worker.
-            unsafe {
-                log::write(
-                    (*nginx_sys::ngx_cycle).log,
-                    log::ERR,
-                    &format!("noise: key zone state file not compacted: {e}"),
-                )
+            // SAFETY: the caller's promise.
+            let _ = unsafe {
+                locked(zone, |t, shared, _| {
+                    shared.retry_at = shared.records + t.len() as u64 + COMPACT_SLACK;
+                    shared.compactor = 0;
+                })
             };
+            (
+                log::ERR,
+                format!(
+                    "noise: key zone state file \"{}\" not compacted: {e}",
+                    path.display()
+                ),
+            )
         }
-    }
+    };
+    // SAFETY: the cycle's log is live in a worker.
+    unsafe { log::write((*nginx_sys::ngx_cycle).log, level, &msg) };
 }
 
 /// The zone's name, for messages.
