@@ -5,8 +5,9 @@
 # expired ones are not brought back; across a reload too, and changes after it. A file that
 # ends in a record cut short (a crash mid-write) starts with a warn line and the records
 # before it; a corrupt one stops nginx -t and the start, naming the file and the byte. The
-# file grows by appends and is compacted past twice the live set. An unusable path fails
-# nginx -t. And $noise_key_attr_NAME in http, through pass.
+# file grows by appends and is compacted past twice the live set; writers on both workers
+# at once lose nothing; a reload that moves the file writes the kept zone there. An unusable
+# path fails nginx -t. And $noise_key_attr_NAME in http, through pass.
 
 use strict;
 use warnings;
@@ -171,6 +172,33 @@ $t->run;
 like($t->error_log_since($mark), qr/\[warn\].*key zone "devices": 614 keys loaded from "\Q$state\E".*last record, at byte $good, was cut short/, 'a torn last record: one warn line with its offset');
 is(client('dev4'), "device=d-4 key=$pub{dev4}\n", 'and the keys before it are there');
 is(-s $state, $good, 'the start rewrote the file without it');
+
+# Writers on both workers at once: four clients, 10 PUTs each, in parallel; all in the file.
+my @par = map { $t->keygen("par$_") } 1 .. 40;
+my $http = $t->port('http');
+my $script = join "\n", map {
+    my $w = $_;
+    '(' . join('; ', map {
+        my $k = urlkey($par[$w * 10 + $_]);
+        "curl -s -o /dev/null -X PUT --data-binary '{\"verdict\":\"allow\",\"attrs\":{\"device\":\"p$w$_\"}}' http://127.0.0.1:$http/keys/$k"
+    } 0 .. 9) . ') &'
+} 0 .. 3;
+$t->run_cmd(['sh', '-c', "$script\nwait"]);
+is(count(), 654, 'forty parallel PUTs applied');
+$t->stop;
+$t->run;
+is(count(), 654, 'and all forty journaled: the file had every append whole');
+is(client('par17'), "device=p16 key=$par[16]\n", 'with their attributes');
+
+# A reload that moves the state file writes the kept zone's keys to the new one at once.
+$t->write_config(($conf =~ s/PASS_SERVER/$pass/r) =~ s{state/devices\.journal}{state/moved.journal}r);
+$mark = $t->error_log_mark;
+$t->reload;
+like($t->error_log_since($mark), qr/\[notice\].*key zone "devices": 654 keys written to "\Q$dir\E\/state\/moved\.journal"/, 'a reload with a new state= path writes the zone there');
+$t->stop;
+$t->run;
+is(count(), 654, 'and a restart loads it from there');
+$t->write_config($conf =~ s/PASS_SERVER/$pass/r);
 
 # A corrupt file: nginx -t and the start refuse it, naming the file and the byte.
 $t->stop;
