@@ -8,8 +8,9 @@
 //!
 //! Writes need `write=on`. A body that does not parse, a bad key, verdict or attribute is a
 //! 400 with the reason, and nothing of it is applied; a zone without room for the new keys
-//! is a 507. Every change is one short locked call on the zone: handshakes on every worker
-//! see it from the next lookup on.
+//! is a 507. Every change is one short locked call on the zone (`key_zone::change`):
+//! handshakes on every worker see it from the next lookup on, and with `state=` it is in
+//! the zone's state file, flushed, before the 2xx (docs/key-zone.md §6).
 
 use std::ffi::{c_char, c_void};
 
