@@ -5,7 +5,8 @@
 # expired ones are not brought back; across a reload too, and changes after it. A file that
 # ends in a record cut short (a crash mid-write) starts with a warn line and the records
 # before it; a corrupt one stops nginx -t and the start, naming the file and the byte. The
-# file grows by appends and is compacted past twice the live set; writers on both workers
+# file grows by appends and is compacted past twice the live set (a directory the workers
+# cannot write is a warn at start); writers on both workers
 # at once lose nothing; a reload that moves the file writes the kept zone there. An unusable
 # path fails nginx -t. And $noise_key_attr_NAME in http, through pass.
 
@@ -55,6 +56,16 @@ for my $case (
     my ($rc, $out) = $t->test_config;
     isnt($rc, 0, "$case->[2] fails nginx -t");
     like($out, qr/$case->[1].*nginx\.conf:\d+/s, "$case->[2]: says why and where");
+}
+
+# A directory the workers cannot write: nginx starts (they can append to the file the master
+# gives them) but says the file will not be compacted at run time.
+SKIP: {
+    skip 'not root: the workers run as this user', 2 unless $> == 0;
+    $t->write_config("stream { noise_keys_zone d 1m state=$dir/d.journal; }");
+    my ($rc, $out) = $t->test_config;
+    is($rc, 0, 'a state file in a directory of root passes nginx -t');
+    like($out, qr/\[warn\].*key zone "d": .*the workers' user \(uid $uid\) cannot create files in its directory/, 'with a warn line saying what to change');
 }
 
 my $conf = <<'END';

@@ -292,3 +292,19 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
         Err(_) => Ok(()),
     }
 }
+
+/// Whether `uid`/`gid` may create files in the directory of `path` (by its mode bits; the
+/// master runs as root, so `access()` would not tell). `None` when the directory is gone.
+pub fn dir_writable_by(path: &Path, uid: u32, gid: u32) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let m = std::fs::metadata(dir.unwrap_or(Path::new("."))).ok()?;
+    let mode = m.mode();
+    Some(if m.uid() == uid {
+        mode & 0o300 == 0o300
+    } else if m.gid() == gid {
+        mode & 0o030 == 0o030
+    } else {
+        mode & 0o003 == 0o003
+    })
+}

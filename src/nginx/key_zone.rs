@@ -236,6 +236,14 @@ fn load_state(
         shared.records = key_state::snapshot(path, t, now, owner).map_err(|e| e.to_string())?;
         shared.epoch += 1;
     }
+    if let Some((uid, gid)) = owner {
+        if key_state::dir_writable_by(path, uid, gid) == Some(false) {
+            level = log::WARN;
+            msg.push_str(&format!(
+                "; the workers' user (uid {uid}) cannot create files in its directory, so the file will not be compacted while nginx runs: give the directory to that user"
+            ));
+        }
+    }
     Ok((level, msg))
 }
 
