@@ -11,9 +11,8 @@
 //!   (`ngx_shmtx`), which is what makes a `&mut [u8]` over shared memory sound.
 //! * Every operation is one short, bounded, locked call: a lookup is under a microsecond
 //!   (docs/key-zone.md §4). The one I/O under the lock is a change's append to the zone's
-//!   `state=` file ([`super::key_state`]): one `write()` of its records, so that the file
-//!   has the table's order; a compaction, when the file has grown past twice the live
-//!   set, holds it longer (docs/key-zone.md §6).
+//!   `state=` file: one `write()` of its records, so that the file has the table's order
+//!   (the API's changes are [`super::key_change`]; the file's I/O [`super::key_state`]).
 //! * The zone's `data` is a [`ZoneConf`] of the cycle (the state file's path), which points
 //!   at the [`Shared`] header in the zone; a reload that keeps the zone hands the header on.
 
@@ -29,39 +28,35 @@ use nginx_sys::{
 use super::key_state::{self, StateError};
 use super::{log, pool};
 use crate::core::handshake::Verdict;
-use crate::core::key_journal::{self, Op};
-use crate::core::key_table::{Access, KeyTable, Record, TableError};
+use crate::core::key_table::{Access, KeyTable, TableError};
 use crate::nginx::conf::KeysConf;
 use crate::nginx::shm;
 
 /// The zone's header in shared memory: where the table lies, and the state file's counters.
 #[repr(C)]
-struct Shared {
-    table: *mut u8,
-    len: usize,
+pub(super) struct Shared {
+    pub(super) table: *mut u8,
+    pub(super) len: usize,
     /// Counts the times the state file was replaced by a snapshot: a process whose
     /// descriptor is of an older epoch reopens the file.
-    epoch: u64,
+    pub(super) epoch: u64,
     /// Records in the state file now.
-    records: u64,
+    pub(super) records: u64,
     /// Do not try to compact again before the file holds this many records (after a
     /// failed compaction).
-    retry_at: u64,
+    pub(super) retry_at: u64,
     /// The pid of the worker compacting the file now, or 0.
-    compactor: i32,
+    pub(super) compactor: i32,
 }
 
 /// The zone's `data`: this cycle's view of it (allocated in the cycle's pool by the
 /// directive that sizes the zone).
-struct ZoneConf {
-    shared: *mut Shared,
-    state: Option<PathBuf>,
+pub(super) struct ZoneConf {
+    pub(super) shared: *mut Shared,
+    pub(super) state: Option<PathBuf>,
     /// The cycle being configured, for the `user` to give the state file to.
-    cycle: *mut ngx_cycle_t,
+    pub(super) cycle: *mut ngx_cycle_t,
 }
-
-/// Compact the state file once it holds this many records more than twice the live set.
-const COMPACT_SLACK: u64 = 1024;
 
 /// Adds (or finds, with `size` 0) the key zone `name` in the configuration being read.
 ///
@@ -292,7 +287,7 @@ unsafe fn kept_zone_to_new_file(
 ///
 /// # Safety
 /// `zone` must be a zone added in the running cycle whose init has run.
-unsafe fn locked<R>(
+pub(super) unsafe fn locked<R>(
     zone: *mut ngx_shm_zone_t,
     f: impl FnOnce(&mut KeyTable<'_>, &mut Shared, &ZoneConf) -> R,
 ) -> Result<R, TableError> {
@@ -325,217 +320,6 @@ pub unsafe fn with_table<R>(
 ) -> Result<R, TableError> {
     // SAFETY: the caller's promise.
     unsafe { locked(zone, |t, _, _| f(t)) }
-}
-
-/// Why a change was not made.
-#[derive(Debug, thiserror::Error)]
-pub enum ChangeError {
-    #[error("{0}")]
-    Table(#[from] TableError),
-    /// The state file could not take it: the table was put back as it was.
-    #[error("{0} (the change was not applied)")]
-    State(StateError),
-    /// Applied and written, but the disk did not confirm it.
-    #[error("{0} (the change is applied and written, but may not survive a power loss)")]
-    Sync(StateError),
-}
-
-/// Applies `ops` in order under one hold of the zone's lock, journals them to the zone's
-/// state file before returning, and tells for each whether it found the key new (put) or
-/// present (delete). All or nothing: a table that refuses one, or a state file that cannot
-/// take them, leaves the table as it was.
-///
-/// # Safety
-/// As [`with_table`].
-pub unsafe fn change(
-    zone: *mut ngx_shm_zone_t,
-    ops: &[Op],
-    now: u64,
-) -> Result<Vec<bool>, ChangeError> {
-    // SAFETY: the caller's promise.
-    let result = unsafe { locked(zone, |t, shared, conf| apply(t, shared, conf, ops, now)) };
-    let (outcome, path, compact_now) = result??;
-    if let Some(path) = path {
-        key_state::sync(&path).map_err(ChangeError::Sync)?;
-        if compact_now {
-            // SAFETY: the caller's promise.
-            unsafe { compact(zone, &path, now) };
-        }
-    }
-    Ok(outcome)
-}
-
-/// What the locked part of a change found: the outcomes, the state file to flush, and
-/// whether this process is to compact it.
-type Applied = (Vec<bool>, Option<PathBuf>, bool);
-
-/// The locked part of [`change`].
-fn apply(
-    t: &mut KeyTable<'_>,
-    shared: &mut Shared,
-    conf: &ZoneConf,
-    ops: &[Op],
-    now: u64,
-) -> Result<Applied, ChangeError> {
-    let mut undo: Vec<([u8; 32], Option<Record>)> = Vec::with_capacity(ops.len());
-    let mut outcome = Vec::with_capacity(ops.len());
-    let rollback = |t: &mut KeyTable<'_>, undo: Vec<([u8; 32], Option<Record>)>| {
-        for (key, prev) in undo.into_iter().rev() {
-            match prev {
-                // The key is there (just changed), so this replaces: no room needed.
-                Some(r) => {
-                    let _ = t.put(&key, &r);
-                }
-                None => {
-                    t.remove(&key);
-                }
-            }
-        }
-    };
-    for op in ops {
-        let (key, done) = match op {
-            Op::Put(key, record) => {
-                let prev = t.get(key, now);
-                (key, t.put(key, record).map(|new| (new, prev)))
-            }
-            Op::Delete(key) => {
-                let prev = t.get(key, now);
-                let found = prev.is_some() && t.remove(key);
-                (key, Ok((found, prev)))
-            }
-        };
-        match done {
-            Ok((flag, prev)) => {
-                outcome.push(flag);
-                undo.push((*key, prev));
-            }
-            Err(e) => {
-                rollback(t, undo);
-                return Err(e.into());
-            }
-        }
-    }
-    let Some(path) = conf.state.as_deref() else {
-        return Ok((outcome, None, false));
-    };
-    let mut bytes = Vec::with_capacity(ops.len() * 64);
-    let mut n = 0;
-    for (op, flag) in ops.iter().zip(&outcome) {
-        // A delete of an absent key changed nothing.
-        if matches!(op, Op::Delete(_)) && !flag {
-            continue;
-        }
-        if key_journal::encode(op, &mut bytes).is_ok() {
-            n += 1;
-        }
-    }
-    if n > 0 {
-        if let Err(e) = key_state::append(path, shared.epoch, &bytes) {
-            rollback(t, undo);
-            return Err(ChangeError::State(e));
-        }
-        shared.records += n;
-    }
-    let live = t.len() as u64;
-    let compact_now = shared.records > 2 * live + COMPACT_SLACK
-        && shared.records >= shared.retry_at
-        && !compactor_alive(shared.compactor);
-    if compact_now {
-        // SAFETY: plain syscall.
-        shared.compactor = unsafe { libc::getpid() };
-    }
-    Ok((outcome, Some(path.to_path_buf()), compact_now))
-}
-
-/// Whether the worker that started a compaction is still there (one that died in the
-/// middle leaves its pid behind).
-fn compactor_alive(pid: i32) -> bool {
-    // SAFETY: plain syscall; signal 0 only checks that the process exists.
-    pid != 0 && unsafe { libc::kill(pid, 0) } == 0
-}
-
-/// Rewrites the state file as a snapshot of the live entries, holding the zone's lock only
-/// to copy the table and, at the end, to add what was appended meanwhile and rename: the
-/// encoding, writing and fsync of a million records happen outside it.
-///
-/// # Safety
-/// As [`with_table`]; this process was chosen as the compactor by [`apply`].
-unsafe fn compact(zone: *mut ngx_shm_zone_t, path: &Path, now: u64) {
-    let started = std::time::Instant::now();
-    // SAFETY: the caller's promise.
-    let size = unsafe { locked(zone, |t, _, _| t.region().len()) }.unwrap_or(0);
-    // Touched before the lock is taken, so that the copy under it faults no page in.
-    let mut copy = vec![0xffu8; size];
-    let held = std::time::Instant::now();
-    // SAFETY: the caller's promise.
-    let cut = unsafe {
-        locked(zone, |t, shared, _| {
-            copy.copy_from_slice(t.region());
-            (key_state::length(path), shared.records)
-        })
-    };
-    let mut lock_ms = held.elapsed().as_millis();
-    let outcome = match cut {
-        Ok((Ok(cut), before)) => {
-            let pending = KeyTable::open(&mut copy)
-                .map_err(|e| e.to_string())
-                .and_then(|t| key_state::begin(path, &t, now, None).map_err(|e| e.to_string()));
-            drop(copy);
-            match pending {
-                Ok(pending) => {
-                    let held = std::time::Instant::now();
-                    // SAFETY: the caller's promise.
-                    let done = unsafe {
-                        locked(zone, |_, shared, _| {
-                            let done = key_state::read_from(path, cut)
-                                .and_then(|tail| key_state::finish(path, pending, &tail));
-                            if let Ok(n) = done {
-                                shared.records = n;
-                                shared.epoch += 1;
-                                shared.retry_at = 0;
-                            }
-                            shared.compactor = 0;
-                            done.map(|n| (before, n)).map_err(|e| e.to_string())
-                        })
-                    };
-                    lock_ms += held.elapsed().as_millis();
-                    done.map_err(|e| e.to_string()).and_then(|r| r)
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Ok((Err(e), _)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let (level, msg) = match outcome {
-        Ok((before, n)) => (
-            log::NOTICE,
-            format!(
-                "noise: key zone state file \"{}\" compacted from {before} to {n} records in {} ms (the zone's lock held {lock_ms} ms)",
-                path.display(),
-                started.elapsed().as_millis()
-            ),
-        ),
-        Err(e) => {
-            // The journal stays whole, only longer; try again once it has grown as much.
-            // SAFETY: the caller's promise.
-            let _ = unsafe {
-                locked(zone, |t, shared, _| {
-                    shared.retry_at = shared.records + t.len() as u64 + COMPACT_SLACK;
-                    shared.compactor = 0;
-                })
-            };
-            (
-                log::ERR,
-                format!(
-                    "noise: key zone state file \"{}\" not compacted: {e}",
-                    path.display()
-                ),
-            )
-        }
-    };
-    // SAFETY: the cycle's log is live in a worker.
-    unsafe { log::write((*nginx_sys::ngx_cycle).log, level, &msg) };
 }
 
 /// The zone's name, for messages.

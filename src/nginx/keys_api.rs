@@ -24,7 +24,8 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ngx_string;
 use serde_json::{json, Map, Value};
 
-use super::key_zone::{self, ChangeError};
+use super::key_change::{self, ChangeError};
+use super::key_zone;
 use super::log;
 use super::status;
 use crate::core::key_journal::Op;
@@ -291,14 +292,14 @@ fn answer(api: &ApiConf, method: usize, key: &[u8], body: &[u8]) -> Reply {
         };
         let json = record_json(&key, &record);
         // SAFETY: as for `table`.
-        match unsafe { key_zone::change(api.zone, &[Op::Put(key, record)], now) }.as_deref() {
+        match unsafe { key_change::change(api.zone, &[Op::Put(key, record)], now) }.as_deref() {
             Ok([true]) => Reply(201, json),
             Ok(_) => Reply(200, json),
             Err(e) => change_failure(e),
         }
     } else if method & NGX_HTTP_DELETE as usize != 0 {
         // SAFETY: as for `table`.
-        match unsafe { key_zone::change(api.zone, &[Op::Delete(key)], now) }.as_deref() {
+        match unsafe { key_change::change(api.zone, &[Op::Delete(key)], now) }.as_deref() {
             Ok([true]) => Reply(200, json!({ "deleted": keys::encode_key(&key) })),
             Ok(_) => error(404, "no such key"),
             Err(e) => change_failure(e),
@@ -359,7 +360,7 @@ fn bulk(api: &ApiConf, body: &[u8], now: u64) -> Reply {
     let mut applied = 0;
     for chunk in ops.chunks(BULK_CHUNK) {
         // SAFETY: as in `answer`.
-        match unsafe { key_zone::change(api.zone, chunk, now) } {
+        match unsafe { key_change::change(api.zone, chunk, now) } {
             Ok(_) => applied += chunk.len(),
             // Only a writer racing this load for the last free entries, or a state file
             // that cannot take the chunk, gets here; the chunk itself is not applied.

@@ -12,7 +12,7 @@
 //!   them but [`sockaddr`], [`log`], [`key_zone`] and [`key_state`]); [`stream_conf`]: where nginx keeps
 //!   stream confs.
 //! * [`key_zone`]: `noise_keys_zone`, client keys and verdicts in shared memory, with
-//!   [`key_state`] (its `state=` file);
+//!   [`key_state`] (its `state=` file) and [`key_change`] (the changes, journaled);
 //!   [`keys_api`]: the http API that changes them.
 //! * [`module`]: the `extern "C"` entry points of the C glue; [`listen`]: `noise_listen`
 //!   sockets; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
@@ -37,6 +37,7 @@ pub mod gate;
 pub mod handshake;
 pub mod http;
 pub mod io;
+pub mod key_change;
 pub mod key_state;
 pub mod key_zone;
 pub mod keys_api;
