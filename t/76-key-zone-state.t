@@ -1,14 +1,14 @@
 #!/usr/bin/perl
 # noise_keys_zone ... state=FILE (docs/key-zone.md §6): every acknowledged change (PUT,
 # DELETE, POST) is in the file before the API answers, and a new zone loads it. Across a
-# full stop and start: keys, verdicts, attributes and expiry kept, deleted keys stay deleted,
-# expired ones are not brought back; across a reload too, and changes after it. A file that
-# ends in a record cut short (a crash mid-write) starts with a warn line and the records
-# before it; a corrupt one stops nginx -t and the start, naming the file and the byte. The
-# file grows by appends and is compacted past twice the live set (a directory the workers
-# cannot write is a warn at start); writers on both workers
-# at once lose nothing; a reload that moves the file writes the kept zone there. An unusable
-# path fails nginx -t. And $noise_key_attr_NAME in http, through pass.
+# full stop and start: keys, verdicts, attributes and expiry kept, deleted keys stay
+# deleted, expired ones are not brought back; across a reload too, and changes after it.
+# Writers on both workers at once lose nothing; the file is compacted past twice the live
+# set; a reload that moves the file writes the kept zone there; a change the file refuses
+# is undone and answered 500. A file that ends in a record cut short (a crash mid-write)
+# starts with a warn line and the records before it; a corrupt one stops nginx -t and the
+# start, naming the file and the byte. An unusable path fails nginx -t; a directory the
+# workers cannot write is a warn. And $noise_key_attr_NAME in http, through pass.
 
 use strict;
 use warnings;
@@ -171,6 +171,16 @@ is(count(), 614, 'with every key');
 $t->stop;
 $t->run;
 is(count(), 614, 'and a restart reads the compacted file');
+
+# A state file that refuses a change: 500 with the reason, and the change is not applied.
+$t->reload;    # new workers: each opens the file at its first write
+chmod 0400, $state;
+($st, $body) = api('PUT', '/keys/' . urlkey($pub{dev5}), '{"verdict":"allow"}');
+is($st, 500, 'a change the state file refuses: 500');
+like($body, qr/cannot open the state file .*Permission denied.* \(the change was not applied\)/, 'saying why');
+($st) = api('GET', '/keys/' . urlkey($pub{dev5}));
+is($st, 404, 'and the table was left as it was');
+chmod 0600, $state;
 
 # A record cut short at the end (a crash in the middle of an append): ignored, with a warn.
 $t->stop;

@@ -219,7 +219,8 @@ struct Open {
 static OPEN: Mutex<Vec<Open>> = Mutex::new(Vec::new());
 
 /// Appends `bytes` (whole records) to `path` in one write, reopening the file when the zone's
-/// `epoch` says it was replaced since this process opened it.
+/// `epoch` says it was replaced since this process opened it. A failed append leaves the
+/// file as it was (cut back to its old length).
 pub fn append(path: &Path, epoch: u64, bytes: &[u8]) -> Result<(), StateError> {
     let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
     let found = open.iter().position(|o| o.path == path);
@@ -249,10 +250,14 @@ pub fn append(path: &Path, epoch: u64, bytes: &[u8]) -> Result<(), StateError> {
             }
         }
     };
-    open[at]
-        .file
-        .write_all(bytes)
-        .map_err(io("append to", path))
+    let file = &mut open[at].file;
+    // Where the file ends now (appends happen under the zone's lock): a write that fails part
+    // way is cut back to here, so that no half record sits before later good ones.
+    let end = file.metadata().map_err(io("stat", path))?.len();
+    file.write_all(bytes).map_err(|e| {
+        let _ = file.set_len(end);
+        io("append to", path)(e)
+    })
 }
 
 /// Flushes this process's appends to `path` to the disk.
