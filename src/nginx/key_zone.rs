@@ -15,6 +15,9 @@
 //!   (the API's changes are [`super::key_change`]; the file's I/O [`super::key_state`]).
 //! * The zone's `data` is a [`ZoneConf`] of the cycle (the state file's path), which points
 //!   at the [`Shared`] header in the zone; a reload that keeps the zone hands the header on.
+//! * A new zone loads its `state=` file in its init, in the master before workers exist
+//!   (so the table is its alone), refuses a corrupt one (the cycle fails, naming file and
+//!   byte) and, unless `nginx -t`, writes it back compacted, owned by the workers' user.
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
