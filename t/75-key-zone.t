@@ -38,7 +38,7 @@ sub api {
 # Configuration errors.
 for my $case (
     ['stream { noise_keys_zone devices 1k; }', qr/"noise_keys_zone": invalid zone size "1k"/, 'a tiny zone'],
-    ['stream { noise_keys_zone devices 1m state=/tmp/x; }', qr/"noise_keys_zone": unknown parameter "state=\/tmp\/x"/, 'an unknown parameter'],
+    ['stream { noise_keys_zone devices 1m colour=red; }', qr/"noise_keys_zone": unknown parameter "colour=red" \(only "state=FILE"\)/, 'an unknown parameter'],
     ['stream { noise_keys_zone d 1m; noise_keys_zone d 1m; }', qr/zone "d" is already declared/, 'a zone declared twice'],
     ['stream { noise_keys_zone d 1m; server { noise_listen 127.0.0.1:1; noise_private_key %%TESTDIR%%/server.key; noise_keys miss=deny; return x; } }', qr/"noise_keys": "zone=" is required/, 'noise_keys without a zone'],
     ['stream { noise_keys_zone d 1m; server { noise_listen 127.0.0.1:1; noise_private_key %%TESTDIR%%/server.key; noise_keys zone=d miss=maybe; return x; } }', qr/invalid "miss=maybe"/, 'a bad miss='],

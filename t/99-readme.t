@@ -16,6 +16,7 @@ use NoiseTest;
 
 my $t = NoiseTest->new;
 my $dir = $t->dir;
+chmod 0755, $dir;    # workers (nobody) open the key zone's state file by its path
 my $readme = $t->read_file($t->repo . '/README.md');
 my @blocks = $readme =~ /^```nginx\n(.*?)^```$/msg;
 ok(@blocks >= 3, scalar(@blocks) . ' nginx examples in the README');
@@ -48,6 +49,7 @@ my %port = (7443 => 'noise', 9000 => 'gateway', 8080 => 'backend', 9113 => 'stat
 sub localise {
     my ($block) = @_;
     $block =~ s/^\s*load_module\s+modules\/ngx_stream_noise_module\.so;\n//m;    # the harness loads it
+    $block =~ s{/var/lib/nginx/noise/}{%%TESTDIR%%/}g;    # the key zone's state file
     for my $a (keys %address) { $block =~ s/\Q$a\E/127.0.0.1:%%PORT_$address{$a}%%/g }
     # An example whose own http server listens on 8080 gets another port for it.
     my %p = (%port, $block =~ /\blisten\s+127\.0\.0\.1:8080\b/ ? (8080 => 'internal') : ());
@@ -143,6 +145,12 @@ for my $block (@blocks) {
             '--data-binary', '{"verdict":"allow","attrs":{"device":"d-17"},"ttl":86400}',
             "http://127.0.0.1:${\$t->port('keysapi')}/keys/$k"]);
         is($r->{out}, '201', "README example $n: the README's PUT enrols the key");
+        if ($conf =~ /state=/) {
+            $t->stop;
+            $t->run;
+            like($t->run_cmd(['curl', '-s', "http://127.0.0.1:${\$t->port('keysapi')}/keys/$k"])->{out},
+                qr/"device":"d-17"/, "README example $n: the enrolled key is still there after a restart");
+        }
         $driven++;
     }
     if ($conf =~ /noise_listen/ && $conf =~ /(?<!\w)pass\s/) {

@@ -102,7 +102,7 @@ pub fn check_attr(name: &str, value: &str) -> Result<(), TableError> {
 }
 
 /// Checks a record's attributes and encodes them.
-fn encode_attrs(attrs: &[(String, String)]) -> Result<Vec<u8>, TableError> {
+pub(crate) fn encode_attrs(attrs: &[(String, String)]) -> Result<Vec<u8>, TableError> {
     if attrs.len() > MAX_ATTRS {
         return Err(TableError::Attr(format!(
             "{} attributes, at most {MAX_ATTRS}",
@@ -131,7 +131,7 @@ fn encode_attrs(attrs: &[(String, String)]) -> Result<Vec<u8>, TableError> {
     Ok(out)
 }
 
-fn decode_attrs(mut bytes: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn decode_attrs(mut bytes: &[u8]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let field = |bytes: &mut &[u8]| -> Option<String> {
         let (&len, rest) = bytes.split_first()?;
@@ -225,6 +225,11 @@ impl<'a> KeyTable<'a> {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The whole region, for a copy to read at leisure (`KeyTable::open` on the copy).
+    pub fn region(&self) -> &[u8] {
+        self.region
     }
 
     /// Keys in the table, expired ones not yet met included.

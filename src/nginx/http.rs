@@ -1,7 +1,8 @@
 //! The http side of the .so (`ngx_http_noise_module`, `nginx-module/ngx_http_noise_module.c`):
-//! `$noise_client_key`, `$noise_protocol`, `$noise_handshake_hash` and `$noise_server_key`
-//! for requests on
-//! connections that a stream `noise_listen` server handed to `http` with `pass`.
+//! `$noise_client_key`, `$noise_protocol`, `$noise_handshake_hash`, `$noise_server_key` and
+//! `$noise_key_attr_NAME` (attribute NAME of the client's key in the stream server's key
+//! zone, as the handshake found it) for requests on connections that a stream
+//! `noise_listen` server handed to `http` with `pass`.
 //!
 //! `pass` gives http the very connection the stream module accepted, with our I/O
 //! functions and our state still attached ([`super::conn`] finds it by slot and number),
@@ -11,12 +12,12 @@
 
 use nginx_sys::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
-    ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
+    ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_HTTP_VAR_PREFIX, NGX_OK,
 };
 use ngx::ngx_string;
 
 use super::conn;
-use super::variables::{fill, value, Which};
+use super::variables::{attr_value, fill, value, Which};
 
 /// Names and what each shows; a variable's `data` is its index here.
 const VARIABLES: [(ngx_str_t, Which); 4] = [
@@ -32,6 +33,20 @@ const VARIABLES: [(ngx_str_t, Which); 4] = [
 /// Called only by nginx, through the http module definition, with its own argument.
 #[no_mangle]
 pub unsafe extern "C" fn ngx_http_noise_preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    let mut prefix = ngx_string!("noise_key_attr_");
+    // SAFETY: cf is the http configuration being read; nginx copies the name.
+    let v = unsafe {
+        ngx_http_add_variable(
+            cf,
+            &mut prefix,
+            (NGX_HTTP_VAR_NOCACHEABLE | NGX_HTTP_VAR_PREFIX) as usize,
+        )
+    };
+    if v.is_null() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    // SAFETY: v was just returned by nginx.
+    unsafe { (*v).get_handler = Some(get_attr) };
     for (index, (name, _)) in VARIABLES.iter().enumerate() {
         let mut name = *name;
         // SAFETY: cf is the http configuration being read; nginx copies the name.
@@ -76,6 +91,29 @@ unsafe extern "C" fn get(
     let text = unsafe { conn::get(client_connection(r)) }
         .and_then(|st| st.established())
         .map(|info| value(info, *which))
+        .unwrap_or_default();
+    // SAFETY: the request pool outlives every use of the value.
+    unsafe { fill(v, r.pool, &text) }
+}
+
+/// The getter of `$noise_key_attr_NAME`; nginx passes the variable's whole name as `data`
+/// (an `ngx_str_t`) for prefix variables. Empty, as the other variables here, when the
+/// connection has no such attribute.
+unsafe extern "C" fn get_attr(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx calls getters with a live request and value slot, and a prefix
+    // variable's data is the ngx_str_t of the name being read, live for the call.
+    let (r, v, name) = unsafe { (&*r, &mut *v, (*(data as *const ngx_str_t)).as_bytes()) };
+    // SAFETY: the request's client connection is live; the state reference ends in this
+    // statement.
+    let text = unsafe { conn::get(client_connection(r)) }
+        .filter(|st| st.established().is_some())
+        .and_then(|st| st.key_attrs.as_deref())
+        .and_then(|attrs| attr_value(attrs, name))
+        .map(str::to_string)
         .unwrap_or_default();
     // SAFETY: the request pool outlives every use of the value.
     unsafe { fill(v, r.pool, &text) }

@@ -8,8 +8,9 @@
 //!
 //! Writes need `write=on`. A body that does not parse, a bad key, verdict or attribute is a
 //! 400 with the reason, and nothing of it is applied; a zone without room for the new keys
-//! is a 507. Every change is one short locked call on the zone: handshakes on every worker
-//! see it from the next lookup on.
+//! is a 507. Every change is one short locked call on the zone (`key_zone::change`):
+//! handshakes on every worker see it from the next lookup on, and with `state=` it is in
+//! the zone's state file, flushed, before the 2xx (docs/key-zone.md §6).
 
 use std::ffi::{c_char, c_void};
 
@@ -23,8 +24,11 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ngx_string;
 use serde_json::{json, Map, Value};
 
+use super::key_change::{self, ChangeError};
+use super::key_zone;
 use super::log;
-use super::{key_zone, status};
+use super::status;
+use crate::core::key_journal::Op;
 use crate::core::key_table::{Access, KeyTable, Record, TableError};
 use crate::core::keys;
 
@@ -241,6 +245,13 @@ fn zone_failure(e: TableError) -> Reply {
     }
 }
 
+fn change_failure(e: &ChangeError) -> Reply {
+    match e {
+        ChangeError::Table(t) => zone_failure(t.clone()),
+        e => error(500, e.to_string()),
+    }
+}
+
 /// What the request asks, once its body (if any) is read.
 fn answer(api: &ApiConf, method: usize, key: &[u8], body: &[u8]) -> Reply {
     let write = method & (NGX_HTTP_PUT | NGX_HTTP_DELETE | NGX_HTTP_POST) as usize != 0;
@@ -279,19 +290,20 @@ fn answer(api: &ApiConf, method: usize, key: &[u8], body: &[u8]) -> Reply {
             Ok(r) => r,
             Err(why) => return error(400, why),
         };
-        table(&mut |t| match t.put(&key, &record) {
-            Ok(true) => Reply(201, record_json(&key, &record)),
-            Ok(false) => Reply(200, record_json(&key, &record)),
-            Err(e) => zone_failure(e),
-        })
+        let json = record_json(&key, &record);
+        // SAFETY: as for `table`.
+        match unsafe { key_change::change(api.zone, &[Op::Put(key, record)], now) }.as_deref() {
+            Ok([true]) => Reply(201, json),
+            Ok(_) => Reply(200, json),
+            Err(e) => change_failure(e),
+        }
     } else if method & NGX_HTTP_DELETE as usize != 0 {
-        table(&mut |t| {
-            if t.remove(&key) {
-                Reply(200, json!({ "deleted": keys::encode_key(&key) }))
-            } else {
-                error(404, "no such key")
-            }
-        })
+        // SAFETY: as for `table`.
+        match unsafe { key_change::change(api.zone, &[Op::Delete(key)], now) }.as_deref() {
+            Ok([true]) => Reply(200, json!({ "deleted": keys::encode_key(&key) })),
+            Ok(_) => error(404, "no such key"),
+            Err(e) => change_failure(e),
+        }
     } else {
         error(405, "use GET, PUT or DELETE on a key")
     }
@@ -300,7 +312,7 @@ fn answer(api: &ApiConf, method: usize, key: &[u8], body: &[u8]) -> Reply {
 /// `POST /`: newline-delimited records, each with its key. Every line is checked before
 /// any is applied; then they are applied in chunks of [`BULK_CHUNK`] per lock hold.
 fn bulk(api: &ApiConf, body: &[u8], now: u64) -> Reply {
-    let mut records = Vec::new();
+    let mut ops = Vec::new();
     for (n, line) in body.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -313,53 +325,54 @@ fn bulk(api: &ApiConf, body: &[u8], now: u64) -> Reply {
                     .and_then(Value::as_str)
                     .ok_or_else(|| "no \"key\"".to_string())
                     .and_then(|k| parse_key(k.as_bytes()))?;
-                Ok((key, parse_record(&v, now)?))
+                Ok(Op::Put(key, parse_record(&v, now)?))
             });
         match parsed {
-            Ok(r) => records.push(r),
+            Ok(op) => ops.push(op),
             Err(why) => return error(400, format!("line {}: {why}", n + 1)),
         }
     }
-    // Room for every new key first, so that a full zone applies nothing.
-    // SAFETY: as in `answer`.
-    let room = unsafe {
-        key_zone::with_table(api.zone, |t| {
-            let new = records
-                .iter()
-                .filter(|(k, _)| t.get(k, now).is_none())
-                .count();
-            (new, t.capacity() - t.len())
-        })
-    };
-    match room {
-        Ok((new, free)) if new > free => {
-            return error(
-                507,
-                format!("the key zone has room for {free} more keys, the load adds {new}"),
-            )
-        }
-        Ok(_) => {}
-        Err(e) => return zone_failure(e),
-    }
-    let mut applied = 0;
-    for chunk in records.chunks(BULK_CHUNK) {
+    // Room for every new key first, so that a full zone applies nothing; counted in chunks
+    // too, so that a large load does not hold the lock through a million lookups.
+    let (mut new, mut free) = (0, 0);
+    for chunk in ops.chunks(BULK_CHUNK) {
         // SAFETY: as in `answer`.
-        let done = unsafe {
+        let counted = unsafe {
             key_zone::with_table(api.zone, |t| {
-                for (key, record) in chunk {
-                    t.put(key, record)?;
-                }
-                Ok::<_, TableError>(())
+                let n = chunk
+                    .iter()
+                    .filter(|op| matches!(op, Op::Put(k, _) if t.get(k, now).is_none()))
+                    .count();
+                (n, t.capacity() - t.len())
             })
         };
-        match done.and_then(|r| r) {
-            Ok(()) => applied += chunk.len(),
-            // Only a writer racing this load for the last free entries gets here.
+        match counted {
+            Ok((n, f)) => (new, free) = (new + n, f),
+            Err(e) => return zone_failure(e),
+        }
+    }
+    if new > free {
+        return error(
+            507,
+            format!("the key zone has room for {free} more keys, the load adds {new}"),
+        );
+    }
+    let mut applied = 0;
+    for chunk in ops.chunks(BULK_CHUNK) {
+        // SAFETY: as in `answer`.
+        match unsafe { key_change::change(api.zone, chunk, now) } {
+            Ok(_) => applied += chunk.len(),
+            // Only a writer racing this load for the last free entries, or a state file
+            // that cannot take the chunk, gets here; the chunk itself is not applied.
             Err(e) => {
+                let status = match e {
+                    ChangeError::Table(TableError::Full(_)) => 507,
+                    _ => 500,
+                };
                 return Reply(
-                    507,
-                    json!({ "error": e.to_string(), "applied": applied, "lines": records.len() }),
-                )
+                    status,
+                    json!({ "error": e.to_string(), "applied": applied, "lines": ops.len() }),
+                );
             }
         }
     }

@@ -21,6 +21,8 @@ pub const EMERG: ngx_uint_t = nginx_sys::NGX_LOG_EMERG as ngx_uint_t;
 pub const ALERT: ngx_uint_t = nginx_sys::NGX_LOG_ALERT as ngx_uint_t;
 /// `warn` level.
 pub const WARN: ngx_uint_t = nginx_sys::NGX_LOG_WARN as ngx_uint_t;
+/// `notice` level (what the module did at start, as nginx's own start lines).
+pub const NOTICE: ngx_uint_t = nginx_sys::NGX_LOG_NOTICE as ngx_uint_t;
 /// `info` level.
 pub const INFO: ngx_uint_t = NGX_LOG_INFO as ngx_uint_t;
 

@@ -9,9 +9,10 @@
 //! * [`io`]: the replacement `recv`, `send`, `recv_chain`, `send_chain`.
 //! * [`log`]: error-log lines and the error-to-level mapping.
 //! * [`conf`]: the configuration (ground floor: the other modules read it, it reads none of
-//!   them but [`sockaddr`], [`log`] and [`key_zone`]); [`stream_conf`]: where nginx keeps
+//!   them but [`sockaddr`], [`log`], [`key_zone`] and [`key_state`]); [`stream_conf`]: where nginx keeps
 //!   stream confs.
-//! * [`key_zone`]: `noise_keys_zone`, client keys and verdicts in shared memory;
+//! * [`key_zone`]: `noise_keys_zone`, client keys and verdicts in shared memory, with
+//!   [`key_state`] (its `state=` file) and [`key_change`] (the changes, journaled);
 //!   [`keys_api`]: the http API that changes them.
 //! * [`module`]: the `extern "C"` entry points of the C glue; [`listen`]: `noise_listen`
 //!   sockets; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
@@ -36,6 +37,8 @@ pub mod gate;
 pub mod handshake;
 pub mod http;
 pub mod io;
+pub mod key_change;
+pub mod key_state;
 pub mod key_zone;
 pub mod keys_api;
 pub mod limit;

@@ -2,7 +2,9 @@
 //! name: adding a directive is one line in the table and one arm here. Errors are returned
 //! as text; the caller logs them with the directive's file and line (`nginx -t`).
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_stream_core_module};
 use ngx::core::NGX_CONF_ERROR;
@@ -15,7 +17,7 @@ use super::srv::{KeysConf, Loaded, SideConf, SrvConf};
 use crate::core::key_table::{capacity_for, Access};
 use crate::core::keys::{self, KeyFileError, KeySet, Secret};
 use crate::core::protocol::Protocol;
-use crate::nginx::{key_zone, log};
+use crate::nginx::{key_state, key_zone, log};
 
 /// What a directive handler needs besides its arguments.
 pub struct Context<'a> {
@@ -301,11 +303,18 @@ fn keys_zone(cf: &mut ngx_conf_t, main: &mut MainConf, all: &[Vec<u8>]) -> Resul
     if name.is_empty() || name.contains(&b'=') {
         return Err(format!("\"{NAME}\": invalid zone name \"{}\"", text(name)));
     }
-    if let Some(extra) = all.get(2) {
-        return Err(format!(
-            "\"{NAME}\": unknown parameter \"{}\" (a state file is not supported yet)",
-            text(extra)
-        ));
+    let mut state = None;
+    for extra in all.iter().skip(2) {
+        let Some(file) = extra.strip_prefix(b"state=").filter(|f| !f.is_empty()) else {
+            return Err(format!(
+                "\"{NAME}\": unknown parameter \"{}\" (only \"state=FILE\")",
+                text(extra)
+            ));
+        };
+        if state.is_some() {
+            return Err(format!("\"{NAME}\": \"state=\" is given twice"));
+        }
+        state = Some(state_path(cf, file));
     }
     let bytes = usize::try_from(args::size(&size)).ok().filter(|&n| n > 0);
     // At least 8 pages, as nginx's own zones; and room for some keys.
@@ -321,12 +330,33 @@ fn keys_zone(cf: &mut ngx_conf_t, main: &mut MainConf, all: &[Vec<u8>]) -> Resul
             "\"{NAME}\": zone \"{zone_name}\" is already declared"
         ));
     }
+    if let Some(path) = &state {
+        if main.key_states.contains(path) {
+            return Err(format!(
+                "\"{NAME}\": the state file \"{}\" is already another zone's",
+                path.display()
+            ));
+        }
+        key_state::check_writable(path).map_err(|e| format!("\"{NAME}\": state file: {e}"))?;
+        main.key_states.push(path.clone());
+    }
     // SAFETY: cf is the configuration being read.
-    if unsafe { key_zone::add(cf, name, bytes) }.is_null() {
+    if unsafe { key_zone::declare(cf, name, bytes, state) }.is_null() {
         return Err(String::new()); // nginx logged why (a size conflict)
     }
     main.key_zones.push(zone_name);
     Ok(())
+}
+
+/// A `state=` path: relative ones are relative to nginx's prefix, as nginx's own files.
+fn state_path(cf: &ngx_conf_t, file: &[u8]) -> PathBuf {
+    let file = Path::new(OsStr::from_bytes(file));
+    if file.is_absolute() {
+        return file.to_path_buf();
+    }
+    // SAFETY: cf is being read: its cycle and the cycle's prefix are live.
+    let prefix = unsafe { (*cf.cycle).prefix.as_bytes().to_vec() };
+    Path::new(OsStr::from_bytes(&prefix)).join(file)
 }
 
 /// `noise_keys zone=NAME [miss=deny|allow]`.

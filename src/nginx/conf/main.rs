@@ -63,6 +63,8 @@ pub struct MainConf {
     /// Upstream groups (by address) that have a `server ... resolve`: their addresses are
     /// not known in advance, so a pinned side fails closed on any of them.
     pub resolving_groups: Vec<usize>,
+    /// Their `state=` files (one zone per file).
+    pub key_states: Vec<std::path::PathBuf>,
 }
 
 impl MainConf {
