@@ -10,6 +10,7 @@
 use strict;
 use warnings;
 use Test::More;
+use MIME::Base64 qw(encode_base64);
 use lib 't/lib';
 use NoiseTest;
 
@@ -118,6 +119,21 @@ for (1 .. 10) {
 is_deeply([keys %seen], ["device=d-1 tenant=acme key=$pub{dev1}\n"], 'every connection on every worker is admitted with its attributes (XX)');
 is(client($deny, 'dev1', '--protocol', $ik, '--remote-key', $server_pub)->{out}, "device=d-1 tenant=acme key=$pub{dev1}\n", 'IK too');
 is(client($deny, 'dev1', '--protocol', $ix)->{out}, "device=d-1 tenant=acme key=$pub{dev1}\n", 'IX too (decided at its first transport frame)');
+
+# A key in standard base64 goes into the path as it is: one holding "//" or starting with
+# "/" must not be broken by nginx's merge_slashes (the API reads the request line).
+{
+    my $slashy = encode_base64("\xff" x 32, '');   # 42 slashes, then "8="
+    my ($st, $body) = api('PUT', "/keys/$slashy", '{"verdict":"allow","attrs":{"device":"slashes"}}');
+    is($st, 201, 'PUT of a standard base64 key made of slashes');
+    ($st, $body) = api('GET', '/keys/' . urlkey($slashy));
+    is($st, 200, 'found again under its base64url form: the same key');
+    like($body, qr/"device":"slashes"/, 'with its attributes');
+    ($st) = api('GET', '/keys/%2F%2f' . substr($slashy, 2, 40) . '8%3D');
+    is($st, 200, 'and percent-escaped');
+    ($st) = api('DELETE', "/keys/$slashy?ignored=1");
+    is($st, 200, 'DELETE it in standard base64, a query string aside');
+}
 
 # Deny entries.
 ($st) = api('PUT', "/keys/$pub{dev2}", '{"verdict":"deny"}');

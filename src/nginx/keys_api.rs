@@ -135,7 +135,10 @@ unsafe fn conf_of(r: &ngx_http_request_t) -> &ApiConf {
     unsafe { &*(*r.loc_conf.add(ngx_http_noise_module.ctx_index) as *const ApiConf) }
 }
 
-/// The key part of the URI: what follows the location's prefix.
+/// The key part of the URI: what follows the location's prefix, taken from the request
+/// line as the client sent it (query cut off, percent-escapes decoded). Not `r->uri`:
+/// nginx merges slashes there (`merge_slashes`), and a key in standard base64 may hold
+/// `//` or start with `/`, which would then be a different, broken key.
 ///
 /// # Safety
 /// As [`conf_of`].
@@ -146,10 +149,43 @@ unsafe fn key_part(r: &ngx_http_request_t) -> Vec<u8> {
             *r.loc_conf.add(ngx_http_core_module.ctx_index) as *const ngx_http_core_loc_conf_t;
         (*clcf).name.as_bytes().to_vec()
     };
-    let uri = r.uri.as_bytes();
-    let rest = uri.strip_prefix(prefix.as_slice()).unwrap_or(uri);
-    let slashes = rest.iter().take_while(|&&b| b == b'/').count();
-    rest[slashes..].to_vec()
+    let raw = r.unparsed_uri.as_bytes();
+    let path = percent_decoded(raw.split(|&b| b == b'?').next().unwrap_or(raw));
+    key_after(&path, &prefix)
+        // A request line nginx normalised beyond the prefix (`/./`, `/../`): its own URI.
+        .or_else(|| key_after(r.uri.as_bytes(), &prefix))
+        .unwrap_or_default()
+}
+
+/// What follows `prefix` in `path`, past the one slash that separates them when the prefix
+/// does not end with it.
+fn key_after(path: &[u8], prefix: &[u8]) -> Option<Vec<u8>> {
+    let rest = path.strip_prefix(prefix)?;
+    let rest = if prefix.ends_with(b"/") {
+        rest
+    } else {
+        rest.strip_prefix(b"/").unwrap_or(rest)
+    };
+    Some(rest.to_vec())
+}
+
+/// `%XX` escapes decoded; anything else, a malformed escape included, kept as it is.
+fn percent_decoded(text: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'%' && i + 2 < text.len() {
+            if let (Some(h), Some(l)) = (hex(text[i + 1]), hex(text[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(text[i]);
+        i += 1;
+    }
+    out
 }
 
 /// A key as base64 or base64url, padded or not.
