@@ -22,6 +22,7 @@
 //!
 //! Errors are [`error::Error`]; `is_peer_fault` says whose fault each one is.
 
+pub mod auth_reply;
 pub mod buffer_pool;
 pub mod crypto;
 pub mod deframer;
