@@ -8,6 +8,7 @@
 //! * [`srv`]: the per-server conf ([`SrvConf`], [`SideConf`]) and its merge;
 //! * [`rules`]: each configuration rule once, with the directive names for messages;
 //! * [`sides`]: what a server runs with, built by merge ([`ServerSide`], [`UpstreamSide`]);
+//! * [`auth`]: `noise_auth_request` and its settings;
 //! * [`main`]: the main conf ([`MainConf`]): the configuration's `noise_listen` addresses
 //!   and the upstream groups' original `peer.init`.
 //!
@@ -17,12 +18,14 @@
 //! `nginx -t` with the file and line.
 
 pub mod args;
+pub mod auth;
 pub mod directives;
 pub mod main;
 pub mod rules;
 pub mod sides;
 pub mod srv;
 
+pub use auth::AuthSide;
 pub use main::{InitPeer, MainConf, NoiseAddress, Recorded, Use};
 pub use sides::{ServerSide, UpstreamSide};
-pub use srv::{KeysConf, Loaded, ServerKey, SideConf, SrvConf};
+pub use srv::{KeysConf, Loaded, Miss, ServerKey, SideConf, SrvConf};

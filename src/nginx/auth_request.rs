@@ -1,0 +1,463 @@
+//! `noise_auth_request`: one lookup at an HTTP authority for a proven client key that the
+//! key zone does not have (`noise_keys ... miss=lookup`), on nginx's own event loop
+//! (docs/nginx-integration.md §6).
+//!
+//! * A lookup is a heap value owned by its [`Handle`], which the client connection's state
+//!   ([`super::conn::NoiseConn`]) holds while the handshake waits. Dropping the handle
+//!   (the client's pool is destroyed: it disconnected, its handshake timer ran out, the
+//!   session failed) cancels the lookup: its connection is closed, its timer goes with it,
+//!   and it never touches the client again. So a lookup never outlives its client, and
+//!   never reads a freed connection.
+//! * A lookup that ends on its own (answer, error, its timer) keeps an answer in the zone
+//!   (`noise_auth_cache_valid`), gives the verdict to the client's state, disarms the handle
+//!   and posts the client's read event: the handshake resumes from the posted queue, never
+//!   from inside this module's handlers.
+//! * It connects with `ngx_event_connect_peer`, is bounded by one timer
+//!   (`noise_auth_request_timeout`) on its read event, reads at most 8 KiB of response
+//!   headers and no body (`crate::core::auth_reply`). No call blocks.
+//! * At most `noise_auth_request_concurrency` lookups are in flight per worker; beyond that
+//!   a key is refused at once (fail closed, whatever `noise_auth_request_fail` says: the cap
+//!   is a brake against floods of fresh keys).
+//! * nginx's own lines about the authority's connection (`connect() failed`, ...) are kept
+//!   below `error` by the lookup's own log: each failure is told once, by us, with the
+//!   client's context ([`conclude`] or the handshake's failure line).
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use nginx_sys::{
+    ngx_add_timer, ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_ERR as NGX_ERROR_ERR,
+    ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
+    ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_peer_connection_t,
+    ngx_post_event, ngx_posted_events, ngx_str_t, NGX_AGAIN, NGX_LOG_CRIT, NGX_OK,
+};
+
+use super::conf::AuthSide;
+use super::socket::{self, Io};
+use super::{conn, key_zone, log, status};
+use crate::core::auth_reply::{self, Answer as Reply, Query, MAX_HEADER_BYTES};
+use crate::core::handshake::Verdict;
+use crate::core::keys;
+use crate::noise_debug;
+
+/// What a lookup decided, as the handshake takes it.
+#[derive(Debug)]
+pub struct Answer {
+    pub verdict: Verdict,
+    /// The attributes the authority gave (allowing answers only).
+    pub attrs: Option<Vec<(String, String)>>,
+}
+
+/// Lookups in flight in this worker (each worker is its own process).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Lookups in flight in this worker.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// One lookup. Lives in a `Box` whose address the authority connection's `data` holds.
+struct Lookup {
+    /// The client connection waiting (live while the handle is: see the module doc).
+    client: *mut ngx_connection_t,
+    side: Arc<AuthSide>,
+    zone: usize,
+    key: [u8; 32],
+    pc: ngx_peer_connection_t,
+    /// `pc.name`: the authority's address text, in `side`.
+    name: ngx_str_t,
+    /// The authority connection's log: the client's, below `error`, without its context
+    /// handler (which would read the client's session).
+    log: ngx_log_t,
+    connected: bool,
+    request: Vec<u8>,
+    sent: usize,
+    response: Vec<u8>,
+}
+
+/// The client's hold on a lookup in flight; dropping it cancels the lookup.
+pub struct Handle(NonNull<Lookup>);
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("auth_request::Handle")
+    }
+}
+
+impl Handle {
+    /// Gives up the hold without cancelling (the lookup has ended and frees itself).
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: an armed handle owns a live lookup (a lookup that ends disarms its handle
+        // first); nothing else frees it.
+        unsafe { free(self.0.as_ptr()) };
+    }
+}
+
+/// Starts a lookup of `key` for the client `c`. `Err` carries an answer decided at once:
+/// over the concurrency cap, or a connect that failed straight away.
+///
+/// # Safety
+/// `c` must be the live client connection, with a state that will hold the handle.
+pub unsafe fn start(
+    c: *mut ngx_connection_t,
+    side: &Arc<AuthSide>,
+    zone: usize,
+    key: &[u8; 32],
+    protocol: &str,
+) -> Result<Handle, Answer> {
+    // SAFETY: the caller's promise.
+    let client_log = unsafe { (*c).log };
+    if in_flight() >= side.concurrency {
+        status::auth_result(status::AuthResult::Error);
+        return Err(Answer {
+            verdict: Verdict::Unavailable(format!(
+                "{} lookups are already in flight on this worker, the noise_auth_request_concurrency limit",
+                side.concurrency
+            )),
+            attrs: None,
+        });
+    }
+    let authority = &side.authority;
+    // SAFETY: the caller's promise (c is live); addr_text is nginx's text of the address.
+    let client_addr = String::from_utf8_lossy(unsafe { (*c).addr_text.as_bytes() }).into_owned();
+    let request = auth_reply::request(&Query {
+        host: &authority.host,
+        uri: &authority.uri,
+        key,
+        protocol,
+        client_addr: &client_addr,
+    });
+    // SAFETY: both are plain C structs for which all-zero is nginx's own initial state.
+    let (pc, mut quiet): (ngx_peer_connection_t, ngx_log_t) =
+        unsafe { (std::mem::zeroed(), *client_log) };
+    quiet.log_level = quiet.log_level.min(NGX_LOG_CRIT as usize);
+    quiet.handler = None;
+    quiet.data = std::ptr::null_mut();
+    quiet.action = std::ptr::null_mut();
+    let lookup = Box::new(Lookup {
+        client: c,
+        side: side.clone(),
+        zone,
+        key: *key,
+        pc,
+        name: ngx_str_t {
+            len: authority.name.len(),
+            data: authority.name.as_ptr().cast_mut(),
+        },
+        log: quiet,
+        connected: false,
+        request,
+        sent: 0,
+        response: Vec::with_capacity(1024),
+    });
+    let raw = Box::into_raw(lookup);
+    // SAFETY: raw is the box just leaked; its fields have stable addresses until `free`.
+    let l = unsafe { &mut *raw };
+    l.pc.sockaddr = (&authority.sockaddr as *const libc::sockaddr_storage)
+        .cast_mut()
+        .cast();
+    l.pc.socklen = authority.socklen;
+    l.pc.name = &mut l.name;
+    l.pc.get = Some(ngx_event_get_peer);
+    l.pc.log = &mut l.log;
+    l.pc.set_log_error(NGX_ERROR_ERR);
+    // SAFETY: pc describes one address and our log, as nginx's own callers fill it.
+    let rc = unsafe { ngx_event_connect_peer(&mut l.pc) };
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+    if rc != NGX_OK as isize && rc != NGX_AGAIN as isize {
+        let why = format!(
+            "cannot connect to the authority {}: {}",
+            authority.url,
+            log::errno_text(errno)
+        );
+        // SAFETY: raw is live and has no connection (nginx closed it).
+        let answer = unsafe { conclude(raw, Err(why)) };
+        // SAFETY: as above; nothing else knows raw.
+        unsafe { free(raw) };
+        return Err(answer);
+    }
+    let ac = l.pc.connection;
+    // SAFETY: the connect made ac live; its events exist for its whole life.
+    unsafe {
+        (*ac).data = raw.cast();
+        (*(*ac).read).handler = Some(on_event);
+        (*(*ac).write).handler = Some(on_event);
+        ngx_add_timer((*ac).read, side.timeout);
+        noise_debug!(
+            client_log,
+            "noise auth request: connecting to {}",
+            authority.url
+        );
+        if rc == NGX_OK as isize {
+            // Connected at once: send from the posted queue, not from inside the handshake.
+            ngx_post_event((*ac).write, std::ptr::addr_of_mut!(ngx_posted_events));
+        }
+    }
+    // SAFETY: raw is a live box owned from now on by the handle alone.
+    Ok(Handle(unsafe { NonNull::new_unchecked(raw) }))
+}
+
+/// Closes the lookup's connection and frees it.
+///
+/// # Safety
+/// `raw` must be a live lookup that nothing will use again.
+unsafe fn free(raw: *mut Lookup) {
+    // SAFETY: the caller's promise.
+    let l = unsafe { Box::from_raw(raw) };
+    if !l.pc.connection.is_null() {
+        // SAFETY: the lookup's own connection (its timer and posted events go with it).
+        unsafe { ngx_close_connection(l.pc.connection) };
+    }
+    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Both events of the authority connection.
+unsafe extern "C" fn on_event(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls with one of the connection's events; its data is the connection,
+    // whose data is our live lookup (freed only with the connection closed).
+    let raw = unsafe {
+        (*(*ev).data.cast::<ngx_connection_t>())
+            .data
+            .cast::<Lookup>()
+    };
+    // SAFETY: as above; the reference ends before `finish`.
+    let result = unsafe { step(&mut *raw, ev) };
+    if let Some(result) = result {
+        // SAFETY: raw is live and ends here.
+        unsafe { finish(raw, result) };
+    }
+}
+
+/// Moves the lookup on; `Some` when it has ended.
+///
+/// # Safety
+/// `ev` must be an event of `l`'s live connection.
+unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, String>> {
+    let url = l.side.authority.url.clone();
+    let c = l.pc.connection;
+    // SAFETY: the caller's promise; fd and events are the connection's.
+    let (fd, rev, wev, timedout, write) = unsafe {
+        (
+            (*c).fd,
+            (*c).read,
+            (*c).write,
+            (*ev).timedout() != 0,
+            (*ev).write() != 0,
+        )
+    };
+    if timedout {
+        return Some(Err(format!(
+            "the authority {url} did not answer within {}ms (noise_auth_request_timeout)",
+            l.side.timeout
+        )));
+    }
+    if !l.connected {
+        match socket_error(fd) {
+            0 if write => l.connected = true,
+            0 => return None,
+            errno => {
+                return Some(Err(format!(
+                    "cannot connect to the authority {url}: {}",
+                    log::errno_text(errno)
+                )))
+            }
+        }
+    }
+    while l.sent < l.request.len() {
+        match socket::send(fd, &l.request[l.sent..]) {
+            Io::Done(n) => l.sent += n,
+            Io::Again | Io::Eof => {
+                // SAFETY: wev is the live connection's write event.
+                if unsafe { ngx_handle_write_event(wev, 0) } != NGX_OK as isize {
+                    return Some(Err("cannot wait to write to the authority".into()));
+                }
+                return None;
+            }
+            Io::Failed(errno) => {
+                return Some(Err(format!(
+                    "send() to the authority {url} failed: {}",
+                    log::errno_text(errno)
+                )))
+            }
+        }
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        let room = (MAX_HEADER_BYTES - l.response.len().min(MAX_HEADER_BYTES)).min(buf.len());
+        if room == 0 {
+            return Some(
+                auth_reply::parse(&l.response, false)
+                    .map_err(|e| format!("{e} ({url})"))
+                    .and_then(|a| a.ok_or_else(|| "no answer".into())),
+            );
+        }
+        let closed = match socket::recv(fd, &mut buf[..room]) {
+            Io::Done(n) => {
+                l.response.extend_from_slice(&buf[..n]);
+                false
+            }
+            Io::Eof => true,
+            Io::Again => {
+                // SAFETY: rev is the live connection's read event.
+                if unsafe { ngx_handle_read_event(rev, 0) } != NGX_OK as isize {
+                    return Some(Err("cannot wait to read from the authority".into()));
+                }
+                return None;
+            }
+            Io::Failed(errno) => {
+                return Some(Err(format!(
+                    "recv() from the authority {url} failed: {}",
+                    log::errno_text(errno)
+                )))
+            }
+        };
+        match auth_reply::parse(&l.response, closed) {
+            Ok(Some(answer)) => return Some(Ok(answer)),
+            Ok(None) => {}
+            Err(e) => return Some(Err(format!("{e} ({url})"))),
+        }
+    }
+}
+
+/// The pending error of a connecting socket (`SO_ERROR`), as nginx's own connect tests.
+fn socket_error(fd: i32) -> i32 {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: err and len are valid for the call; fd is our socket.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == -1 {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL)
+    } else {
+        err
+    }
+}
+
+/// Turns what the authority said into the handshake's answer: keeps allow/deny in the zone,
+/// counts it, and applies `noise_auth_request_fail` to an error (logged here only when it
+/// lets the client in; a refusal is logged once by the handshake).
+///
+/// # Safety
+/// `raw` must be a live lookup whose client is live.
+unsafe fn conclude(raw: *mut Lookup, result: Result<Reply, String>) -> Answer {
+    // SAFETY: the caller's promise.
+    let l = unsafe { &*raw };
+    // SAFETY: the client is live (caller's promise); its log with it.
+    let client_log = unsafe { (*l.client).log };
+    let reply = match result {
+        Ok(reply) => reply,
+        Err(why) => {
+            status::auth_result(if why.contains("did not answer within") {
+                status::AuthResult::Timeout
+            } else {
+                status::AuthResult::Error
+            });
+            if l.side.fail_open {
+                // SAFETY: the client's log is live.
+                unsafe {
+                    log::write(
+                        client_log,
+                        log::ERR,
+                        &format!(
+                            "noise: noise_auth_request: {why}; client key {} let in (noise_auth_request_fail open)",
+                            keys::encode_key(&l.key)
+                        ),
+                    )
+                };
+                return Answer {
+                    verdict: Verdict::Allow,
+                    attrs: None,
+                };
+            }
+            return Answer {
+                verdict: Verdict::Unavailable(format!("noise_auth_request: {why}")),
+                attrs: None,
+            };
+        }
+    };
+    let (ttl, verdict, attrs) = match &reply {
+        Reply::Allow(attrs) => {
+            status::auth_result(status::AuthResult::Allow);
+            (l.side.cache_allow, Verdict::Allow, Some(attrs.clone()))
+        }
+        Reply::Deny => {
+            status::auth_result(status::AuthResult::Deny);
+            (l.side.cache_deny, Verdict::Deny, None)
+        }
+    };
+    noise_debug!(
+        client_log,
+        "noise auth request: the authority says {} of {}",
+        verdict.name(),
+        keys::fingerprint(&l.key)
+    );
+    if ttl > 0 {
+        let record = reply.record(key_zone::now().saturating_add(ttl));
+        // SAFETY: the zone is the server's `noise_keys` zone, of the running cycle.
+        if let Err(e) = unsafe { key_zone::cache(l.zone as *mut _, &l.key, &record) } {
+            // SAFETY: the client's log is live.
+            unsafe {
+                log::write(
+                    client_log,
+                    log::ERR,
+                    &format!("noise: noise_auth_request: the answer is not kept: {e}"),
+                )
+            };
+        }
+    }
+    Answer { verdict, attrs }
+}
+
+/// Ends a lookup on its own: hands the answer to the client, wakes it, frees the lookup.
+///
+/// # Safety
+/// `raw` must be a live lookup, armed (its client's state still holds its handle).
+unsafe fn finish(raw: *mut Lookup, result: Result<Reply, String>) {
+    // SAFETY: the caller's promise.
+    let answer = unsafe { conclude(raw, result) };
+    // SAFETY: raw is live; its client is live while its handle is armed.
+    let client = unsafe { (*raw).client };
+    // SAFETY: as above; the state reference ends in this block.
+    match unsafe { conn::get(client) } {
+        Some(st) if st.lookup.as_ref().is_some_and(|h| h.0.as_ptr() == raw) => {
+            if let Some(handle) = st.lookup.take() {
+                handle.disarm();
+            }
+            st.answer = Some(answer);
+            // SAFETY: the client's read event is live; the handshake phase resumes from
+            // the posted queue.
+            unsafe { ngx_post_event((*client).read, std::ptr::addr_of_mut!(ngx_posted_events)) };
+        }
+        _ => {
+            // Cannot happen (the handle cancels the lookup before its client goes); leak
+            // nothing all the same.
+            // SAFETY: the client's log is live.
+            unsafe {
+                log::write(
+                    (*client).log,
+                    log::ALERT,
+                    "noise: noise_auth_request ended for a connection that no longer waits",
+                )
+            };
+        }
+    }
+    // SAFETY: the handle is disarmed (or was never found): raw is ours alone.
+    unsafe { free(raw) };
+}
