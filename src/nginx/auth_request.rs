@@ -29,14 +29,14 @@ use std::sync::Arc;
 use nginx_sys::{
     ngx_add_timer, ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_ERR as NGX_ERROR_ERR,
     ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
-    ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_peer_connection_t,
+    ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_msec_t, ngx_peer_connection_t,
     ngx_post_event, ngx_posted_events, ngx_str_t, NGX_AGAIN, NGX_LOG_CRIT, NGX_OK,
 };
 
 use super::conf::AuthSide;
 use super::socket::{self, Io};
 use super::{conn, key_zone, log, status};
-use crate::core::auth_reply::{self, Answer as Reply, Query, MAX_HEADER_BYTES};
+use crate::core::auth_reply::{self, Answer as Reply, Query, ReplyError, MAX_HEADER_BYTES};
 use crate::core::handshake::Verdict;
 use crate::core::keys;
 use crate::noise_debug;
@@ -47,6 +47,38 @@ pub struct Answer {
     pub verdict: Verdict,
     /// The attributes the authority gave (allowing answers only).
     pub attrs: Option<Vec<(String, String)>>,
+}
+
+/// Why a lookup had no answer (our error: logged at `error`, fail closed unless
+/// `noise_auth_request_fail open`).
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("the authority {url} did not answer within {ms}ms (noise_auth_request_timeout)")]
+    Timeout { url: String, ms: ngx_msec_t },
+    #[error("cannot connect to the authority {url}: {why}")]
+    Connect { url: String, why: String },
+    #[error("{doing} the authority {url} failed: {why}")]
+    Socket {
+        doing: &'static str,
+        url: String,
+        why: String,
+    },
+    #[error("{error} ({url})")]
+    Reply { error: ReplyError, url: String },
+    #[error("cannot wait for the events of the authority connection ({url})")]
+    Events { url: String },
+    #[error("{0} lookups are already in flight on this worker, the noise_auth_request_concurrency limit")]
+    Busy(usize),
+}
+
+impl LookupError {
+    /// The `result` label of `nginx_noise_auth_requests_total`.
+    fn result(&self) -> status::AuthResult {
+        match self {
+            LookupError::Timeout { .. } => status::AuthResult::Timeout,
+            _ => status::AuthResult::Error,
+        }
+    }
 }
 
 /// Lookups in flight in this worker (each worker is its own process).
@@ -115,12 +147,10 @@ pub unsafe fn start(
     // SAFETY: the caller's promise.
     let client_log = unsafe { (*c).log };
     if in_flight() >= side.concurrency {
-        status::auth_result(status::AuthResult::Error);
+        let e = LookupError::Busy(side.concurrency);
+        status::auth_result(e.result());
         return Err(Answer {
-            verdict: Verdict::Unavailable(format!(
-                "{} lookups are already in flight on this worker, the noise_auth_request_concurrency limit",
-                side.concurrency
-            )),
+            verdict: Verdict::Unavailable(e.to_string()),
             attrs: None,
         });
     }
@@ -173,13 +203,12 @@ pub unsafe fn start(
     let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
     IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
     if rc != NGX_OK as isize && rc != NGX_AGAIN as isize {
-        let why = format!(
-            "cannot connect to the authority {}: {}",
-            authority.url,
-            log::errno_text(errno)
-        );
+        let e = LookupError::Connect {
+            url: authority.url.clone(),
+            why: log::errno_text(errno),
+        };
         // SAFETY: raw is live and has no connection (nginx closed it).
-        let answer = unsafe { conclude(raw, Err(why)) };
+        let answer = unsafe { conclude(raw, Err(e)) };
         // SAFETY: as above; nothing else knows raw.
         unsafe { free(raw) };
         return Err(answer);
@@ -240,7 +269,7 @@ unsafe extern "C" fn on_event(ev: *mut ngx_event_t) {
 ///
 /// # Safety
 /// `ev` must be an event of `l`'s live connection.
-unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, String>> {
+unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, LookupError>> {
     let url = l.side.authority.url.clone();
     let c = l.pc.connection;
     // SAFETY: the caller's promise; fd and events are the connection's.
@@ -254,20 +283,20 @@ unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, Str
         )
     };
     if timedout {
-        return Some(Err(format!(
-            "the authority {url} did not answer within {}ms (noise_auth_request_timeout)",
-            l.side.timeout
-        )));
+        return Some(Err(LookupError::Timeout {
+            url,
+            ms: l.side.timeout,
+        }));
     }
     if !l.connected {
         match socket_error(fd) {
             0 if write => l.connected = true,
             0 => return None,
             errno => {
-                return Some(Err(format!(
-                    "cannot connect to the authority {url}: {}",
-                    log::errno_text(errno)
-                )))
+                return Some(Err(LookupError::Connect {
+                    url,
+                    why: log::errno_text(errno),
+                }))
             }
         }
     }
@@ -277,15 +306,16 @@ unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, Str
             Io::Again | Io::Eof => {
                 // SAFETY: wev is the live connection's write event.
                 if unsafe { ngx_handle_write_event(wev, 0) } != NGX_OK as isize {
-                    return Some(Err("cannot wait to write to the authority".into()));
+                    return Some(Err(LookupError::Events { url }));
                 }
                 return None;
             }
             Io::Failed(errno) => {
-                return Some(Err(format!(
-                    "send() to the authority {url} failed: {}",
-                    log::errno_text(errno)
-                )))
+                return Some(Err(LookupError::Socket {
+                    doing: "send() to",
+                    url,
+                    why: log::errno_text(errno),
+                }))
             }
         }
     }
@@ -293,10 +323,12 @@ unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, Str
     loop {
         let room = (MAX_HEADER_BYTES - l.response.len().min(MAX_HEADER_BYTES)).min(buf.len());
         if room == 0 {
+            // Full: parse says complete or too large, never "more to come".
+            let parsed = auth_reply::parse(&l.response, true);
             return Some(
-                auth_reply::parse(&l.response, false)
-                    .map_err(|e| format!("{e} ({url})"))
-                    .and_then(|a| a.ok_or_else(|| "no answer".into())),
+                parsed
+                    .and_then(|a| a.ok_or(ReplyError::Truncated))
+                    .map_err(|error| LookupError::Reply { error, url }),
             );
         }
         let closed = match socket::recv(fd, &mut buf[..room]) {
@@ -308,21 +340,22 @@ unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, Str
             Io::Again => {
                 // SAFETY: rev is the live connection's read event.
                 if unsafe { ngx_handle_read_event(rev, 0) } != NGX_OK as isize {
-                    return Some(Err("cannot wait to read from the authority".into()));
+                    return Some(Err(LookupError::Events { url }));
                 }
                 return None;
             }
             Io::Failed(errno) => {
-                return Some(Err(format!(
-                    "recv() from the authority {url} failed: {}",
-                    log::errno_text(errno)
-                )))
+                return Some(Err(LookupError::Socket {
+                    doing: "recv() from",
+                    url,
+                    why: log::errno_text(errno),
+                }))
             }
         };
         match auth_reply::parse(&l.response, closed) {
             Ok(Some(answer)) => return Some(Ok(answer)),
             Ok(None) => {}
-            Err(e) => return Some(Err(format!("{e} ({url})"))),
+            Err(error) => return Some(Err(LookupError::Reply { error, url })),
         }
     }
 }
@@ -356,7 +389,7 @@ fn socket_error(fd: i32) -> i32 {
 ///
 /// # Safety
 /// `raw` must be a live lookup whose client is live.
-unsafe fn conclude(raw: *mut Lookup, result: Result<Reply, String>) -> Answer {
+unsafe fn conclude(raw: *mut Lookup, result: Result<Reply, LookupError>) -> Answer {
     // SAFETY: the caller's promise.
     let l = unsafe { &*raw };
     // SAFETY: the client is live (caller's promise); its log with it.
@@ -364,11 +397,7 @@ unsafe fn conclude(raw: *mut Lookup, result: Result<Reply, String>) -> Answer {
     let reply = match result {
         Ok(reply) => reply,
         Err(why) => {
-            status::auth_result(if why.contains("did not answer within") {
-                status::AuthResult::Timeout
-            } else {
-                status::AuthResult::Error
-            });
+            status::auth_result(why.result());
             if l.side.fail_open {
                 // SAFETY: the client's log is live.
                 unsafe {
@@ -429,7 +458,7 @@ unsafe fn conclude(raw: *mut Lookup, result: Result<Reply, String>) -> Answer {
 ///
 /// # Safety
 /// `raw` must be a live lookup, armed (its client's state still holds its handle).
-unsafe fn finish(raw: *mut Lookup, result: Result<Reply, String>) {
+unsafe fn finish(raw: *mut Lookup, result: Result<Reply, LookupError>) {
     // SAFETY: the caller's promise.
     let answer = unsafe { conclude(raw, result) };
     // SAFETY: raw is live; its client is live while its handle is armed.
