@@ -56,7 +56,7 @@ static ngx_command_t  ngx_stream_noise_commands[] = {
     ngx_stream_noise_command("noise_auth_request_fail",
                              NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
     ngx_stream_noise_command("noise_auth_request_concurrency",
-                             NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
+                             NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE12),
     ngx_stream_noise_command("noise_auth_cache_valid",
                              NGX_STREAM_NOISE_ANY|NGX_CONF_1MORE),
 

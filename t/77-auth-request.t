@@ -37,6 +37,7 @@ for my $case (
     ["stream { server { $srv noise_auth_request unix:; } }", qr/it must be unix:\/path or unix:\/path:\/uri/, 'an empty unix path'],
     ["stream { server { $srv noise_auth_request_fail maybe; } }", qr/it must be "closed" or "open"/, 'a bad fail mode'],
     ["stream { server { $srv noise_auth_request_concurrency 0; } }", qr/invalid number "0"/, 'a zero concurrency'],
+    ["stream { server { $srv noise_auth_request_concurrency 4 maybe; } }", qr/invalid "maybe", it must be "refuse" or "wait"/, 'a bad over-the-cap choice'],
     ["stream { server { $srv noise_auth_cache_valid forever=1m; } }", qr/invalid parameter "forever=1m"/, 'a bad cache_valid'],
     ["stream { server { $srv noise_auth_request_timeout 0; } }", qr/must be more than 0/, 'a zero timeout'],
 ) {
@@ -80,6 +81,12 @@ stream {
              noise_auth_request_timeout 30s; noise_handshake_timeout 1s; return "in\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_hold%%; noise_auth_request $base/hold;
              noise_auth_request_timeout 60s; noise_auth_request_concurrency 3; return "held device=\$noise_key_attr_device\\n"; }
+    server { noise_listen 127.0.0.1:%%PORT_queue%%; noise_auth_request $base/hold;
+             noise_auth_request_timeout 60s; noise_auth_request_concurrency 1 wait;
+             return "queued device=\$noise_key_attr_device\\n"; }
+    server { noise_listen 127.0.0.1:%%PORT_qtimer%%; noise_auth_request $base/hold;
+             noise_auth_request_timeout 60s; noise_auth_request_concurrency 1 wait;
+             noise_handshake_timeout 1s; return "in\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_ordinary%%; noise_keys zone=devices miss=allow;
              noise_trusted_keys %%TESTDIR%%/trusted.list; return "ordinary\\n"; }
 }
@@ -227,11 +234,13 @@ for my $i (0 .. $#keys) {
     push @pids, $p;
 }
 my $cap = 3 * $t->workers;
-ok($t->wait_for(10, sub { (() = $t->error_log_since($mark) =~ /noise_auth_request_concurrency limit/g) >= @keys - $cap }),
-    'keys over the cap are refused at once');
+my $refusals = sub { scalar(() = $t->error_log_since($mark) =~ /\[error\].*3 lookups are already in flight on this worker, the noise_auth_request_concurrency limit/g) };
+my $asked_cap = sub { scalar grep { requests($_->[1]) } @keys };
+ok($t->wait_for(15, sub { $refusals->() + $asked_cap->() == @keys }), 'every client is either asked about or refused at once');
 my $inflight = slurp_num('inflight');
-cmp_ok($inflight, '<=', $cap, "at most 3 lookups per worker reach the authority ($inflight)");
-my $refused = () = $t->error_log_since($mark) =~ /\[error\].*3 lookups are already in flight on this worker, the noise_auth_request_concurrency limit/g;
+my $refused = $refusals->();
+cmp_ok($asked_cap->(), '<=', $cap, 'at most 3 lookups per worker reach the authority (' . $asked_cap->() . ')');
+cmp_ok($inflight, '<=', $cap, "and are in flight there ($inflight)");
 cmp_ok($refused, '>=', @keys - $cap, "the rest are refused, each with one error line ($refused)");
 
 # 200 other clients complete on the same workers while those lookups wait.
@@ -261,5 +270,45 @@ cmp_ok($admitted, '>=', 1, "after the reload the held lookups answer and their c
 is($admitted + $refused, scalar @keys, 'every client was either admitted or refused');
 ok($t->wait_for(10, sub { !grep { kill 0, $_ } @old }), 'the old workers exit once their lookups are done');
 unlike($t->error_log, qr/open socket #\d+ left|\[alert\]/, 'no socket left open, no alert');
+
+# noise_auth_request_concurrency 1 wait: over the cap the handshakes wait for a slot
+# instead of being refused; one lookup per worker at a time reaches the authority.
+unlink "$dir/release";
+my @qkeys = map { [fresh()] } 1 .. 6;
+$mark = $t->error_log_mark;
+@pids = ();
+for my $i (0 .. $#qkeys) {
+    my ($name) = @{$qkeys[$i]};
+    my $p = $t->fork_helper;
+    if (!$p) {
+        my $r = $t->noise_client($t->port('queue'), '', '--key', "$dir/$name.key");
+        $t->write_file("queue-$i.out", $r->{out});
+        exit 0;
+    }
+    push @pids, $p;
+}
+my $asked = sub { scalar grep { requests($_->[1]) } @qkeys };
+ok($t->wait_for(10, sub { $asked->() >= 1 }), 'the first lookups reach the authority');
+sleep 1;
+cmp_ok($asked->(), '<=', $t->workers, 'the others wait: at most one lookup per worker (' . $asked->() . ')');
+$t->write_file('release', '');
+waitpid($_, 0) for @pids;
+my $queued_in = grep { $t->read_file("queue-$_.out") =~ /^queued device=d-/ } 0 .. $#qkeys;
+is($queued_in, scalar @qkeys, 'once the authority answers, every waiting client gets in');
+is($asked->(), scalar @qkeys, 'each was asked once, in turn');
+is(join('', errors_since($mark)), '', 'nothing refused, no error line');
+
+# Handshake timers that end lookups in flight and lookups still queued: both cancelled.
+unlink "$dir/release";
+$workers = $t->worker_set;
+$mark = $t->error_log_mark;
+@pids = map { my ($name) = fresh(); $t->spawn($t->cli, 'connect', '127.0.0.1:' . $t->port('qtimer'), '--key', "$dir/$name.key") } 1 .. 4;
+ok($t->wait_for(10, sub { (() = $t->error_log_since($mark) =~ /\[info\].*handshake timed out/g) >= 4 }),
+    'the handshake timer ends every wait, in flight or queued');
+is(join('', errors_since($mark)), '', 'no error line');
+is($t->worker_set, $workers, 'no worker died');
+$t->write_file('release', '');
+($k) = fresh();
+is(client('queue', $k)->{out} =~ /^queued device=d-/ ? 1 : 0, 1, 'the queue still works afterwards');
 
 done_testing;

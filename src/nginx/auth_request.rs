@@ -17,11 +17,14 @@
 //!   headers and no body (`crate::core::auth_reply`). No call blocks.
 //! * At most `noise_auth_request_concurrency` lookups are in flight per worker; beyond that
 //!   a key is refused at once (fail closed, whatever `noise_auth_request_fail` says: the cap
-//!   is a brake against floods of fresh keys).
+//!   is a brake against floods of fresh keys), or with `wait` queued in the worker's FIFO
+//!   (unconnected, bounded by the clients' handshake timers) until a slot frees.
 //! * nginx's own lines about the authority's connection (`connect() failed`, ...) are kept
 //!   below `error` by the lookup's own log: each failure is told once, by us, with the
 //!   client's context ([`conclude`] or the handshake's failure line).
 
+use std::cell::UnsafeCell;
+use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -102,6 +105,8 @@ struct Lookup {
     /// The authority connection's log: the client's, below `error`, without its context
     /// handler (which would read the client's session).
     log: ngx_log_t,
+    /// Waiting in the worker's queue for a slot.
+    queued: bool,
     connected: bool,
     request: Vec<u8>,
     sent: usize,
@@ -132,8 +137,9 @@ impl Drop for Handle {
     }
 }
 
-/// Starts a lookup of `key` for the client `c`. `Err` carries an answer decided at once:
-/// over the concurrency cap, or a connect that failed straight away.
+/// Starts a lookup of `key` for the client `c`, or queues it when the worker is at its
+/// concurrency cap and the server says `wait`. `Err` carries an answer decided at once:
+/// over the cap (`refuse`), or a connect that failed straight away.
 ///
 /// # Safety
 /// `c` must be the live client connection, with a state that will hold the handle.
@@ -144,9 +150,10 @@ pub unsafe fn start(
     key: &[u8; 32],
     protocol: &str,
 ) -> Result<Handle, Answer> {
-    // SAFETY: the caller's promise.
-    let client_log = unsafe { (*c).log };
-    if in_flight() >= side.concurrency {
+    let full = in_flight() >= side.concurrency;
+    // Waiting servers queue behind lookups already waiting, so that none overtakes them.
+    let wait = side.wait_when_full && (full || !queue_is_empty());
+    if full && !wait {
         let e = LookupError::Busy(side.concurrency);
         status::auth_result(e.result());
         return Err(Answer {
@@ -154,6 +161,42 @@ pub unsafe fn start(
             attrs: None,
         });
     }
+    // SAFETY: the caller's promise.
+    let raw = unsafe { new_lookup(c, side, zone, key, protocol) };
+    if wait {
+        // SAFETY: raw is live; the queue holds it until it starts or its handle drops.
+        unsafe {
+            (*raw).queued = true;
+            queue().push_back(raw);
+            noise_debug!(
+                (*c).log,
+                "noise auth request: {} lookups in flight, waiting for a slot",
+                in_flight()
+            );
+        }
+    // SAFETY: raw is live and its client too.
+    } else if let Err(e) = unsafe { connect(raw) } {
+        // SAFETY: raw is live, without a connection; nothing else knows it.
+        let answer = unsafe { conclude(raw, Err(e)) };
+        // SAFETY: as above.
+        unsafe { free(raw) };
+        return Err(answer);
+    }
+    // SAFETY: raw is a live box owned from now on by the handle alone.
+    Ok(Handle(unsafe { NonNull::new_unchecked(raw) }))
+}
+
+/// A new lookup, not connected.
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn new_lookup(
+    c: *mut ngx_connection_t,
+    side: &Arc<AuthSide>,
+    zone: usize,
+    key: &[u8; 32],
+    protocol: &str,
+) -> *mut Lookup {
     let authority = &side.authority;
     // SAFETY: the caller's promise (c is live); addr_text is nginx's text of the address.
     let client_addr = String::from_utf8_lossy(unsafe { (*c).addr_text.as_bytes() }).into_owned();
@@ -164,14 +207,15 @@ pub unsafe fn start(
         protocol,
         client_addr: &client_addr,
     });
-    // SAFETY: both are plain C structs for which all-zero is nginx's own initial state.
+    // SAFETY: a peer connection is a plain C struct for which all-zero is nginx's own
+    // initial state; the log is the client's, copied.
     let (pc, mut quiet): (ngx_peer_connection_t, ngx_log_t) =
-        unsafe { (std::mem::zeroed(), *client_log) };
+        unsafe { (std::mem::zeroed(), *(*c).log) };
     quiet.log_level = quiet.log_level.min(NGX_LOG_CRIT as usize);
     quiet.handler = None;
     quiet.data = std::ptr::null_mut();
     quiet.action = std::ptr::null_mut();
-    let lookup = Box::new(Lookup {
+    let raw = Box::into_raw(Box::new(Lookup {
         client: c,
         side: side.clone(),
         zone,
@@ -182,70 +226,136 @@ pub unsafe fn start(
             data: authority.name.as_ptr().cast_mut(),
         },
         log: quiet,
+        queued: false,
         connected: false,
         request,
         sent: 0,
         response: Vec::with_capacity(1024),
-    });
-    let raw = Box::into_raw(lookup);
-    // SAFETY: raw is the box just leaked; its fields have stable addresses until `free`.
+    }));
+    // SAFETY: raw is the box just leaked; its fields have stable addresses until `free`,
+    // and the address lives in `side`, which the lookup holds.
+    unsafe {
+        let l = &mut *raw;
+        l.pc.sockaddr = (&authority.sockaddr as *const libc::sockaddr_storage)
+            .cast_mut()
+            .cast();
+        l.pc.socklen = authority.socklen;
+        l.pc.name = &mut l.name;
+        l.pc.get = Some(ngx_event_get_peer);
+        l.pc.log = &mut l.log;
+        l.pc.set_log_error(NGX_ERROR_ERR);
+    }
+    raw
+}
+
+/// Connects a lookup to its authority and arms its timer; it is then in flight.
+///
+/// # Safety
+/// `raw` must be a live lookup without a connection, whose client is live.
+unsafe fn connect(raw: *mut Lookup) -> Result<(), LookupError> {
+    // SAFETY: the caller's promise.
     let l = unsafe { &mut *raw };
-    l.pc.sockaddr = (&authority.sockaddr as *const libc::sockaddr_storage)
-        .cast_mut()
-        .cast();
-    l.pc.socklen = authority.socklen;
-    l.pc.name = &mut l.name;
-    l.pc.get = Some(ngx_event_get_peer);
-    l.pc.log = &mut l.log;
-    l.pc.set_log_error(NGX_ERROR_ERR);
     // SAFETY: pc describes one address and our log, as nginx's own callers fill it.
     let rc = unsafe { ngx_event_connect_peer(&mut l.pc) };
     let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
     if rc != NGX_OK as isize && rc != NGX_AGAIN as isize {
-        let e = LookupError::Connect {
-            url: authority.url.clone(),
+        // nginx closed the connection and cleared pc.connection.
+        return Err(LookupError::Connect {
+            url: l.side.authority.url.clone(),
             why: log::errno_text(errno),
-        };
-        // SAFETY: raw is live and has no connection (nginx closed it).
-        let answer = unsafe { conclude(raw, Err(e)) };
-        // SAFETY: as above; nothing else knows raw.
-        unsafe { free(raw) };
-        return Err(answer);
+        });
     }
+    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
     let ac = l.pc.connection;
-    // SAFETY: the connect made ac live; its events exist for its whole life.
+    // SAFETY: the connect made ac live; its events exist for its whole life; the client
+    // (and its log) is live (caller's promise).
     unsafe {
         (*ac).data = raw.cast();
         (*(*ac).read).handler = Some(on_event);
         (*(*ac).write).handler = Some(on_event);
-        ngx_add_timer((*ac).read, side.timeout);
+        ngx_add_timer((*ac).read, l.side.timeout);
         noise_debug!(
-            client_log,
+            (*l.client).log,
             "noise auth request: connecting to {}",
-            authority.url
+            l.side.authority.url
         );
         if rc == NGX_OK as isize {
             // Connected at once: send from the posted queue, not from inside the handshake.
             ngx_post_event((*ac).write, std::ptr::addr_of_mut!(ngx_posted_events));
         }
     }
-    // SAFETY: raw is a live box owned from now on by the handle alone.
-    Ok(Handle(unsafe { NonNull::new_unchecked(raw) }))
+    Ok(())
 }
 
-/// Closes the lookup's connection and frees it.
+/// Lookups waiting for a slot (`noise_auth_request_concurrency N wait`), oldest first.
+struct Queue(UnsafeCell<VecDeque<*mut Lookup>>);
+
+// SAFETY: only touched from the worker's single event-loop thread.
+unsafe impl Sync for Queue {}
+
+static QUEUE: Queue = Queue(UnsafeCell::new(VecDeque::new()));
+
+/// The worker's queue.
+///
+/// # Safety
+/// No other reference to it may be live (none of this module's functions holds one across
+/// a call that could take another).
+#[allow(clippy::mut_from_ref)]
+unsafe fn queue() -> &'static mut VecDeque<*mut Lookup> {
+    // SAFETY: single-threaded, and the caller's promise.
+    unsafe { &mut *QUEUE.0.get() }
+}
+
+fn queue_is_empty() -> bool {
+    // SAFETY: a short read, no other reference live.
+    unsafe { queue().is_empty() }
+}
+
+/// Starts queued lookups while there are free slots. A connect that fails at once ends its
+/// lookup here (the client gets the answer by its posted event).
+fn start_queued() {
+    loop {
+        // SAFETY: the reference ends within this statement.
+        let Some(&next) = (unsafe { queue().front() }) else {
+            return;
+        };
+        // SAFETY: queued lookups are live (a handle drop takes them out first).
+        if in_flight() >= unsafe { (*next).side.as_ref().concurrency } {
+            return;
+        }
+        // SAFETY: as above.
+        unsafe {
+            queue().pop_front();
+            (*next).queued = false;
+        }
+        // SAFETY: next is live, unconnected, its client live (its handle is armed).
+        if let Err(e) = unsafe { connect(next) } {
+            // SAFETY: as above; finish frees it without starting others (no connection).
+            unsafe { finish(next, Err(e)) };
+        }
+    }
+}
+
+/// Closes the lookup's connection, or takes it out of the queue, and frees it; a freed
+/// slot starts the next queued lookup.
 ///
 /// # Safety
 /// `raw` must be a live lookup that nothing will use again.
 unsafe fn free(raw: *mut Lookup) {
     // SAFETY: the caller's promise.
     let l = unsafe { Box::from_raw(raw) };
-    if !l.pc.connection.is_null() {
-        // SAFETY: the lookup's own connection (its timer and posted events go with it).
-        unsafe { ngx_close_connection(l.pc.connection) };
+    if l.queued {
+        // SAFETY: no other reference to the queue is live.
+        unsafe { queue().retain(|&p| p != raw) };
     }
+    if l.pc.connection.is_null() {
+        return;
+    }
+    // SAFETY: the lookup's own connection (its timer and posted events go with it).
+    unsafe { ngx_close_connection(l.pc.connection) };
     IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    drop(l);
+    start_queued();
 }
 
 /// Both events of the authority connection.

@@ -48,6 +48,8 @@ pub struct AuthConf {
     /// `noise_auth_cache_valid allow= deny=`, in seconds (0: not kept).
     pub cache: Option<(u64, u64)>,
     pub concurrency: Option<usize>,
+    /// `noise_auth_request_concurrency N wait`: over the cap, wait for a slot.
+    pub wait_when_full: Option<bool>,
 }
 
 /// What a server's lookups run with.
@@ -58,6 +60,7 @@ pub struct AuthSide {
     pub cache_allow: u64,
     pub cache_deny: u64,
     pub concurrency: usize,
+    pub wait_when_full: bool,
 }
 
 impl AuthConf {
@@ -69,7 +72,10 @@ impl AuthConf {
         self.timeout = self.timeout.or(parent.timeout);
         self.fail_open = self.fail_open.or(parent.fail_open);
         self.cache = self.cache.or(parent.cache);
-        self.concurrency = self.concurrency.or(parent.concurrency);
+        if self.concurrency.is_none() {
+            self.concurrency = parent.concurrency;
+            self.wait_when_full = parent.wait_when_full;
+        }
     }
 
     /// The run-time settings, when an authority is set.
@@ -85,6 +91,7 @@ impl AuthConf {
             cache_allow,
             cache_deny,
             concurrency: self.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+            wait_when_full: self.wait_when_full.unwrap_or(false),
         }))
     }
 
@@ -135,7 +142,18 @@ impl AuthConf {
                             text(&first)
                         )
                     })?;
+                let wait = match all.get(1).map(Vec::as_slice) {
+                    None | Some(b"refuse") => false,
+                    Some(b"wait") => true,
+                    Some(other) => {
+                        return Err(format!(
+                            "\"{name}\": invalid \"{}\", it must be \"refuse\" or \"wait\"",
+                            text(other)
+                        ))
+                    }
+                };
                 super::rules::set_once(&mut self.concurrency, n, name)?;
+                self.wait_when_full = Some(wait);
             }
             "noise_auth_cache_valid" => {
                 let (mut allow, mut deny) = (DEFAULT_CACHE_ALLOW, DEFAULT_CACHE_DENY);
