@@ -14,6 +14,7 @@ chosen by the request path:
   /hold           waits until DIR/release exists, then as /allow
   /slow           waits 2 s, then as /allow
   /keys           200 when the key is a line of DIR/allowed.keys, else 401
+  /device-auth    the README's example (t/99-readme.t): as /allow
 
 Every request appends "path key protocol addr" to DIR/requests.log; DIR/inflight holds the
 number of requests being served and DIR/max the most seen at once.
@@ -78,7 +79,7 @@ def serve(conn):
                 f.write("%s %s %s %s %s\n" % (path, key, headers.get("x-noise-protocol", "-"),
                                               headers.get("x-noise-client-addr", "-"),
                                               lines[0].split(" ")[-1]))
-        if path == "/allow":
+        if path in ("/allow", "/device-auth"):
             conn.sendall(allow(key))
         elif path == "/deny":
             conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
