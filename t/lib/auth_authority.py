@@ -17,7 +17,9 @@ chosen by the request path:
   /device-auth    the README's example (t/99-readme.t): as /allow
 
 Every request appends "path key protocol addr" to DIR/requests.log; DIR/inflight holds the
-number of requests being served and DIR/max the most seen at once.
+number of requests waiting for their answer (a request stops counting just before its
+answer is sent, so one that nginx has had its answer to never counts next to the lookup
+that takes its place) and DIR/max the most seen at once.
 """
 
 import os
@@ -58,6 +60,17 @@ def allow(key):
 
 def serve(conn):
     count(1)
+    counted = [True]
+
+    def answered():
+        if counted[0]:
+            counted[0] = False
+            count(-1)
+
+    def send(data):
+        answered()
+        conn.sendall(data)
+
     try:
         data = b""
         while b"\r\n\r\n" not in data and len(data) < 16384:
@@ -80,25 +93,25 @@ def serve(conn):
                                               headers.get("x-noise-client-addr", "-"),
                                               lines[0].split(" ")[-1]))
         if path in ("/allow", "/device-auth"):
-            conn.sendall(allow(key))
+            send(allow(key))
         elif path == "/deny":
-            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
         elif path == "/error":
-            conn.sendall(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+            send(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
         elif path == "/garbage":
-            conn.sendall(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")
+            send(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")
         elif path == "/cut":
-            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Noise-Attr-Dev")
+            send(b"HTTP/1.1 200 OK\r\nX-Noise-Attr-Dev")
         elif path == "/silent":
             time.sleep(60)
         elif path == "/hold":
             deadline = time.time() + 30
             while not os.path.exists(os.path.join(DIR, "release")) and time.time() < deadline:
                 time.sleep(0.02)
-            conn.sendall(allow(key))
+            send(allow(key))
         elif path == "/slow":
             time.sleep(2)
-            conn.sendall(allow(key))
+            send(allow(key))
         elif path == "/keys":
             try:
                 with open(os.path.join(DIR, "allowed.keys")) as f:
@@ -114,7 +127,7 @@ def serve(conn):
     except OSError:
         pass
     finally:
-        count(-1)
+        answered()
         try:
             conn.close()
         except OSError:
