@@ -50,6 +50,11 @@ for my $case (
 my $auth = $t->port('auth');
 $t->spawn($t->{python}, $t->repo . '/t/lib/auth_authority.py', $auth, $dir);
 ok($t->wait_port($auth), 'the authority listens');
+# nginx's workers (another user when the suite runs as root) must reach the socket.
+chmod 0711, $dir;
+mkdir "$dir/unix";
+$t->spawn($t->{python}, $t->repo . '/t/lib/auth_authority.py', "$dir/auth.sock", "$dir/unix");
+ok($t->wait_for(5, sub { -S "$dir/auth.sock" }), 'and one on a unix socket');
 my $down = $t->refused_port('down');
 
 my $base = "http://127.0.0.1:$auth";
@@ -70,6 +75,9 @@ stream {
              return "device=\$noise_key_attr_device\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_short%%; noise_auth_request $base/allow;
              noise_auth_cache_valid allow=1s deny=0; return "in\\n"; }
+    server { noise_listen 127.0.0.1:%%PORT_unix%%; noise_auth_request unix:%%TESTDIR%%/auth.sock:/allow;
+             return "unix device=\$noise_key_attr_device\\n"; }
+    server { noise_listen 127.0.0.1:%%PORT_big%%; noise_auth_request $base/big; return "in\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_error%%; noise_auth_request $base/error; return "in\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_garbage%%; noise_auth_request $base/garbage; return "in\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_cut%%; noise_auth_request $base/cut; return "in\\n"; }
@@ -128,6 +136,11 @@ like(client('allow', $k, '--protocol', $ix)->{out}, qr/^device=d-\w+ tenant=acme
 is(requests($pub), 1, 'IX: one request');
 is(join('', errors_since($mark)), '', 'no error lines for allowed clients');
 
+# An authority on a unix socket.
+($k, $pub) = fresh();
+like(client('unix', $k)->{out}, qr/^unix device=d-\w+\n\z/, 'unix:/path:/uri: allowed with attributes');
+like($t->read_file('unix/requests.log'), qr{^/allow \Q$pub\E Noise_XX}m, 'asked over the unix socket, at its URI');
+
 # Deny: refused as an untrusted key is, IK before message 2.
 ($k, $pub) = fresh();
 $mark = $t->error_log_mark;
@@ -164,6 +177,7 @@ is(requests($pub), 2, 'the authority is asked again once the entry expired');
 for my $case (
     ['error', qr/status 500/, 'a 500'],
     ['garbage', qr/invalid HTTP response/, 'garbage'],
+    ['big', qr/response headers are over 8192 bytes/, 'headers over 8 KiB'],
     ['cut', qr/closed the connection before its response headers ended/, 'a close mid-response'],
     ['silent', qr/did not answer within 1000ms/, 'a timeout'],
     ['downsrv', qr/cannot connect to the authority http:\/\/127\.0\.0\.1:\d+\/: .*refused/i, 'the authority down'],

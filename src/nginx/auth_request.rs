@@ -20,7 +20,7 @@
 //!   is a brake against floods of fresh keys), or with `wait` queued in the worker's FIFO
 //!   (unconnected, bounded by the clients' handshake timers) until a slot frees.
 //! * nginx's own lines about the authority's connection (`connect() failed`, ...) are kept
-//!   below `error` by the lookup's own log: each failure is told once, by us, with the
+//!   out by the lookup's own log (only `alert` and above pass): each failure is told once, by us, with the
 //!   client's context ([`conclude`] or the handshake's failure line).
 
 use std::cell::UnsafeCell;
@@ -33,7 +33,7 @@ use nginx_sys::{
     ngx_add_timer, ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_ERR as NGX_ERROR_ERR,
     ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
     ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_msec_t, ngx_peer_connection_t,
-    ngx_post_event, ngx_posted_events, ngx_str_t, NGX_AGAIN, NGX_LOG_CRIT, NGX_OK,
+    ngx_post_event, ngx_posted_events, ngx_str_t, NGX_AGAIN, NGX_LOG_ALERT, NGX_OK,
 };
 
 use super::conf::AuthSide;
@@ -102,7 +102,8 @@ struct Lookup {
     pc: ngx_peer_connection_t,
     /// `pc.name`: the authority's address text, in `side`.
     name: ngx_str_t,
-    /// The authority connection's log: the client's, below `error`, without its context
+    /// The authority connection's log: the client's at `alert` only (nginx's own `error`
+    /// and `crit` lines about the connect are ours to tell, once), without its context
     /// handler (which would read the client's session).
     log: ngx_log_t,
     /// Waiting in the worker's queue for a slot.
@@ -211,7 +212,7 @@ unsafe fn new_lookup(
     // initial state; the log is the client's, copied.
     let (pc, mut quiet): (ngx_peer_connection_t, ngx_log_t) =
         unsafe { (std::mem::zeroed(), *(*c).log) };
-    quiet.log_level = quiet.log_level.min(NGX_LOG_CRIT as usize);
+    quiet.log_level = quiet.log_level.min(NGX_LOG_ALERT as usize);
     quiet.handler = None;
     quiet.data = std::ptr::null_mut();
     quiet.action = std::ptr::null_mut();

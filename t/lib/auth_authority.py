@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """A scriptable HTTP authority for t/77-auth-request.t (noise_auth_request).
 
+  auth_authority.py PORT|/unix/socket/path DIR
+
 Threaded, raw sockets (so it can answer garbage or close mid-response). What it does is
 chosen by the request path:
 
@@ -13,6 +15,7 @@ chosen by the request path:
   /silent         reads the request and never answers (until the test ends)
   /hold           waits until DIR/release exists, then as /allow
   /slow           waits 2 s, then as /allow
+  /big            a 200 whose headers go on past 8 KiB
   /keys           200 when the key is a line of DIR/allowed.keys, else 401
   /device-auth    the README's example (t/99-readme.t): as /allow
 
@@ -29,7 +32,7 @@ import sys
 import threading
 import time
 
-PORT = int(sys.argv[1])
+PORT = sys.argv[1]  # a TCP port on 127.0.0.1, or a unix socket path
 DIR = sys.argv[2]
 lock = threading.Lock()
 state = {"now": 0, "max": 0}
@@ -102,6 +105,8 @@ def serve(conn):
             send(b"SSH-2.0-OpenSSH_9.0\r\n\r\n")
         elif path == "/cut":
             send(b"HTTP/1.1 200 OK\r\nX-Noise-Attr-Dev")
+        elif path == "/big":
+            send(b"HTTP/1.1 200 OK\r\n" + (b"X-Pad: " + b"a" * 500 + b"\r\n") * 20 + b"\r\n")
         elif path == "/silent":
             time.sleep(60)
         elif path == "/hold":
@@ -135,9 +140,14 @@ def serve(conn):
 
 
 def main():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", PORT))
+    if PORT.startswith("/"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(PORT)
+        os.chmod(PORT, 0o777)  # nginx's workers run as another user
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", int(PORT)))
     s.listen(1024)
     write("inflight", "0")
     write("max", "0")
