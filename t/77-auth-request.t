@@ -88,7 +88,8 @@ stream {
     server { noise_listen 127.0.0.1:%%PORT_hstimer%%; noise_auth_request $base/silent;
              noise_auth_request_timeout 30s; noise_handshake_timeout 1s; return "in\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_hold%%; noise_auth_request $base/hold;
-             noise_auth_request_timeout 60s; noise_auth_request_concurrency 3; return "held device=\$noise_key_attr_device\\n"; }
+             noise_auth_request_timeout 120s; noise_handshake_timeout 120s;
+             noise_auth_request_concurrency 3; return "held device=\$noise_key_attr_device\\n"; }
     server { noise_listen 127.0.0.1:%%PORT_queue%%; noise_auth_request $base/hold;
              noise_auth_request_timeout 60s; noise_auth_request_concurrency 1 wait;
              return "queued device=\$noise_key_attr_device\\n"; }
@@ -249,7 +250,7 @@ for my $i (0 .. $#keys) {
 my $cap = 3 * $t->workers;
 my $refusals = sub { scalar(() = $t->error_log_since($mark) =~ /\[error\].*3 lookups are already in flight on this worker, the noise_auth_request_concurrency limit/g) };
 my $asked_cap = sub { scalar grep { requests($_->[1]) } @keys };
-ok($t->wait_for(15, sub { $refusals->() + $asked_cap->() == @keys }), 'every client is either asked about or refused at once');
+ok($t->wait_for(30, sub { $refusals->() + $asked_cap->() == @keys }), 'every client is either asked about or refused at once');
 my $inflight = slurp_num('inflight');
 my $refused = $refusals->();
 cmp_ok($asked_cap->(), '<=', $cap, 'at most 3 lookups per worker reach the authority (' . $asked_cap->() . ')');

@@ -110,7 +110,7 @@ def serve(conn):
         elif path == "/silent":
             time.sleep(60)
         elif path == "/hold":
-            deadline = time.time() + 30
+            deadline = time.time() + 120
             while not os.path.exists(os.path.join(DIR, "release")) and time.time() < deadline:
                 time.sleep(0.02)
             send(allow(key))
