@@ -430,6 +430,12 @@ unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, Loo
             }
         }
     }
+    // Sent: level-triggered event methods would report the writable socket again and
+    // again; this takes the write event out (edge-triggered epoll: nothing to do).
+    // SAFETY: wev is the live connection's write event.
+    if unsafe { ngx_handle_write_event(wev, 0) } != NGX_OK as isize {
+        return Some(Err(LookupError::Events { url }));
+    }
     let mut buf = [0u8; 4096];
     loop {
         let room = (MAX_HEADER_BYTES - l.response.len().min(MAX_HEADER_BYTES)).min(buf.len());
