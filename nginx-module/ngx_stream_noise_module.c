@@ -49,6 +49,17 @@ static ngx_command_t  ngx_stream_noise_commands[] = {
     ngx_stream_noise_command("noise_keys_zone", NGX_STREAM_MAIN_CONF|NGX_CONF_2MORE),
     ngx_stream_noise_command("noise_keys", NGX_STREAM_NOISE_ANY|NGX_CONF_1MORE),
 
+    /* keys the zone does not have, asked of an HTTP authority (miss=lookup) */
+    ngx_stream_noise_command("noise_auth_request", NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
+    ngx_stream_noise_command("noise_auth_request_timeout",
+                             NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
+    ngx_stream_noise_command("noise_auth_request_fail",
+                             NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
+    ngx_stream_noise_command("noise_auth_request_concurrency",
+                             NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE12),
+    ngx_stream_noise_command("noise_auth_cache_valid",
+                             NGX_STREAM_NOISE_ANY|NGX_CONF_1MORE),
+
     /* upstream side */
     ngx_stream_noise_command("noise_upstream", NGX_STREAM_NOISE_ANY|NGX_CONF_FLAG),
     ngx_stream_noise_command("noise_upstream_protocol",

@@ -43,7 +43,7 @@ for my $case (
     ['stream { noise_keys_zone d 1m; noise_keys_zone d 1m; }', qr/zone "d" is already declared/, 'a zone declared twice'],
     ['stream { noise_keys_zone d 1m; server { noise_listen 127.0.0.1:1; noise_private_key %%TESTDIR%%/server.key; noise_keys miss=deny; return x; } }', qr/"noise_keys": "zone=" is required/, 'noise_keys without a zone'],
     ['stream { noise_keys_zone d 1m; server { noise_listen 127.0.0.1:1; noise_private_key %%TESTDIR%%/server.key; noise_keys zone=d miss=maybe; return x; } }', qr/invalid "miss=maybe"/, 'a bad miss='],
-    ['stream { noise_keys_zone d 1m; server { noise_listen 127.0.0.1:1; noise_private_key %%TESTDIR%%/server.key; noise_keys zone=d miss=lookup; return x; } }', qr/"miss=lookup" needs "noise_auth_request"/, 'miss=lookup is not built yet'],
+    ['stream { noise_keys_zone d 1m; server { noise_listen 127.0.0.1:1; noise_private_key %%TESTDIR%%/server.key; noise_keys zone=d miss=lookup; return x; } }', qr/has "miss=lookup" but no "noise_auth_request"/, 'miss=lookup without noise_auth_request (t/77)'],
     ['stream { server { noise_listen 127.0.0.1:1; noise_private_key %%TESTDIR%%/server.key; noise_keys zone=nowhere; return x; } }', qr/zero size shared memory zone "nowhere"/, 'a zone nobody declared'],
     ['stream { noise_keys_zone d 1m; } http { server { location / { noise_keys_api zone=d write=maybe; } } }', qr/invalid "write=maybe"/, 'a bad write='],
 ) {

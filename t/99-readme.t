@@ -44,7 +44,7 @@ $t->write_file('clients.pub', $t->read_file('my.pub'), 0644);
 $t->write_file('backends.pub', $t->read_file('backend1.pub') . $t->read_file('backend2.pub'), 0644);
 
 # Ports and addresses of the examples -> free local ones.
-my %address = ('10.0.0.1:7443' => 'b1', '10.0.0.2:7443' => 'b2');
+my %address = ('10.0.0.1:7443' => 'b1', '10.0.0.2:7443' => 'b2', '10.0.0.5:8000' => 'authority');
 my %port = (7443 => 'noise', 9000 => 'gateway', 8080 => 'backend', 9113 => 'status', 3000 => 'app', 8081 => 'keysapi');
 sub localise {
     my ($block) = @_;
@@ -137,7 +137,12 @@ for my $block (@blocks) {
     my ($rc, $out) = $t->test_config;
     is($rc, 0, "README example $n passes nginx -t") or do { diag($out); next };
     $t->run;
-    if ($conf =~ /noise_keys zone=/) {
+    if ($conf =~ /noise_auth_request\s/) {
+        # Asking an authority: t/77's Python authority answers the README's path.
+        my $auth = $t->port('authority');
+        $t->spawn($t->{python}, $t->repo . '/t/lib/auth_authority.py', $auth, $dir);
+        ok($t->wait_port($auth), "README example $n: its authority listens");
+    } elsif ($conf =~ /noise_keys zone=/) {
         # The key zone runbook: refused until enrolled through the API, as the README says.
         is(client("hello\n")->{out}, '', "README example $n: an unknown key is refused");
         (my $k = $my_pub) =~ tr{+/}{-_};
@@ -164,6 +169,11 @@ for my $block (@blocks) {
         is($r->{rc}, 0, "README example $n: and exits 0");
         like($r->{err}, qr/^protocol=Noise_XX_25519_ChaChaPoly_BLAKE2s$/m, "README example $n: -v reports the handshake");
         $driven++;
+        if ($conf =~ /noise_auth_request\s/) {
+            is(client("hello\n")->{out}, "backend got: hello\n", "README example $n: again");
+            my @asked = grep { /^\/device-auth \Q$my_pub\E / } split /\n/, $t->read_file('requests.log');
+            is(scalar @asked, 1, "README example $n: the authority was asked once, the answer kept in the zone");
+        }
     }
     if ($conf =~ /noise_upstream on/) {
         my ($got) = $t->raw_exchange($t->port('gateway'), "through the gateway\n", until_data => 1, timeout => 10);

@@ -46,6 +46,33 @@ pub enum State {
     Established = 1,
 }
 
+/// What a `noise_auth_request` lookup came to, for `auth_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthResult {
+    Allow = 0,
+    Deny = 1,
+    /// Refused connection, bad answer, over the concurrency cap, ...
+    Error = 2,
+    Timeout = 3,
+}
+
+impl AuthResult {
+    const ALL: [AuthResult; 4] = [
+        AuthResult::Allow,
+        AuthResult::Deny,
+        AuthResult::Error,
+        AuthResult::Timeout,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            AuthResult::Allow => "allow",
+            AuthResult::Deny => "deny",
+            AuthResult::Error => "error",
+            AuthResult::Timeout => "timeout",
+        }
+    }
+}
+
 /// Plaintext direction, for `bytes_total`: `In` is what nginx read from the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -179,6 +206,10 @@ pub struct Slot {
     by_protocol: [[AtomicU64; MAX_PROTOCOLS + 1]; 2],
     connections: [[AtomicI64; 2]; 2],
     bytes: [[AtomicU64; 2]; 2],
+    /// `noise_auth_request` lookups by [`AuthResult`].
+    auth: [AtomicU64; 4],
+    /// `miss=lookup` key zone hits (0) and misses (1).
+    auth_cache: [AtomicU64; 2],
 }
 
 /// Everything in the shared zone.
@@ -219,6 +250,16 @@ impl Counters {
     /// `n` plaintext bytes went `direction` on `side`.
     pub fn bytes(&self, worker: usize, side: Side, direction: Direction, n: u64) {
         self.slot(worker).bytes[side as usize][direction as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A `noise_auth_request` lookup ended so.
+    pub fn auth_result(&self, worker: usize, result: AuthResult) {
+        self.slot(worker).auth[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `miss=lookup` server found the key in its zone (`hit`) or had to ask.
+    pub fn auth_cache(&self, worker: usize, hit: bool) {
+        self.slot(worker).auth_cache[usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
     }
 
     fn name(&self, i: usize) -> String {
@@ -287,6 +328,8 @@ pub fn empty() -> Box<Counters> {
         by_protocol: zeros(|| zeros(|| AtomicU64::new(0))),
         connections: zeros(|| zeros(|| AtomicI64::new(0))),
         bytes: zeros(|| zeros(|| AtomicU64::new(0))),
+        auth: zeros(|| AtomicU64::new(0)),
+        auth_cache: zeros(|| AtomicU64::new(0)),
     };
     Box::new(Counters {
         names_lock: AtomicU32::new(0),
@@ -381,6 +424,29 @@ pub fn render(c: &Counters) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP nginx_noise_auth_requests_total noise_auth_request lookups, by result.\n# TYPE nginx_noise_auth_requests_total counter"
+    );
+    for result in AuthResult::ALL {
+        let n = sum(&|slot| load(&slot.auth[result as usize]));
+        let _ = writeln!(
+            out,
+            "nginx_noise_auth_requests_total{{result=\"{}\"}} {n}",
+            result.label()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP nginx_noise_auth_cache_total Client keys of miss=lookup servers found in the key zone (hit) or looked up (miss).\n# TYPE nginx_noise_auth_cache_total counter"
+    );
+    for (i, label) in ["hit", "miss"].iter().enumerate() {
+        let n = sum(&|slot| load(&slot.auth_cache[i]));
+        let _ = writeln!(
+            out,
+            "nginx_noise_auth_cache_total{{result=\"{label}\"}} {n}"
+        );
+    }
     out
 }
 
@@ -400,7 +466,18 @@ mod tests {
         c.connection(1, Side::Server, State::Handshake, -1);
         c.connection(1, Side::Server, State::Established, 1);
         c.bytes(3, Side::Upstream, Direction::Out, 1000);
+        c.auth_result(0, AuthResult::Deny);
+        c.auth_result(1, AuthResult::Deny);
+        c.auth_result(1, AuthResult::Timeout);
+        c.auth_cache(0, true);
+        c.auth_cache(2, false);
+        c.auth_cache(3, false);
         let text = render(&c);
+        assert!(text.contains("nginx_noise_auth_requests_total{result=\"deny\"} 2\n"));
+        assert!(text.contains("nginx_noise_auth_requests_total{result=\"timeout\"} 1\n"));
+        assert!(text.contains("nginx_noise_auth_requests_total{result=\"allow\"} 0\n"));
+        assert!(text.contains("nginx_noise_auth_cache_total{result=\"hit\"} 1\n"));
+        assert!(text.contains("nginx_noise_auth_cache_total{result=\"miss\"} 2\n"));
         assert!(text.contains("nginx_noise_handshakes_total{side=\"server\",result=\"ok\"} 2\n"));
         assert!(text.contains(
             "nginx_noise_handshakes_total{side=\"server\",result=\"failed\",reason=\"decrypt\"} 2\n"

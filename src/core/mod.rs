@@ -27,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth_reply;
 pub mod buffer_pool;
 pub mod confirm;
 pub mod credentials;

@@ -17,7 +17,7 @@ use std::ptr;
 
 use nginx_sys::{ngx_atomic_uint_t, ngx_connection_t, ngx_cycle, ngx_pool_t};
 
-use super::{limit, pool, status};
+use super::{auth_request, limit, pool, status};
 use crate::core::metrics::{Side, State};
 
 use crate::core::deframer::Deframer;
@@ -68,6 +68,14 @@ pub struct NoiseConn {
     pub awaiting_first_frame: bool,
     /// Attributes of the client's key from the key zone (`$noise_key_attr_NAME`).
     pub key_attrs: Option<Box<Vec<(String, String)>>>,
+    /// `noise_auth_request`: the lookup the handshake waits for (dropping it, with this
+    /// state, cancels it).
+    pub lookup: Option<auth_request::Handle>,
+    /// The answer of a lookup that ended, for the handshake to take when it resumes.
+    pub answer: Option<auth_request::Answer>,
+    /// Bytes read behind the message that paused the handshake, fed to it on resume (at
+    /// most one read, 4 KiB).
+    pub held: Vec<u8>,
     /// Which end nginx is, for the counters.
     pub side: Side,
     /// The state this connection is counted in (`nginx_noise_connections`), if any.
@@ -91,6 +99,9 @@ impl NoiseConn {
             write_error: false,
             awaiting_first_frame: false,
             key_attrs: None,
+            lookup: None,
+            answer: None,
+            held: Vec::new(),
             side,
             gauge: None,
             key_hold: None,

@@ -26,6 +26,9 @@ pub enum Progress {
     WantRead,
     /// Waiting for room in the socket.
     WantWrite,
+    /// Paused for a verdict on the client's key that `decide` will give later (a lookup in
+    /// flight, docs/protocol.md §4.7): call again once it has an answer.
+    WantVerdict,
     /// Failed; the connection must be closed.
     Failed(Failure),
 }
@@ -47,9 +50,18 @@ impl Failure {
     }
 }
 
-/// Decides on a client key the handshake waits for (docs/protocol.md §4.7): the server
-/// side's key zone. Synchronous: the zone answers from shared memory.
-pub type Decide<'a> = &'a mut dyn FnMut(&[u8; 32]) -> Verdict;
+/// What the caller says when the handshake asks for a verdict.
+#[derive(Debug)]
+pub enum Decision {
+    /// Decided now (the key zone, or the answer of a lookup that has ended).
+    Now(Verdict),
+    /// Asked elsewhere: the handshake pauses ([`Progress::WantVerdict`]).
+    Pending,
+}
+
+/// Decides on a client key the handshake waits for (docs/protocol.md §4.7), given the
+/// protocol's name: the server side's key zone, or a lookup at its authority.
+pub type Decide<'a> = &'a mut dyn FnMut(&[u8; 32], &str) -> Decision;
 
 /// Advances the handshake of `c` as far as the socket allows; `decide` answers the
 /// handshake's verdict requests (a handshake that asks without one fails closed).
@@ -109,6 +121,29 @@ pub unsafe fn drive(c: *mut ngx_connection_t, mut decide: Option<Decide<'_>>) ->
         }
         // SAFETY: c is live; its read event exists for its whole life.
         let rev = unsafe { &mut *(*c).read };
+        if hs.pending_verdict().is_some() {
+            // Resumed after a pause: decide, then feed what was read behind the message.
+            let held = std::mem::take(&mut st.held);
+            match read_deciding(hs, &held, &mut decide) {
+                Ok((used, true)) => {
+                    st.held = held[used..].to_vec();
+                    return Progress::WantVerdict;
+                }
+                Ok((used, false)) => {
+                    st.input.push(&held[used..]);
+                }
+                Err(e) => {
+                    if !hs.pending_output().is_empty() {
+                        let _ = socket::send(fd, hs.pending_output());
+                    }
+                    return Progress::Failed(Failure::Noise(e));
+                }
+            }
+            if debug {
+                log_steps(log, hs);
+            }
+            continue;
+        }
         if hs.is_done() {
             // Ready for the caller's next reader unless the socket is known to be empty and
             // no early transport bytes came with the last message.
@@ -135,7 +170,12 @@ pub unsafe fn drive(c: *mut ngx_connection_t, mut decide: Option<Decide<'_>>) ->
                     log_steps(log, hs);
                 }
                 match result {
-                    Ok(used) => {
+                    Ok((used, true)) => {
+                        // Paused: the rest waits with the state (no more reads meanwhile).
+                        st.held = buf[used..n].to_vec();
+                        return Progress::WantVerdict;
+                    }
+                    Ok((used, false)) => {
                         drained = n < buf.len() && io::short_read_drains(rev);
                         // At most 4 KiB behind the last message: always fits the empty input.
                         st.input.push(&buf[used..n]);
@@ -173,22 +213,30 @@ fn awaits_confirmation(hs: &Handshake) -> bool {
         && hs.protocol().is_some_and(|p| p.initiator_auth_replayable())
 }
 
-/// [`Handshake::read`], answering each verdict request with `decide` and reading on.
+/// [`Handshake::read`], answering each verdict request with `decide` and reading on; the
+/// flag says the handshake paused (`decide` said pending) with the rest of `input` unused.
 fn read_deciding(
     hs: &mut Handshake,
     input: &[u8],
     decide: &mut Option<Decide<'_>>,
-) -> Result<usize, Error> {
+) -> Result<(usize, bool), Error> {
     let mut used = hs.read(input)?;
     while let Some(key) = hs.pending_verdict() {
+        let protocol = hs
+            .protocol()
+            .map(|p| p.name().to_string())
+            .unwrap_or_default();
         let verdict = match decide {
-            Some(decide) => decide(&key),
+            Some(decide) => match decide(&key, &protocol) {
+                Decision::Now(v) => v,
+                Decision::Pending => return Ok((used, true)),
+            },
             None => Verdict::Unavailable("nothing decides client keys here".into()),
         };
         hs.resolve(verdict)?;
         used += hs.read(&input[used..])?;
     }
-    Ok(used)
+    Ok((used, false))
 }
 
 /// Logs the handshake's recorded steps at debug level.

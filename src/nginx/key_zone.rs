@@ -9,6 +9,8 @@
 //! * The table (`src/core/key_table.rs`) fills every free page of the zone's slab pool, once,
 //!   at first init; its bytes are only ever touched under the slab pool's own mutex
 //!   (`ngx_shmtx`), which is what makes a `&mut [u8]` over shared memory sound.
+//! * A miss with `miss=lookup` is put to the authority (`super::auth_request`), whose
+//!   answer [`cache`] keeps with its ttl: the next handshake with that key is a hit.
 //! * Every operation is one short, bounded, locked call: a lookup is under a microsecond
 //!   (docs/key-zone.md §4). The one I/O under the lock is a change's append to the zone's
 //!   `state=` file: one `write()` of its records, so that the file has the table's order
@@ -31,8 +33,8 @@ use nginx_sys::{
 use super::key_state::{self, StateError};
 use super::{log, pool};
 use crate::core::handshake::Verdict;
-use crate::core::key_table::{Access, KeyTable, TableError};
-use crate::nginx::conf::KeysConf;
+use crate::core::key_table::{Access, KeyTable, Record, TableError};
+use crate::nginx::conf::{KeysConf, Miss};
 use crate::nginx::shm;
 
 /// The zone's header in shared memory: where the table lies, and the state file's counters.
@@ -350,9 +352,17 @@ pub fn now() -> u64 {
     u64::try_from(sec).unwrap_or(0)
 }
 
+/// What the server's key zone says of a proven client key.
+pub enum Zone {
+    /// Decided: by an entry (with its attributes) or by `miss=deny|allow`.
+    Decided(Verdict, Option<Vec<(String, String)>>),
+    /// Not in the zone, and `miss=lookup`: ask the authority.
+    Lookup,
+}
+
 /// The verdict of the server's key zone on a proven client key, and the key's attributes
 /// when the zone has it (a miss gets `noise_keys miss=`).
-pub fn decide(keys: &KeysConf, key: &[u8; 32]) -> (Verdict, Option<Vec<(String, String)>>) {
+pub fn decide(keys: &KeysConf, key: &[u8; 32]) -> Zone {
     let zone = keys.zone as *mut ngx_shm_zone_t;
     // SAFETY: the zone was added by `noise_keys` in this cycle's configuration, which the
     // session's server conf belongs to; its init ran before any worker started.
@@ -362,13 +372,38 @@ pub fn decide(keys: &KeysConf, key: &[u8; 32]) -> (Verdict, Option<Vec<(String, 
                 Access::Allow => Verdict::Allow,
                 Access::Deny => Verdict::Deny,
             };
-            (verdict, Some(record.attrs))
+            Zone::Decided(verdict, Some(record.attrs))
         }
-        Ok(None) if keys.miss == Access::Allow => (Verdict::Allow, None),
-        Ok(None) => (Verdict::Deny, None),
-        Err(e) => (
+        Ok(None) => match keys.miss {
+            Miss::Allow => Zone::Decided(Verdict::Allow, None),
+            Miss::Deny => Zone::Decided(Verdict::Deny, None),
+            Miss::Lookup => Zone::Lookup,
+        },
+        Err(e) => Zone::Decided(
             Verdict::Unavailable(format!("key zone \"{}\": {e}", keys.zone_name)),
             None,
         ),
     }
+}
+
+/// Keeps an authority's answer on `key` in the zone, unless the key got an entry
+/// meanwhile (an entry written through the API wins over a cached answer). True when kept.
+///
+/// # Safety
+/// `zone` must be a zone added by [`add`] in the running cycle.
+pub unsafe fn cache(
+    zone: *mut ngx_shm_zone_t,
+    key: &[u8; 32],
+    record: &Record,
+) -> Result<bool, TableError> {
+    // SAFETY: the caller's promise.
+    unsafe {
+        with_table(zone, |t| {
+            if t.get(key, now()).is_some() {
+                return Ok(false);
+            }
+            t.put(key, record).map(|_| true)
+        })
+    }
+    .and_then(|r| r)
 }

@@ -13,7 +13,8 @@
 //!   stream confs.
 //! * [`key_zone`]: `noise_keys_zone`, client keys and verdicts in shared memory, with
 //!   [`key_state`] (its `state=` file) and [`key_change`] (the changes, journaled);
-//!   [`keys_api`]: the http API that changes them.
+//!   [`keys_api`]: the http API that changes them; [`auth_request`]: `noise_auth_request`,
+//!   the lookup at an HTTP authority that a handshake waits for.
 //! * [`module`]: the `extern "C"` entry points of the C glue; [`listen`]: `noise_listen`
 //!   sockets; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
 //!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers, with
@@ -30,6 +31,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod auth_request;
 pub mod conf;
 pub mod conn;
 pub mod connect_state;

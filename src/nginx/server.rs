@@ -13,6 +13,10 @@
 //!   both events are marked ready as `ngx_ssl_handshake` does, and the phase says NGX_OK;
 //! * done, with `noise_limit_conn_per_key`: the client's key is counted in, or the
 //!   connection refused with status 503 ([`admit`]);
+//! * `noise_keys ... miss=lookup`: a key the zone does not have pauses the handshake while
+//!   `noise_auth_request` asks (`Progress::WantVerdict`): the phase says NGX_AGAIN and
+//!   reads nothing from the client until the lookup posts the client's read event with its
+//!   answer; the handshake timer keeps running (and its end cancels the lookup);
 //! * failure: one log line (`info` for the peer's fault, `error` for ours) and status 400 or
 //!   500, which finalizes the session.
 
@@ -22,12 +26,14 @@ use nginx_sys::{
     NGX_STREAM_INTERNAL_SERVER_ERROR, NGX_STREAM_SERVICE_UNAVAILABLE,
 };
 
+use super::conf::Miss;
 use super::conf::ServerSide;
 use super::conn::{self, NoiseConn, Phase};
-use super::handshake::{await_first_frame, drive, Failure, Progress};
+use super::handshake::{await_first_frame, drive, Decision, Failure, Progress};
+use super::key_zone::Zone;
 use super::limit::{self, Denied};
 use super::stream_conf::Confs;
-use super::{key_zone, log, status};
+use super::{auth_request, key_zone, log, status};
 use crate::core::handshake::{Handshake, Verdict};
 use crate::core::key_limit::Refusal;
 use crate::core::keys;
@@ -88,8 +94,11 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         Some(NoiseConn {
             phase: Phase::Transport(_),
             awaiting_first_frame: false,
+            lookup: None,
+            answer: None,
+            info,
             ..
-        }) => return NGX_OK as ngx_int_t,
+        }) if !info.as_ref().is_some_and(|i| i.verdict_pending) => return NGX_OK as ngx_int_t,
         Some(_) => {
             noise_debug!(log, "noise handshake handler: resume");
         }
@@ -117,14 +126,51 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         );
         return NGX_STREAM_BAD_REQUEST as ngx_int_t;
     }
+    // SAFETY: c is live; the reference ends in this statement.
+    if unsafe { conn::get(c) }.is_some_and(|st| st.lookup.is_some()) {
+        // SAFETY: c and its events are live.
+        return unsafe { wait_for_lookup(c) };
+    }
+    // The answer of a lookup that has ended, if this is the resume it posted.
+    // SAFETY: c is live; the reference ends in this statement.
+    let mut ready = unsafe { conn::get(c) }.and_then(|st| st.answer.take());
     let attrs = std::cell::RefCell::new(None);
-    let mut decide = |key: &[u8; 32]| match &side.keys {
-        Some(keys) => {
-            let (verdict, found) = key_zone::decide(keys, key);
-            *attrs.borrow_mut() = found;
-            verdict
+    let started = std::cell::RefCell::new(None);
+    let mut decide = |key: &[u8; 32], protocol: &str| {
+        if let Some(answer) = ready.take() {
+            *attrs.borrow_mut() = answer.attrs;
+            return Decision::Now(answer.verdict);
         }
-        None => Verdict::Unavailable("no noise_keys zone".into()),
+        let Some(keys) = &side.keys else {
+            return Decision::Now(Verdict::Unavailable("no noise_keys zone".into()));
+        };
+        let lookup = keys.miss == Miss::Lookup;
+        match key_zone::decide(keys, key) {
+            Zone::Decided(verdict, found) => {
+                if lookup {
+                    status::auth_cache(true);
+                }
+                *attrs.borrow_mut() = found;
+                Decision::Now(verdict)
+            }
+            Zone::Lookup => {
+                status::auth_cache(false);
+                let Some(auth) = &side.auth else {
+                    return Decision::Now(Verdict::Unavailable("no noise_auth_request".into()));
+                };
+                // SAFETY: c is the live client; its state holds the handle (below).
+                match unsafe { auth_request::start(c, auth, keys.zone, key, protocol) } {
+                    Ok(handle) => {
+                        *started.borrow_mut() = Some(handle);
+                        Decision::Pending
+                    }
+                    Err(answer) => {
+                        *attrs.borrow_mut() = answer.attrs;
+                        Decision::Now(answer.verdict)
+                    }
+                }
+            }
+        }
     };
     // SAFETY: c is live with state attached.
     let mut progress = if confirming {
@@ -146,18 +192,32 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         // SAFETY: c is live; the reference ends in this block.
         if let Some(st) = unsafe { conn::get(c) } {
             let pending = st.info.as_deref().filter(|i| i.verdict_pending);
-            if let Some(key) = pending.and_then(|i| i.remote_static) {
-                progress = match decide(&key) {
-                    Verdict::Allow => Progress::Done,
-                    Verdict::Deny => Progress::Failed(Failure::Noise(Error::Unauthorized { key })),
-                    Verdict::Unavailable(why) => {
+            if let Some((key, protocol)) =
+                pending.and_then(|i| Some((i.remote_static?, i.protocol.name().to_string())))
+            {
+                progress = match decide(&key, &protocol) {
+                    Decision::Now(Verdict::Allow) => Progress::Done,
+                    Decision::Now(Verdict::Deny) => {
+                        Progress::Failed(Failure::Noise(Error::Unauthorized { key }))
+                    }
+                    Decision::Now(Verdict::Unavailable(why)) => {
                         Progress::Failed(Failure::Noise(Error::VerdictUnavailable { key, why }))
                     }
+                    Decision::Pending => Progress::WantVerdict,
                 };
             }
             if let Some(info) = st.info.as_deref_mut() {
-                info.verdict_pending = false;
+                if !matches!(progress, Progress::WantVerdict) {
+                    info.verdict_pending = false;
+                }
             }
+        }
+    }
+    if let Some(handle) = started.borrow_mut().take() {
+        // SAFETY: c is live; the reference ends in this statement.
+        match unsafe { conn::get(c) } {
+            Some(st) => st.lookup = Some(handle),
+            None => drop(handle), // cannot happen: cancels the lookup
         }
     }
     if let Some(found) = attrs.borrow_mut().take() {
@@ -206,6 +266,14 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
             }
             NGX_AGAIN as ngx_int_t
         }
+        Progress::WantVerdict => {
+            noise_debug!(
+                log,
+                "noise handshake handler: waiting for noise_auth_request"
+            );
+            // SAFETY: c and its events are live; the state holds the lookup.
+            unsafe { wait_for_lookup(c) }
+        }
         Progress::Failed(failure) => {
             // SAFETY: log is live.
             unsafe { report(log, &failure) };
@@ -216,6 +284,26 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
             }
         }
     }
+}
+
+/// While a lookup is in flight the handshake is not driven: nothing is read from the client
+/// and its timer still runs. An end of file is not acted on either: TCP cannot tell a
+/// client that half-closed after its last handshake message (and waits for its answer)
+/// from one that went away, so both wait for the resume, which reads the end like any
+/// other byte; the wait is bounded by `noise_auth_request_timeout` and the handshake timer.
+///
+/// # Safety
+/// `c` must be the live client connection of a session in its SSL phase.
+unsafe fn wait_for_lookup(c: *mut ngx_connection_t) -> ngx_int_t {
+    // SAFETY: the caller's promise; the read event is live with c.
+    let rev = unsafe { (*c).read };
+    // Level-triggered event methods would report the unread bytes again and again: this
+    // takes the read event out while it is ready (edge-triggered epoll: nothing to do).
+    // SAFETY: rev is live.
+    if unsafe { ngx_handle_read_event(rev, 0) } != NGX_OK as ngx_int_t {
+        return ERROR;
+    }
+    NGX_AGAIN as ngx_int_t
 }
 
 /// `noise_limit_conn_per_key`: counts the authenticated client's key in, or refuses the

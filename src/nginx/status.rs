@@ -65,6 +65,22 @@ pub fn connection(side: Side, state: State, delta: i64) {
     }
 }
 
+pub use crate::core::metrics::AuthResult;
+
+/// A `noise_auth_request` lookup ended so.
+pub fn auth_result(result: AuthResult) {
+    if let Some(c) = counters() {
+        c.auth_result(worker(), result);
+    }
+}
+
+/// A `miss=lookup` server's zone had the key (`hit`) or not.
+pub fn auth_cache(hit: bool) {
+    if let Some(c) = counters() {
+        c.auth_cache(worker(), hit);
+    }
+}
+
 /// Plaintext bytes in or out.
 pub fn bytes(side: Side, direction: Direction, n: usize) {
     if let Some(c) = counters() {

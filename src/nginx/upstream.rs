@@ -764,6 +764,8 @@ fn step(w: &mut PeerWrap) {
                 fail(w, "cannot wait for the write event", Reason::Local);
             }
         }
+        // Nothing pauses an initiator (no `decide` is given): fail closed all the same.
+        Progress::WantVerdict => fail(w, "the handshake paused for a verdict", Reason::Local),
         Progress::Failed(failure) => fail(w, &reason(&failure), failure.reason()),
     }
 }

@@ -13,8 +13,8 @@ use super::args::{self, text};
 use super::main::{MainConf, NoiseAddress};
 use super::pins::{HostPort, Pinned, ServerKey};
 use super::rules::{self, set_once};
-use super::srv::{KeysConf, Loaded, SideConf, SrvConf};
-use crate::core::key_table::{capacity_for, Access};
+use super::srv::{KeysConf, Loaded, Miss, SideConf, SrvConf};
+use crate::core::key_table::capacity_for;
 use crate::core::keys::{self, KeyFileError, KeySet, Secret};
 use crate::core::protocol::Protocol;
 use crate::nginx::{key_state, key_zone, log};
@@ -76,6 +76,11 @@ pub fn parse(ctx: Context<'_>, name: &str) -> Result<(), String> {
             let keys = keys(cf, &all)?;
             set_once(&mut conf.keys, keys, name)?;
         }
+        "noise_auth_request"
+        | "noise_auth_request_timeout"
+        | "noise_auth_request_fail"
+        | "noise_auth_request_concurrency"
+        | "noise_auth_cache_valid" => conf.auth.parse(cf, name, &all)?,
         "noise_upstream_server_key" => {
             let second = all.get(1).cloned().unwrap_or_default();
             let key = server_key(cf, main, &first, &second)?;
@@ -359,27 +364,23 @@ fn state_path(cf: &ngx_conf_t, file: &[u8]) -> PathBuf {
     Path::new(OsStr::from_bytes(&prefix)).join(file)
 }
 
-/// `noise_keys zone=NAME [miss=deny|allow]`.
+/// `noise_keys zone=NAME [miss=deny|allow|lookup]`.
 fn keys(cf: &mut ngx_conf_t, all: &[Vec<u8>]) -> Result<KeysConf, String> {
     const NAME: &str = "noise_keys";
     let mut zone_name = None;
-    let mut miss = Access::Deny;
+    let mut miss = Miss::Deny;
     for arg in all {
         let arg = text(arg);
         if let Some(z) = arg.strip_prefix("zone=").filter(|z| !z.is_empty()) {
             zone_name = Some(z.to_string());
         } else if let Some(m) = arg.strip_prefix("miss=") {
             miss = match m {
-                "deny" => Access::Deny,
-                "allow" => Access::Allow,
-                "lookup" => {
-                    return Err(format!(
-                        "\"{NAME}\": \"miss=lookup\" needs \"noise_auth_request\", which is not built yet; use miss=deny or miss=allow"
-                    ))
-                }
+                "deny" => Miss::Deny,
+                "allow" => Miss::Allow,
+                "lookup" => Miss::Lookup,
                 _ => {
                     return Err(format!(
-                        "\"{NAME}\": invalid \"{arg}\", it must be \"miss=deny\" or \"miss=allow\""
+                        "\"{NAME}\": invalid \"{arg}\", it must be \"miss=deny\", \"miss=allow\" or \"miss=lookup\""
                     ))
                 }
             };

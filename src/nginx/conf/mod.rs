@@ -10,6 +10,7 @@
 //! * [`pins`]: `noise_upstream_server_key` pins by address or name, and which server each
 //!   applies to;
 //! * [`sides`]: what a server runs with, built by merge ([`ServerSide`], [`UpstreamSide`]);
+//! * [`auth`]: `noise_auth_request` and its settings;
 //! * [`main`]: the main conf ([`MainConf`]): the configuration's `noise_listen` addresses
 //!   and the upstream groups' original `peer.init`.
 //!
@@ -19,6 +20,7 @@
 //! `nginx -t` with the file and line.
 
 pub mod args;
+pub mod auth;
 pub mod directives;
 pub mod main;
 pub mod pins;
@@ -26,7 +28,8 @@ pub mod rules;
 pub mod sides;
 pub mod srv;
 
+pub use auth::AuthSide;
 pub use main::{InitPeer, MainConf, NoiseAddress, Recorded, Use};
 pub use pins::{HostPort, Pinned, ServerKey};
 pub use sides::{ServerSide, UpstreamSide};
-pub use srv::{KeysConf, Loaded, SideConf, SrvConf};
+pub use srv::{KeysConf, Loaded, Miss, SideConf, SrvConf};

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use nginx_sys::ngx_msec_t;
 
+use super::auth::AuthSide;
 use super::pins::{self, Server, ServerKey};
 use super::rules::{self, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_UPSTREAM_PROTOCOL};
-use super::srv::{KeysConf, SrvConf};
+use super::srv::{KeysConf, Miss, SrvConf};
 use crate::core::handshake::Settings;
 use crate::core::negotiation::codec::Codec;
 use crate::core::negotiation::{Credentials, Policy};
@@ -24,6 +25,8 @@ pub struct ServerSide {
     pub limit_per_key: Option<u32>,
     /// `noise_keys`: the zone that decides client keys.
     pub keys: Option<KeysConf>,
+    /// `noise_auth_request`: the authority asked on a zone miss (`miss=lookup`).
+    pub auth: Option<Arc<AuthSide>>,
 }
 
 impl ServerSide {
@@ -46,6 +49,7 @@ impl ServerSide {
         policy
             .validate(Role::Responder)
             .map_err(|e| e.to_string())?;
+        let auth = lookup_rules(conf)?;
         let mut settings = (*side.settings(true)).clone();
         settings.ask_verdict = conf.keys.is_some();
         Ok(ServerSide {
@@ -54,7 +58,26 @@ impl ServerSide {
             handshake_timeout: side.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
             limit_per_key: conf.limit_conn_per_key,
             keys: conf.keys.clone(),
+            auth,
         })
+    }
+}
+
+/// `noise_keys miss=lookup` and `noise_auth_request` go together: the answers are kept in
+/// the zone, and a lookup needs somewhere to ask.
+fn lookup_rules(conf: &SrvConf) -> Result<Option<Arc<AuthSide>>, String> {
+    let auth = conf.auth.side();
+    match (&conf.keys, &auth) {
+        (Some(keys), None) if keys.miss == Miss::Lookup => Err(format!(
+            "\"noise_keys\" in {} has \"miss=lookup\" but no \"noise_auth_request\" says where to look up",
+            keys.at
+        )),
+        (Some(keys), Some(_)) if keys.miss == Miss::Lookup => Ok(auth),
+        (_, Some(_)) => Err(format!(
+            "\"noise_auth_request\" in {} needs \"noise_keys zone=NAME miss=lookup\" (the answers are kept in the zone)",
+            conf.auth.at.clone().unwrap_or_default()
+        )),
+        (_, None) => Ok(None),
     }
 }
 

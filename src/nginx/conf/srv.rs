@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use nginx_sys::{ngx_msec_t, ngx_stream_complex_value_t, ngx_stream_session_t};
 
+use super::auth::AuthConf;
 use super::pins::ServerKey;
 use super::sides::{ServerSide, UpstreamSide};
 use crate::core::handshake::Settings;
-use crate::core::key_table::Access;
 use crate::core::keys::{KeySet, Secret};
 use crate::core::negotiation::codec::Codec;
 use crate::core::negotiation::Credentials;
@@ -24,14 +24,23 @@ pub struct Loaded<T> {
     pub value: T,
 }
 
-/// `noise_keys zone=NAME [miss=deny|allow]`: client keys decided by a key zone.
+/// What `noise_keys` does with a key its zone does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    Deny,
+    Allow,
+    /// Ask `noise_auth_request`, and keep the answer in the zone.
+    Lookup,
+}
+
+/// `noise_keys zone=NAME [miss=deny|allow|lookup]`: client keys decided by a key zone.
 #[derive(Clone, Debug)]
 pub struct KeysConf {
     /// The zone (an `ngx_shm_zone_t` of this cycle); only passed back to nginx.
     pub zone: usize,
     pub zone_name: String,
     /// What a key that is not in the zone gets.
-    pub miss: Access,
+    pub miss: Miss,
     /// "file:line" of the directive.
     pub at: String,
 }
@@ -142,6 +151,8 @@ pub struct SrvConf {
     pub limit_conn_per_key: Option<u32>,
     /// `noise_keys`, this server's or inherited.
     pub keys: Option<KeysConf>,
+    /// `noise_auth_request` and its settings.
+    pub auth: AuthConf,
     /// What this server's `proxy_pass` was given (learnt by [`super::proxy_pass`]).
     pub proxy_pass: Option<Vec<u8>>,
     /// Set at postconfiguration for `noise_upstream on` servers whose `proxy_pass` is a
@@ -191,6 +202,7 @@ impl SrvConf {
         if self.keys.is_none() {
             self.keys.clone_from(&parent.keys);
         }
+        self.auth.merge(&parent.auth);
         if let Some(at) = self.listen_at.clone() {
             self.server_side =
                 Some(ServerSide::build(self).map_err(|e| format!("{e} (noise_listen in {at})"))?);
