@@ -235,6 +235,9 @@ unlink "$dir/release";
 my @keys = map { [fresh()] } 1 .. 10;
 $mark = $t->error_log_mark;
 my $max0 = slurp_num('max');
+# Lookups of earlier steps that the authority still holds (it counts a request open until
+# it answers, even after nginx gave up on it) are not this step's.
+my $inflight0 = slurp_num('inflight');
 my %out;
 my @pids;
 for my $i (0 .. $#keys) {
@@ -254,7 +257,7 @@ ok($t->wait_for(30, sub { $refusals->() + $asked_cap->() == @keys }), 'every cli
 my $inflight = slurp_num('inflight');
 my $refused = $refusals->();
 cmp_ok($asked_cap->(), '<=', $cap, 'at most 3 lookups per worker reach the authority (' . $asked_cap->() . ')');
-cmp_ok($inflight, '<=', $cap, "and are in flight there ($inflight)");
+cmp_ok($inflight - $inflight0, '<=', $cap, "and are in flight there ($inflight, $inflight0 held before)");
 cmp_ok($refused, '>=', @keys - $cap, "the rest are refused, each with one error line ($refused)");
 
 # 200 other clients complete on the same workers while those lookups wait.
