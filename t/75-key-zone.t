@@ -80,6 +80,7 @@ http {
         location /keys/ { noise_keys_api zone=devices write=on; }
         location /ro/ { noise_keys_api zone=devices; }
         location /tiny/ { noise_keys_api zone=tiny write=on; }
+        location /metrics { noise_status; }
     }
 }
 END
@@ -192,6 +193,15 @@ for my $case (
 }
 my ($after) = (api('GET', '/keys/'))[1] =~ /"keys":(\d+)/;
 is($after, $before, 'nothing of a refused body was applied');
+# noise_status has the zones' sizes, as the API counts them.
+{
+    my ($cap) = (api('GET', '/keys/'))[1] =~ /"capacity":(\d+)/;
+    my $m = $t->metrics;
+    is($t->series('nginx_noise_key_zone_keys{zone="devices"}', $m), $after, 'noise_status: the keys in the zone');
+    is($t->series('nginx_noise_key_zone_capacity{zone="devices"}', $m), $cap, 'noise_status: its capacity');
+    ok(defined $t->series('nginx_noise_key_zone_keys{zone="tiny"}', $m), 'noise_status: every zone');
+    like($m, qr/^# TYPE nginx_noise_key_zone_keys gauge$/m, 'as a gauge');
+}
 is(client($deny, 'dev3')->{out}, '', 'not even the good first line of a refused bulk load');
 
 # Read-only location.

@@ -327,6 +327,28 @@ pub unsafe fn with_table<R>(
     unsafe { locked(zone, |t, _, _| f(t)) }
 }
 
+/// Every key zone of `cycle` with how many keys it holds and can hold, for `noise_status`.
+///
+/// # Safety
+/// `cycle` must be a live cycle whose zones are initialised.
+pub unsafe fn sizes(cycle: *mut ngx_cycle_t) -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    let ours: shm::Init = init_zone;
+    // SAFETY: the caller's promise; a zone whose init is ours and whose data is set was
+    // added by `add` and initialised, as `with_table` needs.
+    unsafe {
+        shm::each_zone(cycle, |zone| {
+            let is_key_zone = (*zone).init.is_some_and(|f| std::ptr::fn_addr_eq(f, ours));
+            if is_key_zone && !(*zone).data.is_null() {
+                if let Ok((keys, capacity)) = with_table(zone, |t| (t.len(), t.capacity())) {
+                    out.push((name(zone), keys, capacity));
+                }
+            }
+        })
+    };
+    out
+}
+
 /// The zone's name, for messages.
 ///
 /// # Safety

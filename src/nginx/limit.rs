@@ -25,17 +25,12 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use nginx_sys::{
-    ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_list_part_t, ngx_module_t, ngx_pid, ngx_shm_zone_t,
-    ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_calloc, ngx_slab_pool_t, NGX_ERROR, NGX_OK,
+    ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_pid, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock,
+    ngx_slab_calloc, ngx_slab_pool_t, NGX_ERROR, NGX_OK,
 };
 
 use super::shm;
 use crate::core::key_limit::{Entry, Header, Refusal, Table};
-
-extern "C" {
-    /// The stream module (C glue): the zone's tag.
-    static mut ngx_stream_noise_module: ngx_module_t;
-}
 
 const ZONE_NAME: &str = "noise_limit_conn_per_key";
 /// The zone: about 31,000 (client key, worker) pairs at once.
@@ -130,23 +125,15 @@ pub fn acquire(key: &[u8; 32], limit: u32) -> Result<Hold, Denied> {
 /// # Safety
 /// `cycle` must be the worker's live cycle, its shared zones mapped and initialised.
 pub unsafe fn start_worker(cycle: *mut ngx_cycle_t) {
-    // SAFETY: the cycle's shared_memory is an ngx_list_t of ngx_shm_zone_t.
+    // SAFETY: the caller's promise; each_zone gives live entries of this cycle.
     unsafe {
-        let mut part: *mut ngx_list_part_t = &mut (*cycle).shared_memory.part;
-        while !part.is_null() {
-            let zones = (*part).elts as *mut ngx_shm_zone_t;
-            for i in 0..(*part).nelts {
-                let z = &*zones.add(i);
-                if z.shm.name.as_bytes() == ZONE_NAME.as_bytes()
-                    && z.tag == (&raw mut ngx_stream_noise_module).cast()
-                    && !z.data.is_null()
-                {
-                    POOL.store(z.shm.addr.cast(), Ordering::Relaxed);
-                    TABLE.store(z.data.cast(), Ordering::Relaxed);
-                }
+        shm::each_zone(cycle, |z| {
+            let z = &*z;
+            if z.shm.name.as_bytes() == ZONE_NAME.as_bytes() && !z.data.is_null() {
+                POOL.store(z.shm.addr.cast(), Ordering::Relaxed);
+                TABLE.store(z.data.cast(), Ordering::Relaxed);
             }
-            part = (*part).next;
-        }
+        })
     }
     if let Some((pool, table)) = zone() {
         // SAFETY: as in acquire.

@@ -7,7 +7,8 @@
 //! and keeps a zone across reloads when its name and size stay.
 
 use nginx_sys::{
-    ngx_conf_t, ngx_int_t, ngx_pnalloc, ngx_shared_memory_add, ngx_shm_zone_t, ngx_str_t,
+    ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_list_part_t, ngx_pnalloc, ngx_shared_memory_add,
+    ngx_shm_zone_t, ngx_str_t,
 };
 
 extern "C" {
@@ -55,4 +56,26 @@ pub unsafe fn add_zone(
         unsafe { (*zone).init = Some(init) };
     }
     zone
+}
+
+/// Calls `f` with every zone of `cycle` that this module added (by tag).
+///
+/// # Safety
+/// `cycle` must be a live cycle; `f` is given live zone entries of it.
+pub unsafe fn each_zone(cycle: *mut ngx_cycle_t, mut f: impl FnMut(*mut ngx_shm_zone_t)) {
+    // SAFETY: the cycle's shared_memory is an ngx_list_t of ngx_shm_zone_t, every part's
+    // elts holding nelts entries.
+    unsafe {
+        let mut part: *mut ngx_list_part_t = &mut (*cycle).shared_memory.part;
+        while !part.is_null() {
+            let zones = (*part).elts as *mut ngx_shm_zone_t;
+            for i in 0..(*part).nelts {
+                let z = zones.add(i);
+                if (*z).tag == (&raw mut ngx_stream_noise_module).cast() {
+                    f(z);
+                }
+            }
+            part = (*part).next;
+        }
+    }
 }

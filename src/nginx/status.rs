@@ -24,7 +24,7 @@ use nginx_sys::{
 use ngx::core::{Buffer, Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ngx_string;
 
-use super::shm;
+use super::{key_zone, shm};
 use crate::core::metrics::{self, Counters, Direction, Reason, Side, State};
 
 /// The zone: the counters plus the slab allocator's own pages.
@@ -159,10 +159,14 @@ unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     if rc != NGX_OK as ngx_int_t {
         return rc;
     }
-    let text = match counters() {
+    let mut text = match counters() {
         Some(c) => metrics::render(c),
         None => "# the noise_status zone is not set up\n".to_string(),
     };
+    // SAFETY: a worker's ngx_cycle is its live cycle, zones initialised.
+    text.push_str(&key_zones(&unsafe {
+        key_zone::sizes(nginx_sys::ngx_cycle)
+    }));
     // SAFETY: as above.
     unsafe {
         send_body(
@@ -209,4 +213,33 @@ pub unsafe fn send_body(
     };
     // SAFETY: as nginx's own handlers do: the filters copy the chain links they keep.
     unsafe { ngx_http_output_filter(r, &mut out) }
+}
+
+/// The key zones' sizes as two gauges (one pair of lines per `noise_keys_zone`).
+fn key_zones(zones: &[(String, usize, usize)]) -> String {
+    if zones.is_empty() {
+        return String::new();
+    }
+    let label = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut text = String::from(
+        "# HELP nginx_noise_key_zone_keys Client keys held by each noise_keys_zone.\n\
+         # TYPE nginx_noise_key_zone_keys gauge\n",
+    );
+    for (name, keys, _) in zones {
+        text.push_str(&format!(
+            "nginx_noise_key_zone_keys{{zone=\"{}\"}} {keys}\n",
+            label(name)
+        ));
+    }
+    text.push_str(
+        "# HELP nginx_noise_key_zone_capacity Client keys each noise_keys_zone can hold.\n\
+         # TYPE nginx_noise_key_zone_capacity gauge\n",
+    );
+    for (name, _, capacity) in zones {
+        text.push_str(&format!(
+            "nginx_noise_key_zone_capacity{{zone=\"{}\"}} {capacity}\n",
+            label(name)
+        ));
+    }
+    text
 }
