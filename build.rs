@@ -23,6 +23,11 @@ const VERSION_FEATURES: &[(&str, u64, &str)] = &[
         1_027_003,
         "stream upstream `server ... resolve` in open source: ngx_stream_upstream_server_t has host",
     ),
+    (
+        "ngx_stream_proxy_protocol_v2",
+        1_031_004,
+        "stream `proxy_protocol v2`: ngx_stream_upstream_t.proxy_protocol is the version (2 bits), ngx_proxy_protocol_v2_write exists",
+    ),
 ];
 
 /// The oldest nginx the module supports.

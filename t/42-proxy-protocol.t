@@ -6,6 +6,8 @@
 # (who connects from 127.0.0.2 or .3, A being 127.0.0.1). Bad inputs: a client speaking
 # PROXY garbage to B, a header followed by garbage, A without proxy_protocol in front of a B
 # that expects it, A with it in front of a B without it: each a clean close, logged once.
+# Where nginx has `proxy_protocol v2` (1.31.4), A sends the binary v2 header the proxy would
+# send, once, in clear: B reads it, and a recording back end sees its bytes.
 
 use strict;
 use warnings;
@@ -16,8 +18,15 @@ use NoiseTest;
 my $t = NoiseTest->new;
 my %pub = map { $_ => $t->keygen($_) } qw(a b);
 $t->scripted_backend('rec', '', 'read');
+my $v2 = $t->has('proxy_protocol_v2');
+$t->scripted_backend('rec2', '', 'read') if $v2;
+my $v2_servers = $v2 ? <<'END' : '';
+    server { listen 127.0.0.1:%%PORT_av2%%; noise_upstream on; proxy_protocol v2; proxy_pass 127.0.0.1:%%PORT_b%%; }
+    server { listen 127.0.0.1:%%PORT_av2rec%%; noise_upstream on; proxy_protocol v2;
+             proxy_connect_timeout 2s; proxy_pass 127.0.0.1:%%PORT_rec2%%; }
+END
 
-$t->write_config(<<'END');
+my $conf = <<'END';
 stream {
     log_format pp '$server_port $remote_addr $proxy_protocol_addr $realip_remote_addr $status';
     access_log %%TESTDIR%%/logs/access.log pp;
@@ -53,8 +62,11 @@ stream {
     server { listen 127.0.0.1:%%PORT_arelay%%; noise_upstream on; proxy_protocol on; proxy_pass 127.0.0.1:%%PORT_brelay%%; }
     server { listen 127.0.0.1:%%PORT_anopp%%; noise_upstream on; proxy_pass 127.0.0.1:%%PORT_b%%; }
     server { listen 127.0.0.1:%%PORT_atonopp%%; noise_upstream on; proxy_protocol on; proxy_pass 127.0.0.1:%%PORT_bnopp%%; }
+#V2#
 }
 END
+$conf =~ s/#V2#\n/$v2_servers/;
+$t->write_config($conf);
 $t->run;
 my $workers = $t->worker_set;
 my %port = map { $_ => $t->port($_) } qw(a aik arelay anopp atonopp b brelay bnopp);
@@ -125,6 +137,26 @@ sub lines_like {
     is(lines_like($since, qr/noise: NoiseSocket handshake with upstream/), 1, 'B without proxy_protocol: one line on A');
     is(lines_like($since, qr/\[info\].*noise: handshake failed/), 1, 'B without proxy_protocol: one line on B');
 }
+# proxy_protocol v2: the proxy's binary header, sent by A in clear before the handshake.
+SKIP: {
+    skip $t->lacks_reason('proxy_protocol_v2'), 5 unless $v2;
+    my ($got) = $t->plain_exchange($t->port('av2'), '', keep_open => 1, timeout => 5, local => '127.0.0.2');
+    is($got, "remote=127.0.0.2 pp=127.0.0.2 realip=127.0.0.1 key=$pub{a}\n",
+        'proxy_protocol v2: B sees the client\'s address behind A\'s NoiseSocket key');
+    # A back end that records what it gets and never answers the handshake.
+    $t->plain_exchange($t->port('av2rec'), '', keep_open => 1, timeout => 1, local => '127.0.0.2');
+    my $rec = '';
+    $t->wait_for(5, sub { length($rec = $t->read_file('rec2.received')) >= 16 + 12 + 32 });
+    my $sig = "\r\n\r\n\0\r\nQUIT\n";
+    is(substr($rec, 0, 12), $sig, 'proxy_protocol v2: the back end gets the v2 signature first');
+    is(unpack('H4', substr($rec, 12, 2)), '2111', 'proxy_protocol v2: version 2 PROXY, TCP over IPv4');
+    my $len = unpack('n', substr($rec, 14, 2));
+    is(join('.', unpack('C4', substr($rec, 16, 4))), '127.0.0.2', "proxy_protocol v2: the client's address");
+    my $rest = length($rec) > 16 + $len ? substr($rec, 16 + $len) : "";
+    ok(length($rest) > 0 && index($rest, $sig) < 0 && index($rec, 'PROXY ') < 0,
+        'proxy_protocol v2: one header (no v1 line, no second header), then the handshake');
+}
+
 is($t->worker_set, $workers, 'workers survive');
 unlike($t->error_log, qr/\[(crit|alert|emerg)\]/, 'nothing critical');
 done_testing;

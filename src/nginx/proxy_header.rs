@@ -8,23 +8,61 @@
 //! flag into the public `ngx_stream_upstream_t.proxy_protocol` before it asks the balancer
 //! for a peer, and `init_upstream` sends the header through the connection's (by then
 //! NoiseSocket) `send` while the flag is still set. So [`take`] runs in our `get`: it
-//! writes the header with nginx's own `ngx_proxy_protocol_write` and clears the flag, so the
-//! proxy never sends a second header inside the stream. The next attempt sets the flag
-//! anew. Invariant: a header is sent whole, in one `send`, or the attempt fails (the
-//! specification asks for atomic headers, and nginx refuses a short write the same way).
+//! writes the header with nginx's own writer and clears the flag, so the proxy never sends a
+//! second header inside the stream. The next attempt sets the flag anew. Invariant: a header
+//! is sent whole, in one `send`, or the attempt fails (the specification asks for atomic
+//! headers, and nginx refuses a short write the same way).
+//!
+//! Which version: the flag is the version the proxy would write. Since nginx 1.31.4
+//! (`ngx_stream_proxy_protocol_v2`) `proxy_protocol v2` makes it 2 and the proxy writes a
+//! binary v2 header with `ngx_proxy_protocol_v2_write`; so do we, with the same buffer size.
+//! Before, the flag is one bit and the header is always v1 (`ngx_proxy_protocol_write`).
 
-use nginx_sys::{ngx_connection_t, ngx_proxy_protocol_write, ngx_stream_session_t};
+use nginx_sys::{ngx_connection_t, ngx_stream_session_t};
 
 use super::socket::{self, Io};
 
 /// The longest PROXY protocol v1 header (`NGX_PROXY_PROTOCOL_V1_MAX_HEADER` on nginx
 /// versions that name it): what `ngx_proxy_protocol_write` writes at most.
-const MAX: usize = 107;
+const V1_MAX: usize = 107;
+
+/// The buffer the proxy gives `ngx_proxy_protocol_v2_write` (`NGX_PROXY_PROTOCOL_MAX_HEADER`):
+/// room for the header and the TLVs nginx adds.
+#[cfg(ngx_stream_proxy_protocol_v2)]
+const V2_MAX: usize = nginx_sys::NGX_PROXY_PROTOCOL_MAX_HEADER as usize;
+#[cfg(not(ngx_stream_proxy_protocol_v2))]
+const V2_MAX: usize = V1_MAX;
+
+type Writer = unsafe fn(*mut ngx_connection_t, *mut u8, *mut u8) -> *mut u8;
+
+/// nginx's writer of a v1 header.
+unsafe fn write_v1(c: *mut ngx_connection_t, buf: *mut u8, last: *mut u8) -> *mut u8 {
+    // SAFETY: the caller's promise (see `write`).
+    unsafe { nginx_sys::ngx_proxy_protocol_write(c, buf, last) }
+}
+
+/// nginx's writer of a v2 header, called as the proxy calls it: no extra TLVs (null).
+#[cfg(ngx_stream_proxy_protocol_v2)]
+unsafe fn write_v2(c: *mut ngx_connection_t, buf: *mut u8, last: *mut u8) -> *mut u8 {
+    // SAFETY: the caller's promise (see `write`).
+    unsafe { nginx_sys::ngx_proxy_protocol_v2_write(c, buf, last, std::ptr::null_mut()) }
+}
+
+/// The writer for a binary (v2) or text (v1) header; v1 where nginx has no v2.
+fn writer(binary: bool) -> Writer {
+    #[cfg(ngx_stream_proxy_protocol_v2)]
+    if binary {
+        return write_v2;
+    }
+    let _ = binary;
+    write_v1
+}
 
 /// A PROXY protocol header waiting to be sent in clear.
 pub struct Header {
-    bytes: [u8; MAX],
-    len: usize,
+    bytes: Vec<u8>,
+    /// Version 2 (binary) rather than the v1 text line.
+    binary: bool,
 }
 
 /// Why a header could not be built or sent.
@@ -59,30 +97,41 @@ pub unsafe fn take(
 ) -> Result<Option<Header>, HeaderError> {
     // SAFETY: the caller's promise: s and its upstream are live, nothing else runs.
     let u = unsafe { &mut *(*s).upstream };
-    if u.proxy_protocol() == 0 || pc.type_ != libc::SOCK_STREAM {
+    let version = u.proxy_protocol();
+    if version == 0 || pc.type_ != libc::SOCK_STREAM {
         return Ok(None);
     }
     u.set_proxy_protocol(0);
-    let mut header = Header {
-        bytes: [0; MAX],
-        len: 0,
-    };
-    let start = header.bytes.as_mut_ptr();
-    // SAFETY: nginx writes at most MAX bytes between start and last (bounds it checks), from
-    // the live client connection's addresses; the pointers are into our array.
-    let end = unsafe { ngx_proxy_protocol_write((*s).connection, start, start.add(MAX)) };
+    // SAFETY: the session's client connection is live (caller).
+    unsafe { write((*s).connection, version) }.map(Some)
+}
+
+/// The header nginx's proxy would write for version flag `version` (1, or 2 where nginx has
+/// `proxy_protocol v2`), from client connection `c`'s addresses.
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn write(c: *mut ngx_connection_t, version: u32) -> Result<Header, HeaderError> {
+    let binary = cfg!(ngx_stream_proxy_protocol_v2) && version == 2;
+    let size = if binary { V2_MAX } else { V1_MAX };
+    let mut bytes = vec![0u8; size];
+    let start = bytes.as_mut_ptr();
+    // SAFETY: start..start + size is our buffer, which nginx writes within (it checks the
+    // bounds it is given), from the live client connection's addresses (caller).
+    let end = unsafe { writer(binary)(c, start, start.add(size)) };
     if end.is_null() {
         return Err(HeaderError::Write);
     }
-    // SAFETY: end is within [start, start + MAX] (nginx returns where it stopped writing).
-    header.len = unsafe { end.offset_from(start) } as usize;
-    Ok(Some(header))
+    // SAFETY: end is within [start, start + size] (nginx returns where it stopped writing).
+    let len = unsafe { end.offset_from(start) } as usize;
+    bytes.truncate(len);
+    Ok(Header { bytes, binary })
 }
 
 impl Header {
     /// Sends the header on `fd` in one `send()`, as nginx does for `proxy_ssl`.
     pub fn send(&self, fd: i32) -> Result<Sent, HeaderError> {
-        let bytes = &self.bytes[..self.len];
+        let bytes = &self.bytes[..];
         match socket::send(fd, bytes) {
             Io::Done(n) if n == bytes.len() => Ok(Sent::Done),
             Io::Done(_) => Err(HeaderError::Short),
@@ -91,11 +140,13 @@ impl Header {
         }
     }
 
-    /// The header's text without its CRLF, for debug logs.
+    /// The header's text without its CRLF (v1), or its version and size (v2), for debug
+    /// logs.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes[..self.len])
-            .trim_end()
-            .to_string()
+        if self.binary {
+            return format!("(v2, {} bytes)", self.bytes.len());
+        }
+        String::from_utf8_lossy(&self.bytes).trim_end().to_string()
     }
 }
 

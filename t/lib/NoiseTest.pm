@@ -78,6 +78,8 @@ my %since = (
     pass => 1_025_005,              # the stream `pass` directive
     virtual_servers => 1_025_005,   # stream server_name, several servers per address
     resolve => 1_027_003,           # `server ... resolve` in open-source stream upstreams
+    least_time => 1_031_000,        # the `least_time` balancer in open-source stream upstreams
+    proxy_protocol_v2 => 1_031_004, # stream `proxy_protocol v2` (the proxy sends v2 headers)
 );
 
 sub has {
