@@ -400,7 +400,7 @@ unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, Loo
         }));
     }
     if !l.connected {
-        match socket_error(fd) {
+        match socket::take_error(fd).unwrap_or_else(|errno| errno) {
             0 if write => l.connected = true,
             0 => return None,
             errno => {
@@ -474,29 +474,6 @@ unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, Loo
             Ok(None) => {}
             Err(error) => return Some(Err(LookupError::Reply { error, url })),
         }
-    }
-}
-
-/// The pending error of a connecting socket (`SO_ERROR`), as nginx's own connect tests.
-fn socket_error(fd: i32) -> i32 {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: err and len are valid for the call; fd is our socket.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == -1 {
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EINVAL)
-    } else {
-        err
     }
 }
 

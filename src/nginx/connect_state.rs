@@ -44,22 +44,10 @@ pub fn of(fd: i32, family: i32) -> State {
 /// Why a connect failed, in nginx's words ("connect() failed (111: Connection refused)"),
 /// from the socket's pending error (consumed: the proxy is told by a failed attempt).
 pub fn failure(fd: i32) -> String {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into err.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&raw mut err).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || err == 0 {
-        return "connect() failed (the connection closed before the handshake)".into();
+    match super::socket::take_error(fd) {
+        Ok(err) if err != 0 => format!("connect() failed ({})", super::log::errno_text(err)),
+        _ => "connect() failed (the connection closed before the handshake)".into(),
     }
-    format!("connect() failed ({})", super::log::errno_text(err))
 }
 
 /// The kernel's TCP state of a socket. Unlike `SO_ERROR` it does not consume a pending

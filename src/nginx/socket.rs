@@ -73,3 +73,25 @@ pub fn pread(fd: i32, buf: &mut [u8], offset: i64) -> Result<usize, i32> {
         }
     }
 }
+
+/// The socket's pending error (`SO_ERROR`, which reading clears), as nginx's own connect
+/// tests read it; `Err` with the errno when `getsockopt` itself fails.
+pub fn take_error(fd: ngx_socket_t) -> Result<i32, i32> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into err.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(err)
+    } else {
+        Err(errno())
+    }
+}
