@@ -246,6 +246,37 @@ pub(crate) fn agreements() -> usize {
     AGREEMENTS.with(|n| n.get())
 }
 
+/// A private key held to answer X25519 requests (the key agent's side of
+/// [`crate::core::key_agent`]): loaded once, its public key known.
+pub struct HeldKey {
+    key: PrivateKey,
+    public: [u8; 32],
+}
+
+impl HeldKey {
+    /// `None` when aws-lc cannot load the key.
+    pub fn new(secret: &Secret) -> Option<Self> {
+        let key = PrivateKey::from_private_key(&X25519, secret.as_bytes()).ok()?;
+        let public = key.compute_public_key().ok()?.as_ref().try_into().ok()?;
+        Some(HeldKey { key, public })
+    }
+
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.public
+    }
+
+    /// X25519 with `point`; `None` for a low-order point (an all-zero result).
+    pub fn dh(&self, point: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+        agree(&self.key, point)
+    }
+}
+
+impl fmt::Debug for HeldKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HeldKey({})", super::keys::fingerprint(&self.public))
+    }
+}
+
 /// The DH of each of our static keys with each configured peer key, computed once at
 /// configuration time (`ss` of a KK first message, for every pair the responder tries).
 /// Looked up by our private key's bytes (our own keys, compared in memory) and the peer key.

@@ -3,6 +3,7 @@
 //!
 //! Every failure exits non-zero with one line, `noisesocket: <what failed>`.
 
+mod agent;
 mod options;
 mod relay;
 mod session;
@@ -60,6 +61,13 @@ fn run(o: &Options) -> Result<(), String> {
         }
         "connect" => connect(o),
         "listen" => listen(o),
+        "agent" => agent::run(
+            &o.keys,
+            o.listen
+                .as_deref()
+                .ok_or("agent needs --listen unix:/path")?,
+            o.user.as_deref(),
+        ),
         other => Err(format!("unknown command {other}\n{USAGE}")),
     }
 }

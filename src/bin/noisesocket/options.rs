@@ -18,13 +18,17 @@ pub const USAGE: &str = "usage:
   noisesocket listen [HOST:]PORT [options] responder: one connection on stdio, or --echo;
                                            a bare PORT binds every IPv4 address (0.0.0.0),
                                            as nginx's `listen PORT` does
+  noisesocket agent --key FILE [--key FILE...] --listen unix:/path [--user NAME]
+                                           key agent: answers X25519 with these keys on a
+                                           SOCK_SEQPACKET socket, mode 0660 (docs/key-agent.md);
+                                           --user drops to NAME after binding
 stdio, like OpenBSD nc: stdin EOF leaves the connection open and output goes on until the
 peer closes (the peer's close ends it, even with stdin still open); -N sends a FIN at
 stdin EOF (nc -N, ncat's default), for peers that answer only once they see the end.
 options:
   --protocol NAME        Noise protocol; repeat to allow more (first is offered/default)
                          (default Noise_XX_25519_ChaChaPoly_BLAKE2s)
-  --key FILE             own static private key
+  --key FILE             own static private key (agent: repeat, for rotation)
   --remote-key FILE|B64  peer's static public key (required by NK XK KK IK, checked otherwise)
   --trusted-keys FILE    only accept peers whose static key is listed
   --negotiation virgil|empty   negotiation data to send (default virgil)
@@ -45,6 +49,12 @@ pub struct Options {
     pub address: Option<String>,
     pub protocols: Vec<String>,
     pub key: Option<PathBuf>,
+    /// Every `--key`, in order (the agent's keys).
+    pub keys: Vec<PathBuf>,
+    /// `agent --listen unix:/path`.
+    pub listen: Option<String>,
+    /// `agent --user NAME`.
+    pub user: Option<String>,
     pub remote_key: Option<String>,
     pub trusted_keys: Option<PathBuf>,
     pub negotiation: Codec,
@@ -74,7 +84,13 @@ impl Options {
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--protocol" => o.protocols.push(value(&mut args, &arg)?),
-                "--key" => o.key = Some(value(&mut args, &arg)?.into()),
+                "--key" => {
+                    let path: PathBuf = value(&mut args, &arg)?.into();
+                    o.keys.push(path.clone());
+                    o.key = Some(path);
+                }
+                "--listen" => o.listen = Some(value(&mut args, &arg)?),
+                "--user" => o.user = Some(value(&mut args, &arg)?),
                 "--remote-key" => o.remote_key = Some(value(&mut args, &arg)?),
                 "--trusted-keys" => o.trusted_keys = Some(value(&mut args, &arg)?.into()),
                 "--negotiation" => {
