@@ -17,7 +17,7 @@ use nginx_noise::core::handshake::Handshake;
 use nginx_noise::core::key_agent::client::{Ask, Client};
 use nginx_noise::core::key_agent::wire::{Request, Response, Status, RESPONSE_LEN};
 use nginx_noise::core::key_agent::DelegatedHandshake;
-use nginx_noise::core::keys::encode_key;
+use nginx_noise::core::keys::{encode_key, Secret};
 use nginx_noise::core::negotiation::codec::Codec;
 use snow::params::DHChoice;
 use snow::resolvers::{CryptoResolver, DefaultResolver};
@@ -32,13 +32,18 @@ struct Agent {
 
 impl Agent {
     fn start(keys: &[u8], extra: &[&str]) -> Agent {
+        let keys: Vec<Secret> = keys.iter().map(|&b| secret(b)).collect();
+        Agent::start_keys(&keys, extra)
+    }
+
+    fn start_keys(keys: &[Secret], extra: &[&str]) -> Agent {
         let dir = TempDir::new("agent");
         let socket = dir.path("agent.sock");
         let mut cmd = Command::new(cli());
         cmd.arg("agent");
-        for &b in keys {
-            let file = dir.path(&format!("{b}.key"));
-            std::fs::write(&file, format!("{}\n", encode_key(secret(b).as_bytes()))).unwrap();
+        for (i, key) in keys.iter().enumerate() {
+            let file = dir.path(&format!("{i}.key"));
+            std::fs::write(&file, format!("{}\n", encode_key(key.as_bytes()))).unwrap();
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
             cmd.arg("--key").arg(&file);
         }
@@ -435,6 +440,116 @@ fn a_handshake_whose_static_key_is_only_in_the_agent() {
             } else {
                 public(2)
             })
+        );
+    }
+}
+
+/// Every readable byte of process `pid`'s memory (`/proc/PID/maps`, `/proc/PID/mem`).
+fn memory_of(pid: u32) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut all = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_ok() && mem.read_exact(&mut region).is_ok() {
+            all.extend_from_slice(&region);
+        }
+    }
+    assert!(!all.is_empty());
+    all
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_listener_using_the_agent_holds_no_copy_of_the_private_key() {
+    // A key no memory holds by chance.
+    let key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(101));
+    let key = Secret::from_bytes(key);
+    let agent = Agent::start_keys(std::slice::from_ref(&key), &[]);
+    let dir = TempDir::new("agent-mem");
+    let key_file = dir.path("server.key");
+    std::fs::write(&key_file, format!("{}\n", encode_key(key.as_bytes()))).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = encode_key(key.as_bytes());
+    let client_key = dir.path("client.key");
+    std::fs::write(
+        &client_key,
+        format!("{}\n", encode_key(secret(1).as_bytes())),
+    )
+    .unwrap();
+    std::fs::set_permissions(&client_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for with_agent in [true, false] {
+        let ready = dir.path(&format!("port-{with_agent}"));
+        let mut listen = Command::new(cli());
+        listen
+            .args([
+                "listen",
+                "127.0.0.1:0",
+                "--echo",
+                "--count",
+                "2",
+                "--ready-file",
+            ])
+            .arg(&ready);
+        if with_agent {
+            listen
+                .arg("--key-agent")
+                .arg(format!("unix:{}", agent.socket.display()));
+        } else {
+            listen.arg("--key").arg(&key_file);
+        }
+        let mut listener = listen.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&ready) {
+                if p.ends_with('\n') {
+                    break p.trim().to_string();
+                }
+            }
+            assert!(Instant::now() < deadline, "listener never ready");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut connect = Command::new(cli())
+            .args(["connect", &format!("127.0.0.1:{port}"), "-N", "--key"])
+            .arg(&client_key)
+            .arg("--remote-key")
+            .arg(encode_key(&key.public_key()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        connect.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+        let out = connect.wait_with_output().unwrap();
+        if !out.status.success() {
+            let _ = listener.kill();
+            let _ = listener.wait();
+            panic!("connect failed");
+        }
+        assert_eq!(out.stdout, b"hello\n", "a handshake with our key happened");
+        let memory = memory_of(listener.id());
+        let _ = listener.kill();
+        let _ = listener.wait();
+        let found = contains(&memory, key.as_bytes()) || contains(&memory, text.as_bytes());
+        assert_eq!(
+            found, !with_agent,
+            "the private key is in the listener's memory: {found} (agent: {with_agent})"
         );
     }
 }

@@ -29,6 +29,8 @@ options:
   --protocol NAME        Noise protocol; repeat to allow more (first is offered/default)
                          (default Noise_XX_25519_ChaChaPoly_BLAKE2s)
   --key FILE             own static private key (agent: repeat, for rotation)
+  --key-agent unix:/PATH connect, listen: our static key is in a key agent (instead of
+                         --key): this process never reads it
   --remote-key FILE|B64  peer's static public key (required by NK XK KK IK, checked otherwise)
   --trusted-keys FILE    only accept peers whose static key is listed
   --negotiation virgil|empty   negotiation data to send (default virgil)
@@ -55,6 +57,8 @@ pub struct Options {
     pub listen: Option<String>,
     /// `agent --user NAME`.
     pub user: Option<String>,
+    /// `--key-agent unix:/path`: the agent's socket.
+    pub key_agent: Option<PathBuf>,
     pub remote_key: Option<String>,
     pub trusted_keys: Option<PathBuf>,
     pub negotiation: Codec,
@@ -91,6 +95,9 @@ impl Options {
                 }
                 "--listen" => o.listen = Some(value(&mut args, &arg)?),
                 "--user" => o.user = Some(value(&mut args, &arg)?),
+                "--key-agent" => {
+                    o.key_agent = Some(crate::delegated::socket_path(&value(&mut args, &arg)?)?)
+                }
                 "--remote-key" => o.remote_key = Some(value(&mut args, &arg)?),
                 "--trusted-keys" => o.trusted_keys = Some(value(&mut args, &arg)?.into()),
                 "--negotiation" => {
@@ -131,8 +138,16 @@ impl Options {
         Ok(o)
     }
 
-    /// The negotiation policy and settings for `role`; every key file is read here.
-    pub fn session(&self, role: Role) -> Result<(Arc<Policy>, Arc<Settings>), String> {
+    /// The negotiation policy and settings for `role`, and with `--key-agent` the agent's
+    /// public keys (ours); every key file is read here.
+    #[allow(clippy::type_complexity)]
+    pub fn session(
+        &self,
+        role: Role,
+    ) -> Result<(Arc<Policy>, Arc<Settings>, Option<Arc<[[u8; 32]]>>), String> {
+        if self.key_agent.is_some() && self.key.is_some() {
+            return Err("--key and --key-agent exclude each other".into());
+        }
         let protocols = self
             .protocols
             .iter()
@@ -161,10 +176,17 @@ impl Options {
             Some(p) => Some(Protocol::parse(p).map_err(|e| e.to_string())?),
             None => None,
         };
-        let policy = Policy::new(protocols, self.negotiation, credentials)
+        let mut policy = Policy::new(protocols, self.negotiation, credentials)
             .map_err(|e| e.to_string())?
             .with_switch_on_failure(switch)
             .with_initiator_static_required(trusted.is_some() && role == Role::Responder);
+        let agent_keys = match &self.key_agent {
+            Some(path) => Some(crate::delegated::keys(path)?),
+            None => None,
+        };
+        if let Some(keys) = &agent_keys {
+            policy = policy.with_agent_keys(keys);
+        }
         policy.validate(role).map_err(|e| e.to_string())?;
         let settings = Settings {
             app_prologue: self.prologue.clone(),
@@ -176,6 +198,6 @@ impl Options {
             // a refusal fails `connect` instead of looking like a silent server.
             confirm: role == Role::Initiator,
         };
-        Ok((Arc::new(policy), Arc::new(settings)))
+        Ok((Arc::new(policy), Arc::new(settings), agent_keys))
     }
 }
