@@ -98,6 +98,85 @@ fn main() {
     });
     println!("\nOne X25519 scalar multiplication (public key from secret): {us:.1} µs");
     rotation(&settings);
+    delegated(&settings);
+}
+
+/// The server's key in an in-memory agent (`core::key_agent`, docs/key-agent.md), both
+/// sides and the agent's DH in this thread: what a delegated handshake adds (replays) and
+/// what moves to the agent. The agent's socket round trips are not counted here.
+fn delegated(settings: &Arc<Settings>) {
+    use nginx_noise::core::crypto::HeldKey;
+    use nginx_noise::core::key_agent::DelegatedHandshake;
+    println!("\n| server key in an agent | in process µs | delegated µs (agent's DH included) | agent's DH µs | answers |");
+    println!("|---|---|---|---|---|");
+    let held = HeldKey::new(&Secret::from_bytes([2; 32])).unwrap();
+    let keys: Arc<[[u8; 32]]> = Arc::from(vec![*held.public_key()]);
+    for name in [
+        "Noise_XX_25519_ChaChaPoly_BLAKE2s",
+        "Noise_IK_25519_ChaChaPoly_BLAKE2s",
+    ] {
+        let proto = Protocol::parse(name).unwrap();
+        let creds = |key: Option<Secret>, remote| Credentials {
+            static_key: key,
+            remote_static: remote,
+            psks: Vec::new(),
+            fixed_ephemeral: None,
+        };
+        let client = Arc::new(
+            Policy::new(
+                vec![proto.clone()],
+                Codec::Virgil,
+                creds(Some(Secret::from_bytes([1; 32])), Some(*held.public_key())),
+            )
+            .unwrap(),
+        );
+        let plain_server = Arc::new(
+            Policy::new(
+                vec![proto.clone()],
+                Codec::Virgil,
+                creds(Some(Secret::from_bytes([2; 32])), None),
+            )
+            .unwrap(),
+        );
+        let server = Arc::new(
+            Policy::new(vec![proto.clone()], Codec::Virgil, creds(None, None))
+                .unwrap()
+                .with_agent_keys(&keys),
+        );
+        let mut answers = 0;
+        let mut run = || {
+            let mut a = Handshake::initiator(client.clone(), settings.clone()).unwrap();
+            let mut b =
+                DelegatedHandshake::responder(server.clone(), settings.clone(), keys.clone());
+            answers = 0;
+            while !(a.is_done() && b.is_done()) {
+                let out = a.pending_output().to_vec();
+                a.consume_output(out.len());
+                b.read(&out).unwrap();
+                while let Some(op) = b.pending_key_op() {
+                    answers += 1;
+                    b.provide(
+                        held.dh(&op.point)
+                            .map(|r| *r)
+                            .ok_or(nginx_noise::core::key_agent::AgentError::ZeroResult),
+                    )
+                    .unwrap();
+                }
+                let out = b.pending_output().to_vec();
+                b.consume_output(out.len());
+                a.read(&out).unwrap();
+            }
+            black_box((a.finish().unwrap(), b.finish().unwrap()));
+        };
+        let with_agent = micros(&mut run);
+        run();
+        let plain = micros(|| handshake(&proto, &client, &plain_server, settings));
+        let point = Secret::from_bytes([5; 32]).public_key();
+        let agent = micros(|| {
+            black_box(held.dh(&point));
+        }) * f64::from(answers);
+        println!("| {name} | {plain:.1} | {with_agent:.1} | {agent:.1} | {answers} |");
+    }
 }
 
 /// Key rotation: an IK server with 8 private keys, for a client that knows the first and

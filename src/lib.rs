@@ -8,6 +8,7 @@
 //!   code of the project lives there.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod agent_socket;
 pub mod core;
 
 #[cfg(feature = "nginx")]

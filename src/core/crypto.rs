@@ -33,6 +33,8 @@ use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use zeroize::Zeroizing;
 
+use super::key_agent::is_low_order;
+use super::key_agent::ops::{Ephemeral, KeyOps};
 use super::keys::Secret;
 
 pub use aws_lc_rs::aead;
@@ -60,11 +62,15 @@ impl CryptoResolver for Resolver {
 }
 
 /// [`Resolver`] whose static key's DH looks in `peer_dh` (configuration time) and `memo`
-/// (this handshake message's tries) before it computes.
+/// (this handshake message's tries) before it computes. With `key_ops` (a delegated
+/// handshake, [`crate::core::key_agent`]), a static key named by an agent public key has
+/// no private key here: its DH comes from the agent's answers; and ephemeral keys and their
+/// DH are kept there, so the handshake replays identically.
 #[derive(Clone, Default)]
 pub struct TriesResolver {
     pub peer_dh: Option<Arc<PeerKeyDh>>,
     pub memo: Option<Arc<TriesMemo>>,
+    pub key_ops: Option<Arc<KeyOps>>,
 }
 
 impl CryptoResolver for TriesResolver {
@@ -77,6 +83,7 @@ impl CryptoResolver for TriesResolver {
             DHChoice::Curve25519 => Some(Box::new(Dh25519 {
                 peer_dh: self.peer_dh.clone(),
                 memo: self.memo.clone(),
+                ops: self.key_ops.clone(),
                 ..Dh25519::default()
             })),
             _ => DefaultResolver.resolve_dh(choice),
@@ -237,6 +244,37 @@ thread_local! {
 #[cfg(test)]
 pub(crate) fn agreements() -> usize {
     AGREEMENTS.with(|n| n.get())
+}
+
+/// A private key held to answer X25519 requests (the key agent's side of
+/// [`crate::core::key_agent`]): loaded once, its public key known.
+pub struct HeldKey {
+    key: PrivateKey,
+    public: [u8; 32],
+}
+
+impl HeldKey {
+    /// `None` when aws-lc cannot load the key.
+    pub fn new(secret: &Secret) -> Option<Self> {
+        let key = PrivateKey::from_private_key(&X25519, secret.as_bytes()).ok()?;
+        let public = key.compute_public_key().ok()?.as_ref().try_into().ok()?;
+        Some(HeldKey { key, public })
+    }
+
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.public
+    }
+
+    /// X25519 with `point`; `None` for a low-order point (an all-zero result).
+    pub fn dh(&self, point: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+        agree(&self.key, point)
+    }
+}
+
+impl fmt::Debug for HeldKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HeldKey({})", super::keys::fingerprint(&self.public))
+    }
 }
 
 /// The DH of each of our static keys with each configured peer key, computed once at
@@ -489,6 +527,12 @@ struct Dh25519 {
     row: Option<usize>,
     peer_dh: Option<Arc<PeerKeyDh>>,
     memo: Option<Arc<TriesMemo>>,
+    /// A delegated handshake's state ([`KeyOps`]).
+    ops: Option<Arc<KeyOps>>,
+    /// A static key held by the key agent: its index in `ops`; no private key here.
+    agent: Option<usize>,
+    /// An ephemeral key of a delegated handshake: its index in `ops`.
+    ephemeral: Option<usize>,
 }
 
 /// Static keys already loaded on this thread: building an aws-lc key computes its public
@@ -567,6 +611,17 @@ impl Dh for Dh25519 {
     }
 
     fn set(&mut self, privkey: &[u8]) {
+        self.agent = self.ops.as_ref().and_then(|ops| ops.agent_key(privkey));
+        self.ephemeral = None;
+        if let Some(index) = self.agent {
+            // The negotiator names an agent key by its public key (see key_agent).
+            self.private.fill(0);
+            self.key = None;
+            self.public = self.ops.as_ref().map_or([0; 32], |ops| ops.keys()[index]);
+            self.is_static = true;
+            self.row = None;
+            return;
+        }
         let n = privkey.len().min(32);
         self.private.fill(0);
         self.private[..n].copy_from_slice(&privkey[..n]);
@@ -579,6 +634,26 @@ impl Dh for Dh25519 {
     }
 
     fn generate(&mut self, rng: &mut dyn Random) -> Result<(), snow::Error> {
+        self.agent = None;
+        if let Some(ops) = self.ops.clone() {
+            let fresh = || {
+                let mut private = Zeroizing::new([0u8; 32]);
+                rng.try_fill_bytes(&mut private[..]).ok()?;
+                let (key, public) = load(&private)?;
+                Some(Ephemeral {
+                    private,
+                    key,
+                    public,
+                })
+            };
+            let (index, e) = ops.next_ephemeral(fresh).ok_or(snow::Error::Rng)?;
+            self.private = e.private;
+            self.install(Some((e.key, e.public)));
+            self.ephemeral = Some(index);
+            self.is_static = false;
+            self.row = None;
+            return Ok(());
+        }
         rng.try_fill_bytes(&mut self.private[..])?;
         let fresh = load(&self.private);
         self.install(fresh);
@@ -596,6 +671,21 @@ impl Dh for Dh25519 {
     }
 
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        if let (Some(index), Some(ops)) = (self.agent, &self.ops) {
+            // The low-order check comes first: the agent is never asked about such a point.
+            let (Some(peer), true) = (
+                pubkey.get(..32).and_then(|p| <&[u8; 32]>::try_from(p).ok()),
+                out.len() >= 32,
+            ) else {
+                return Err(snow::Error::Dh);
+            };
+            if is_low_order(peer) {
+                return Err(snow::Error::Dh);
+            }
+            let result = ops.result_or_ask(index, peer).ok_or(snow::Error::Dh)?;
+            out[..32].copy_from_slice(&result);
+            return Ok(());
+        }
         let (Some(key), Some(peer), true) = (
             self.key.as_ref(),
             pubkey.get(..32).and_then(|p| <&[u8; 32]>::try_from(p).ok()),
@@ -610,7 +700,10 @@ impl Dh for Dh25519 {
             };
             configured.or_else(|| self.memo.as_ref().and_then(|m| m.get(key, peer)))
         } else {
-            None
+            match (self.ephemeral, &self.ops) {
+                (Some(index), Some(ops)) => ops.ephemeral_dh(index, peer),
+                _ => None,
+            }
         };
         let shared = match stored {
             Some(shared) => shared,
@@ -618,6 +711,9 @@ impl Dh for Dh25519 {
                 let shared = agree(key, peer);
                 if let (true, Some(memo)) = (self.is_static, &self.memo) {
                     memo.put(key, peer, &shared);
+                }
+                if let (Some(index), Some(ops)) = (self.ephemeral, &self.ops) {
+                    ops.put_ephemeral_dh(index, peer, &shared);
                 }
                 shared
             }
@@ -721,6 +817,7 @@ mod tests {
         let resolver = TriesResolver {
             peer_dh: None,
             memo: Some(memo.clone()),
+            key_ops: None,
         };
         let run = |h: &mut dyn Hash, ikm: &[u8]| {
             let (mut a, mut b, mut c) = ([0u8; 64], [0u8; 64], [0u8; 64]);

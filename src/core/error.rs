@@ -112,6 +112,15 @@ pub enum Error {
     /// A Noise operation failed for a reason that is ours (state misuse, buffer sizes).
     #[error("noise: {0}")]
     Internal(String),
+    /// The key agent holding our static private key (docs/key-agent.md) could not give the
+    /// DH the handshake needs: unreachable, too slow, or an answer that is no result. Ours,
+    /// not the peer's, and fail closed.
+    #[error("key agent: {0}")]
+    KeyAgent(crate::core::key_agent::AgentError),
+    /// The handshake needs a DH with a static key held by the key agent; never returned by
+    /// [`crate::core::key_agent::DelegatedHandshake`], which asks for it instead.
+    #[error("a key agent operation is pending")]
+    KeyOpPending,
     /// 2^64-1 messages were sent or received with one key.
     #[error("nonce space exhausted")]
     NonceExhausted,
@@ -172,6 +181,8 @@ impl Error {
                 | Error::Internal(_)
                 | Error::NonceExhausted
                 | Error::VerdictUnavailable { .. }
+                | Error::KeyAgent(_)
+                | Error::KeyOpPending
         )
     }
 }

@@ -32,6 +32,7 @@ use super::confirm;
 use super::crypto::{TriesMemo, TriesResolver};
 use super::error::{Error, Result};
 use super::frame::HandshakeReader;
+use super::key_agent::KeyOps;
 use super::key_verdict::{KeyVerdict, MARKER};
 use super::keys::{self, KeySet};
 use super::negotiation::{Decision, Negotiator, Response, Stage};
@@ -106,6 +107,10 @@ enum Phase {
     /// Initiator: the Noise handshake is over, waiting for the responder's key-confirmation
     /// verdict (docs/protocol.md §4.8).
     AwaitConfirmation,
+    /// A message needs a DH with a key the key agent holds ([`Handshake::pending_key_op`]);
+    /// this handshake is abandoned and replayed once it is answered
+    /// ([`crate::core::key_agent::DelegatedHandshake`]).
+    AwaitKeyOp,
     Done,
     Failed,
 }
@@ -145,6 +150,8 @@ pub struct Handshake {
     confirm: Confirm,
     /// The transport, when key confirmation needed it before [`Handshake::finish`].
     split: Option<Transport>,
+    /// A delegated handshake's static-key operations ([`crate::core::key_agent`]).
+    key_ops: Option<Arc<KeyOps>>,
 }
 
 /// Key confirmation (docs/protocol.md §4.8) on this connection.
@@ -195,6 +202,7 @@ impl Handshake {
             tries_memo: None,
             confirm: Confirm::Off,
             split: None,
+            key_ops: None,
         }
     }
 
@@ -237,7 +245,19 @@ impl Handshake {
         settings: Arc<Settings>,
         payload: Vec<u8>,
     ) -> Result<Self> {
+        Self::initiator_with_key_ops(negotiator, settings, payload, None)
+    }
+
+    /// An initiator whose static-key DH may come from a key agent (`key_ops`); it may stop
+    /// at once, its first message waiting for one ([`Handshake::pending_key_op`]).
+    pub(crate) fn initiator_with_key_ops(
+        negotiator: Arc<dyn Negotiator>,
+        settings: Arc<Settings>,
+        payload: Vec<u8>,
+        key_ops: Option<Arc<KeyOps>>,
+    ) -> Result<Self> {
         let mut hs = Self::new(Role::Initiator, negotiator, settings);
+        hs.key_ops = key_ops;
         let (protocol, neg) = hs.negotiator.initial()?;
         let prologue = prologue::init1(&neg, &hs.settings.app_prologue);
         hs.start_protocol(protocol, Role::Initiator, Stage::Initial, &prologue)?;
@@ -250,13 +270,42 @@ impl Handshake {
         hs.next_payload = Some(payload);
         hs.neg_a1 = neg;
         let neg = hs.neg_a1.clone();
-        hs.msg_a1 = hs.write_message(&neg)?;
+        match hs.write_message(&neg) {
+            Ok(msg) => hs.msg_a1 = msg,
+            Err(Error::KeyOpPending) => hs.phase = Phase::AwaitKeyOp,
+            Err(e) => return Err(e),
+        }
         Ok(hs)
     }
 
     /// Starts a responder.
     pub fn responder(negotiator: Arc<dyn Negotiator>, settings: Arc<Settings>) -> Self {
         Self::new(Role::Responder, negotiator, settings)
+    }
+
+    /// A responder whose static-key DH may come from a key agent.
+    pub(crate) fn responder_with_key_ops(
+        negotiator: Arc<dyn Negotiator>,
+        settings: Arc<Settings>,
+        key_ops: Option<Arc<KeyOps>>,
+    ) -> Self {
+        let mut hs = Self::new(Role::Responder, negotiator, settings);
+        hs.key_ops = key_ops;
+        hs
+    }
+
+    /// Whether the handshake stopped for a key-agent operation (its `key_ops` say which).
+    pub(crate) fn awaits_key_op(&self) -> bool {
+        self.phase == Phase::AwaitKeyOp
+    }
+
+    /// A failed DH: the agent result it lacks, or the peer's low-order point.
+    fn dh_error(key_ops: &Option<Arc<KeyOps>>) -> Error {
+        if key_ops.as_ref().is_some_and(|ops| ops.missing().is_some()) {
+            Error::KeyOpPending
+        } else {
+            Error::WeakPeerKey
+        }
     }
 
     /// The body of the next handshake message this side writes (default empty).
@@ -307,7 +356,12 @@ impl Handshake {
             return Err(Error::Internal("read after a failed handshake".into()));
         }
         let mut used = 0;
-        while used < input.len() && !matches!(self.phase, Phase::Done | Phase::AwaitVerdict) {
+        while used < input.len()
+            && !matches!(
+                self.phase,
+                Phase::Done | Phase::AwaitVerdict | Phase::AwaitKeyOp
+            )
+        {
             if self.phase == Phase::AwaitConfirmation {
                 match self.read_verdict(&input[used..]) {
                     Ok(n) => used += n,
@@ -329,9 +383,16 @@ impl Handshake {
                     negotiation: neg.len(),
                     noise: noise.len(),
                 });
-                if let Err(e) = self.process(neg, noise) {
-                    self.phase = Phase::Failed;
-                    return Err(e);
+                match self.process(neg, noise) {
+                    Ok(()) => {}
+                    Err(Error::KeyOpPending) => {
+                        self.phase = Phase::AwaitKeyOp;
+                        return Ok(used);
+                    }
+                    Err(e) => {
+                        self.phase = Phase::Failed;
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -370,10 +431,17 @@ impl Handshake {
             }
             Verdict::Unavailable(why) => Err(self.refuse(Error::VerdictUnavailable { key, why })),
         };
-        if result.is_err() {
-            self.phase = Phase::Failed;
+        match result {
+            Err(Error::KeyOpPending) => {
+                self.phase = Phase::AwaitKeyOp;
+                Ok(())
+            }
+            Err(e) => {
+                self.phase = Phase::Failed;
+                Err(e)
+            }
+            Ok(()) => Ok(()),
         }
-        result
     }
 
     /// The peer closed the connection: the error that describes it.
@@ -454,6 +522,9 @@ impl Handshake {
                 }
                 self.read_and_answer(&noise)
             }
+            Phase::AwaitKeyOp => Err(Error::Internal(
+                "message while waiting for the key agent".into(),
+            )),
             Phase::AwaitVerdict => Err(Error::Internal(
                 "message while waiting for a verdict".into(),
             )),
@@ -484,6 +555,7 @@ impl Handshake {
                 self.msg_a1 = msg;
                 match read {
                     Ok(()) => {}
+                    Err(Error::KeyOpPending) => return Err(Error::KeyOpPending),
                     Err(e) => {
                         return match self.negotiator.on_failure(&self.neg_a1) {
                             Some(d @ Decision::Switch { .. }) if may_rescue => self.apply(d, false),
@@ -573,6 +645,11 @@ impl Handshake {
                     return Err(e);
                 }
                 read = self.read_noise(msg);
+                if matches!(read, Err(Error::KeyOpPending)) {
+                    // Asked of the agent: the tries start again with its answer.
+                    self.end_tries();
+                    return read;
+                }
                 let matched = read.is_ok();
                 if let Some(key) = candidate {
                     self.note(|| Step::TriedKey {
@@ -911,6 +988,7 @@ impl Handshake {
         let resolver = TriesResolver {
             peer_dh: self.negotiator.peer_key_dh(),
             memo: self.tries_memo.clone(),
+            key_ops: self.key_ops.clone(),
         };
         let mut builder =
             snow::Builder::with_resolver(protocol.params().clone(), Box::new(resolver))
@@ -994,12 +1072,11 @@ impl Handshake {
             body
         };
         let mut msg = vec![0u8; (framed.len() + 256).min(MAX_MESSAGE)];
-        let n = noise
-            .write_message(&framed, &mut msg)
-            .map_err(|e| match e {
-                snow::Error::Dh => Error::WeakPeerKey,
-                e => Error::Internal(format!("write handshake message: {e}")),
-            })?;
+        let n = match noise.write_message(&framed, &mut msg) {
+            Ok(n) => n,
+            Err(snow::Error::Dh) => return Err(Self::dh_error(&self.key_ops)),
+            Err(e) => return Err(Error::Internal(format!("write handshake message: {e}"))),
+        };
         if noise.was_write_payload_encrypted() != encrypted {
             return Err(Error::Internal(format!(
                 "payload encryption of message {} of {protocol} disagrees with snow",
@@ -1028,11 +1105,14 @@ impl Handshake {
         }
         let encrypted = protocol.payload_encrypted(self.index);
         let mut buf = vec![0u8; message.len()];
-        let n = noise.read_message(message, &mut buf).map_err(|e| match e {
-            snow::Error::Decrypt => Error::Decrypt("handshake message failed to authenticate"),
-            snow::Error::Dh => Error::WeakPeerKey,
-            _ => Error::Decrypt("malformed handshake message"),
-        })?;
+        let n = match noise.read_message(message, &mut buf) {
+            Ok(n) => n,
+            Err(snow::Error::Decrypt) => {
+                return Err(Error::Decrypt("handshake message failed to authenticate"))
+            }
+            Err(snow::Error::Dh) => return Err(Self::dh_error(&self.key_ops)),
+            Err(_) => return Err(Error::Decrypt("malformed handshake message")),
+        };
         let body = if encrypted {
             let range = payload::body_range(&buf[..n])?;
             buf[range].to_vec()

@@ -115,11 +115,13 @@ pub enum Reason {
     Local,
     /// Refused after the handshake by `noise_limit_conn_per_key`.
     Limit,
+    /// The key agent could not give a DH with our static key (docs/key-agent.md).
+    KeyAgent,
 }
 
 impl Reason {
     /// Every reason, in label order.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Timeout,
         Reason::Decrypt,
         Reason::UntrustedKey,
@@ -136,6 +138,7 @@ impl Reason {
         Reason::Connect,
         Reason::Local,
         Reason::Limit,
+        Reason::KeyAgent,
     ];
 
     pub fn label(self) -> &'static str {
@@ -156,6 +159,7 @@ impl Reason {
             Reason::Connect => "connect",
             Reason::Local => "local",
             Reason::Limit => "limit",
+            Reason::KeyAgent => "key_agent",
         }
     }
 
@@ -190,7 +194,9 @@ impl Reason {
             | Error::PeerKeys { .. }
             | Error::Internal(_)
             | Error::NonceExhausted
-            | Error::VerdictUnavailable { .. } => Reason::Local,
+            | Error::VerdictUnavailable { .. }
+            | Error::KeyOpPending => Reason::Local,
+            Error::KeyAgent(_) => Reason::KeyAgent,
         }
     }
 }

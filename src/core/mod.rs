@@ -36,6 +36,7 @@ pub mod deframer;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod key_agent;
 pub mod key_journal;
 pub mod key_limit;
 pub mod key_table;

@@ -3,6 +3,8 @@
 //!
 //! Every failure exits non-zero with one line, `noisesocket: <what failed>`.
 
+mod agent;
+mod delegated;
 mod options;
 mod relay;
 mod session;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::thread;
 
 use nginx_noise::core::handshake::{Handshake, Settings};
+use nginx_noise::core::key_agent::DelegatedHandshake;
 use nginx_noise::core::keys::{self, Secret};
 use nginx_noise::core::negotiation::Policy;
 use nginx_noise::core::protocol::Role;
@@ -66,6 +69,7 @@ fn run(command: Command) -> Result<(), String> {
             ready_file,
             ..Options::of(&address, session)
         }),
+        Command::Agent { keys, listen, user } => agent::run(&keys, &listen, user.as_deref()),
     }
 }
 
@@ -82,19 +86,28 @@ fn report(o: &Options, info: &nginx_noise::core::handshake::HandshakeInfo) {
 }
 
 fn connect(o: &Options) -> Result<(), String> {
-    let (policy, settings) = o.session(Role::Initiator)?;
+    let (policy, settings, agent_keys) = o.session(Role::Initiator)?;
     let addr = address(o)?;
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let hs =
-        Handshake::initiator(policy, settings).map_err(|e| format!("handshake failed: {e}"))?;
-    let session = session::handshake(&mut stream, hs)?;
+    let session = match (&o.key_agent, agent_keys) {
+        (Some(path), Some(keys)) => {
+            let hs = DelegatedHandshake::initiator(policy, settings, Vec::new(), keys)
+                .map_err(|e| format!("handshake failed: {e}"))?;
+            session::handshake(&mut stream, delegated::Agented::new(hs, path)?)?
+        }
+        _ => {
+            let hs = Handshake::initiator(policy, settings)
+                .map_err(|e| format!("handshake failed: {e}"))?;
+            session::handshake(&mut stream, hs)?
+        }
+    };
     report(o, &session.info);
     relay::stdio(stream, session, o.half_close)
 }
 
 fn listen(o: &Options) -> Result<(), String> {
-    let (policy, settings) = o.session(Role::Responder)?;
+    let (policy, settings, agent_keys) = o.session(Role::Responder)?;
     let addr = address(o)?;
     // A bare port binds every IPv4 address, as nginx's `listen PORT` does.
     let addr = if addr.contains(':') {
@@ -110,20 +123,22 @@ fn listen(o: &Options) -> Result<(), String> {
     }
     if !o.echo {
         let (stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-        return serve(o, stream, policy, settings, false);
+        return serve(o, stream, policy, settings, agent_keys, false);
     }
     let limit = o.count.unwrap_or(u64::MAX);
     let mut workers = Vec::new();
     for _ in 0..limit {
         let (stream, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-        let (policy, settings) = (policy.clone(), settings.clone());
+        let (policy, settings, keys) = (policy.clone(), settings.clone(), agent_keys.clone());
         let verbose = o.verbose;
+        let key_agent = o.key_agent.clone();
         workers.push(thread::spawn(move || {
             let o = Options {
                 verbose,
+                key_agent,
                 ..Options::default()
             };
-            if let Err(e) = serve(&o, stream, policy, settings, true) {
+            if let Err(e) = serve(&o, stream, policy, settings, keys, true) {
                 eprintln!("noisesocket: {peer}: {e}");
             }
         }));
@@ -139,11 +154,17 @@ fn serve(
     mut stream: TcpStream,
     policy: Arc<Policy>,
     settings: Arc<Settings>,
+    agent_keys: Option<Arc<[[u8; 32]]>>,
     echo: bool,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
-    let hs = Handshake::responder(policy, settings);
-    let session = session::handshake(&mut stream, hs)?;
+    let session = match (&o.key_agent, agent_keys) {
+        (Some(path), Some(keys)) => {
+            let hs = DelegatedHandshake::responder(policy, settings, keys);
+            session::handshake(&mut stream, delegated::Agented::new(hs, path)?)?
+        }
+        _ => session::handshake(&mut stream, Handshake::responder(policy, settings))?,
+    };
     report(o, &session.info);
     if echo {
         relay::echo(stream, session)

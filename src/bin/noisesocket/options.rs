@@ -61,6 +61,19 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         ready_file: Option<PathBuf>,
     },
+    /// Key agent: answers X25519 with these keys on a SOCK_SEQPACKET socket, mode 0660
+    /// (docs/key-agent.md).
+    Agent {
+        /// A static private key; repeat for rotation (the first is the one presented).
+        #[arg(long = "key", value_name = "FILE", required = true)]
+        keys: Vec<PathBuf>,
+        /// Where to listen: unix:/path.
+        #[arg(long, value_name = "unix:/PATH")]
+        listen: String,
+        /// Drop to this user (and its group) after binding.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+    },
 }
 
 /// What both `connect` and `listen` take.
@@ -70,8 +83,11 @@ pub struct SessionArgs {
     #[arg(long = "protocol", value_name = "NAME", default_value = DEFAULT_PROTOCOL)]
     pub protocols: Vec<String>,
     /// Own static private key.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "key_agent")]
     pub key: Option<PathBuf>,
+    /// Our static key is in a key agent (instead of --key): this process never reads it.
+    #[arg(long, value_name = "unix:/PATH", value_parser = crate::delegated::socket_path)]
+    pub key_agent: Option<PathBuf>,
     /// The peer's static public key (required by NK XK KK IK, checked otherwise).
     #[arg(long, value_name = "FILE|B64")]
     pub remote_key: Option<String>,
@@ -109,6 +125,8 @@ pub struct Options {
     pub address: Option<String>,
     pub protocols: Vec<String>,
     pub key: Option<PathBuf>,
+    /// `--key-agent unix:/path`: the agent's socket.
+    pub key_agent: Option<PathBuf>,
     pub remote_key: Option<String>,
     pub trusted_keys: Option<PathBuf>,
     pub negotiation: Codec,
@@ -136,6 +154,7 @@ impl Options {
             address: Some(address.to_string()),
             protocols,
             key: s.key,
+            key_agent: s.key_agent,
             remote_key: s.remote_key,
             trusted_keys: s.trusted_keys,
             negotiation: s.negotiation,
@@ -148,8 +167,16 @@ impl Options {
         }
     }
 
-    /// The negotiation policy and settings for `role`; every key file is read here.
-    pub fn session(&self, role: Role) -> Result<(Arc<Policy>, Arc<Settings>), String> {
+    /// The negotiation policy and settings for `role`, and with `--key-agent` the agent's
+    /// public keys (ours); every key file is read here.
+    #[allow(clippy::type_complexity)]
+    pub fn session(
+        &self,
+        role: Role,
+    ) -> Result<(Arc<Policy>, Arc<Settings>, Option<Arc<[[u8; 32]]>>), String> {
+        if self.key_agent.is_some() && self.key.is_some() {
+            return Err("--key and --key-agent exclude each other".into());
+        }
         let protocols = self
             .protocols
             .iter()
@@ -178,10 +205,17 @@ impl Options {
             Some(p) => Some(Protocol::parse(p).map_err(|e| e.to_string())?),
             None => None,
         };
-        let policy = Policy::new(protocols, self.negotiation, credentials)
+        let mut policy = Policy::new(protocols, self.negotiation, credentials)
             .map_err(|e| e.to_string())?
             .with_switch_on_failure(switch)
             .with_initiator_static_required(trusted.is_some() && role == Role::Responder);
+        let agent_keys = match &self.key_agent {
+            Some(path) => Some(crate::delegated::keys(path)?),
+            None => None,
+        };
+        if let Some(keys) = &agent_keys {
+            policy = policy.with_agent_keys(keys);
+        }
         policy.validate(role).map_err(|e| e.to_string())?;
         let settings = Settings {
             app_prologue: self.prologue.clone(),
@@ -193,6 +227,6 @@ impl Options {
             // a refusal fails `connect` instead of looking like a silent server.
             confirm: role == Role::Initiator,
         };
-        Ok((Arc::new(policy), Arc::new(settings)))
+        Ok((Arc::new(policy), Arc::new(settings), agent_keys))
     }
 }

@@ -4,9 +4,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use nginx_noise::core::deframer::Deframer;
-use nginx_noise::core::handshake::{Handshake, HandshakeInfo};
+use nginx_noise::core::handshake::HandshakeInfo;
 use nginx_noise::core::keys::encode_key;
 use nginx_noise::core::transport::Transport;
+
+use crate::delegated::Driven;
 
 /// An established session: the transport, what the handshake learnt, and ciphertext that
 /// arrived with the last handshake message.
@@ -17,9 +19,12 @@ pub struct Session {
 }
 
 /// Runs the handshake to completion. Errors are one line for the user.
-pub fn handshake(stream: &mut TcpStream, mut hs: Handshake) -> Result<Session, String> {
+pub fn handshake(stream: &mut TcpStream, mut hs: impl Driven) -> Result<Session, String> {
     let mut input = Deframer::new();
     let mut buf = [0u8; 16 * 1024];
+    // An initiator's first message may wait for the key agent (IK, KK: `ss`).
+    hs.answer_key_ops()
+        .map_err(|e| format!("handshake failed: {e}"))?;
     loop {
         flush(stream, &mut hs)?;
         if hs.is_done() {
@@ -31,7 +36,7 @@ pub fn handshake(stream: &mut TcpStream, mut hs: Handshake) -> Result<Session, S
         if n == 0 {
             return Err(format!("handshake failed: {}", hs.eof()));
         }
-        match hs.read(&buf[..n]) {
+        match read_all(&mut hs, &buf[..n]) {
             Ok(used) => {
                 input.push(&buf[used..n]);
             }
@@ -65,7 +70,21 @@ pub fn handshake(stream: &mut TcpStream, mut hs: Handshake) -> Result<Session, S
     })
 }
 
-fn flush(stream: &mut TcpStream, hs: &mut Handshake) -> Result<(), String> {
+/// Feeds `input` to the handshake, answering its key-agent operations as they come (it
+/// reads nothing while one is pending); returns how many bytes the handshake used.
+fn read_all(hs: &mut impl Driven, input: &[u8]) -> Result<usize, nginx_noise::core::Error> {
+    let mut used = 0;
+    loop {
+        let n = hs.read(&input[used..])?;
+        used += n;
+        hs.answer_key_ops()?;
+        if hs.is_done() || used == input.len() || n == 0 {
+            return Ok(used);
+        }
+    }
+}
+
+fn flush(stream: &mut TcpStream, hs: &mut impl Driven) -> Result<(), String> {
     let out = hs.pending_output();
     if !out.is_empty() {
         let n = out.len();

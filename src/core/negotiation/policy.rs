@@ -87,6 +87,21 @@ impl Policy {
         self
     }
 
+    /// Our static keys are held by the key agent (`crate::core::key_agent`): `publics`
+    /// are their public keys, the first in place of the credentials' static key, the others
+    /// as alternates (rotation). Each is named to snow by its public key, which the
+    /// delegated handshake's resolver recognises; no private key is here, so the handshake
+    /// must be a [`crate::core::key_agent::DelegatedHandshake`] given the same keys, and
+    /// [`Policy::with_peer_key_dh`] must not be used (it needs the private keys).
+    pub fn with_agent_keys(mut self, publics: &[[u8; 32]]) -> Self {
+        let mut named = publics.iter().map(|k| Secret::from_bytes(*k));
+        self.credentials.static_key = named.next();
+        self.alternate_static_keys = named.collect();
+        self.static_publics = publics.to_vec();
+        self.peer_key_dh = None;
+        self
+    }
+
     /// Responder: computes now, once, the DH of each of our static keys (set the alternates
     /// first) with each of `peers`, the keys a first message is tried with as the
     /// initiator's. Only a pattern in which both sides know each other's key in advance (KK)
