@@ -215,31 +215,39 @@ pub unsafe fn send_body(
     unsafe { ngx_http_output_filter(r, &mut out) }
 }
 
-/// The key zones' sizes as two gauges (one pair of lines per `noise_keys_zone`).
+/// The key zones' sizes as two gauges (one line of each per `noise_keys_zone`).
 fn key_zones(zones: &[(String, usize, usize)]) -> String {
-    if zones.is_empty() {
-        return String::new();
-    }
-    let label = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut text = String::from(
-        "# HELP nginx_noise_key_zone_keys Client keys held by each noise_keys_zone.\n\
-         # TYPE nginx_noise_key_zone_keys gauge\n",
-    );
-    for (name, keys, _) in zones {
-        text.push_str(&format!(
-            "nginx_noise_key_zone_keys{{zone=\"{}\"}} {keys}\n",
-            label(name)
-        ));
-    }
-    text.push_str(
-        "# HELP nginx_noise_key_zone_capacity Client keys each noise_keys_zone can hold.\n\
-         # TYPE nginx_noise_key_zone_capacity gauge\n",
-    );
-    for (name, _, capacity) in zones {
-        text.push_str(&format!(
-            "nginx_noise_key_zone_capacity{{zone=\"{}\"}} {capacity}\n",
-            label(name)
-        ));
+    let mut text = String::new();
+    if !zones.is_empty() {
+        let keys = zones.iter().map(|z| (z.0.as_str(), z.1));
+        gauge(
+            &mut text,
+            "keys",
+            "Client keys held by each noise_keys_zone.",
+            keys,
+        );
+        let capacity = zones.iter().map(|z| (z.0.as_str(), z.2));
+        gauge(
+            &mut text,
+            "capacity",
+            "Client keys each noise_keys_zone can hold.",
+            capacity,
+        );
     }
     text
+}
+
+/// One `nginx_noise_key_zone_SUFFIX` gauge, a line per zone.
+fn gauge<'a>(
+    text: &mut String,
+    suffix: &str,
+    help: &str,
+    zones: impl Iterator<Item = (&'a str, usize)>,
+) {
+    let series = format!("nginx_noise_key_zone_{suffix}");
+    text.push_str(&format!("# HELP {series} {help}\n# TYPE {series} gauge\n"));
+    for (name, n) in zones {
+        let name = name.replace('\\', "\\\\").replace('"', "\\\"");
+        text.push_str(&format!("{series}{{zone=\"{name}\"}} {n}\n"));
+    }
 }
