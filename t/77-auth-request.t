@@ -33,7 +33,7 @@ for my $case (
     ["stream { noise_keys_zone d 1m; server { $srv noise_keys zone=d; noise_auth_request http://127.0.0.1:1/; } }",
         qr/"noise_auth_request" in \S+nginx\.conf:\d+ needs "noise_keys zone=NAME miss=lookup"/, 'an authority without miss=lookup'],
     ["stream { server { $srv noise_auth_request https://127.0.0.1:1/; } }", qr/it must start with http:\/\/ or unix:/, 'an https authority'],
-    ["stream { server { $srv noise_auth_request http://no-such-host.invalid/; } }", qr/cannot resolve "no-such-host\.invalid"/, 'a name that does not resolve'],
+    ["stream { server { $srv noise_auth_request http://no-such-host.invalid/; } }", qr/cannot resolve "no-such-host\.invalid:80"/, 'a name that does not resolve'],
     ["stream { server { $srv noise_auth_request unix:; } }", qr/it must be unix:\/path or unix:\/path:\/uri/, 'an empty unix path'],
     ["stream { server { $srv noise_auth_request_fail maybe; } }", qr/it must be "closed" or "open"/, 'a bad fail mode'],
     ["stream { server { $srv noise_auth_request_concurrency 0; } }", qr/invalid number "0"/, 'a zero concurrency'],
