@@ -151,4 +151,17 @@ unlike($t->error_log_since($mark), qr/\[(alert|crit|emerg)\]/, 'no alert');
 like(client('name', $k)->{out}, qr/^device=d-\w+\n\z/, 'the new workers resolve the name');
 ok($t->wait_for(5, sub { $t->fd_total <= $fds }), 'no descriptor left');
 
+# A worker that exits at once (SIGTERM) while lookups resolve: no crash, clients closed.
+$mark = $t->error_log_mark;
+@pids = map { my ($name) = fresh(); $t->spawn($t->cli, 'connect', '127.0.0.1:' . $t->port('cap'), '--key', "$dir/$name.key") } 1 .. 4;
+sleep 0.5;
+my @before = $t->worker_pids;
+kill 'TERM', @before;
+ok($t->wait_for(10, sub { !grep { kill 0, $_ } @before }), 'the workers exit at once, lookups resolving');
+ok($t->wait_for(10, sub { !grep { waitpid($_, 1) == 0 } @pids }), 'their clients are closed');
+ok($t->wait_for(10, sub { $t->worker_pids >= $t->workers }), 'the master starts new workers');
+unlike($t->error_log_since($mark), qr/exited on signal|\[alert\]/, 'no worker crashed, no alert');
+($k) = fresh();
+like(client('name', $k)->{out}, qr/^device=d-\w+\n\z/, 'and the name resolves again');
+
 done_testing;
