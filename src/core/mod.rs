@@ -42,7 +42,6 @@ pub mod key_limit;
 pub mod key_table;
 pub mod key_verdict;
 pub mod keys;
-pub mod metrics;
 pub mod negotiation;
 pub mod payload;
 pub mod prologue;

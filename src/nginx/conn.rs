@@ -18,7 +18,7 @@ use std::ptr;
 use nginx_sys::{ngx_atomic_uint_t, ngx_connection_t, ngx_cycle, ngx_pool_t};
 
 use super::{auth_request, limit, pool, status};
-use crate::core::metrics::{Side, State};
+use crate::metrics::{Side, State};
 
 use crate::core::deframer::Deframer;
 use crate::core::handshake::{Handshake, HandshakeInfo};

@@ -13,8 +13,8 @@ use super::socket::{self, Io};
 use super::{io, log};
 use crate::core::handshake::{Handshake, Verdict};
 use crate::core::keys;
-use crate::core::metrics::Reason;
 use crate::core::{Ended, Error};
+use crate::metrics::Reason;
 use crate::noise_debug;
 
 /// Where a handshake stands after [`drive`].

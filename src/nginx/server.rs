@@ -37,8 +37,8 @@ use super::{auth_request, key_zone, log, status};
 use crate::core::handshake::{Handshake, Verdict};
 use crate::core::key_limit::Refusal;
 use crate::core::keys;
-use crate::core::metrics::{Reason, Side, State};
 use crate::core::Error;
+use crate::metrics::{Reason, Side, State};
 use crate::noise_debug;
 
 extern "C" {

@@ -50,7 +50,7 @@ use super::proxy_header::{self, Header, Sent};
 use super::stream_conf::{noise_index, Confs};
 use super::{gate, listen, log, peers, pool, proxy_pass, sockaddr, status, target_guard};
 use crate::core::handshake::{Handshake, HandshakeInfo};
-use crate::core::metrics::{Reason, Side, State};
+use crate::metrics::{Reason, Side, State};
 
 static mut NEXT_FILTER: ngx_stream_filter_pt = None;
 
