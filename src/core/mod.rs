@@ -43,6 +43,7 @@ pub mod key_table;
 pub mod key_verdict;
 pub mod keys;
 pub mod metrics;
+pub mod mux;
 pub mod negotiation;
 pub mod payload;
 pub mod prologue;
