@@ -412,8 +412,9 @@ impl Session {
             MuxError::Flood { .. } | MuxError::ControlBacklog(_) => GoAwayReason::FLOOD,
             _ => GoAwayReason::PROTOCOL,
         };
+        // Never above an earlier go-away's: opens ignored since then raised `highest`.
         let last_id = match self.side {
-            Side::Acceptor => self.highest,
+            Side::Acceptor => self.go_away_sent.unwrap_or(self.highest),
             Side::Opener => 0,
         };
         Frame::GoAway { last_id, reason }.encode(&mut self.control);
