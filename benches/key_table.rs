@@ -40,7 +40,7 @@ fn main() {
     };
     let start = Instant::now();
     for i in 0..keys as u64 {
-        table.put(&key(i), &record).expect("put");
+        table.put(&key(i), &record, 0).expect("put");
     }
     let fill = start.elapsed();
     let lookups = 1_000_000u64;

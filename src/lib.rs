@@ -6,6 +6,7 @@
 //! * [`metrics`] is the module's counters as they lie in shared memory and their Prometheus
 //!   text: nginx's series, not the protocol, so beside the core rather than in it (no nginx
 //!   either: the nginx layer puts them in a zone).
+//! * [`strict_json`] is JSON whose objects name each field once, for the key zone's API.
 //! * `nginx` (feature `nginx`) is the nginx layer: configuration, the stream phase handler,
 //!   the upstream balancer wrapper and the replacement connection I/O functions. All `unsafe`
 //!   code of the project lives there.
@@ -14,6 +15,7 @@
 pub mod agent_socket;
 pub mod core;
 pub mod metrics;
+pub mod strict_json;
 
 #[cfg(feature = "nginx")]
 pub mod nginx;

@@ -96,7 +96,7 @@ answers('auth.test 127.0.0.1', 'moving.test 127.0.0.2', 'quiet.test silent');
 $mark = $t->error_log_mark;
 my $refused = $t->wait_for(10, sub { my ($k) = fresh(); client('moving', $k)->{out} eq '' });
 ok($refused, 'once the cached answer expires, lookups go to the new address (nothing listens there: refused)');
-like(join("\n", errors_since($mark)), qr/cannot connect to the authority http:\/\/moving\.test:\d+\/allow: .*refused/i,
+like(join("\n", errors_since($mark)), qr/cannot connect to the authority http:\/\/moving\.test:\d+\/allow at 127\.0\.0\.2:\d+: .*refused/i,
     'saying that the authority cannot be reached');
 answers('auth.test 127.0.0.1', 'moving.test 127.0.0.1', 'quiet.test silent');
 ok($t->wait_for(10, sub { my ($k) = fresh(); client('moving', $k)->{out} eq "in\n" }), 'moved back: allowed again');
@@ -129,7 +129,7 @@ is(join('', errors_since($mark)), '', 'no error or alert line (the resolution wa
 # The concurrency cap counts lookups that are resolving: 2 per worker, 2 workers.
 $mark = $t->error_log_mark;
 my @pids = map { my ($name) = fresh(); $t->spawn($t->cli, 'connect', '127.0.0.1:' . $t->port('cap'), '--key', "$dir/$name.key") } 1 .. 8;
-ok($t->wait_for(10, sub { (() = $t->error_log_since($mark) =~ /lookups are already in flight/g) >= 4 }),
+ok($t->wait_for(10, sub { (() = $t->error_log_since($mark) =~ /lookups of this server are already in flight/g) >= 4 }),
     'over the cap, handshakes are refused while lookups resolve');
 ok($t->wait_for(10, sub { (() = $t->error_log_since($mark) =~ /\[info\].*handshake timed out/g) >= 1 }),
     'and the ones resolving end with their handshake timer');

@@ -180,7 +180,7 @@ for my $case (
     ['big', qr/response headers are over 8192 bytes/, 'headers over 8 KiB'],
     ['cut', qr/closed the connection before its response headers ended/, 'a close mid-response'],
     ['silent', qr/did not answer within 1000ms/, 'a timeout'],
-    ['downsrv', qr/cannot connect to the authority http:\/\/127\.0\.0\.1:\d+\/: .*refused/i, 'the authority down'],
+    ['downsrv', qr/cannot connect to the authority http:\/\/127\.0\.0\.1:\d+\/ at 127\.0\.0\.1:\d+: .*refused/i, 'the authority down'],
 ) {
     my ($port, $why, $what) = @$case;
     ($k, $pub) = fresh();
@@ -251,7 +251,7 @@ for my $i (0 .. $#keys) {
     push @pids, $p;
 }
 my $cap = 3 * $t->workers;
-my $refusals = sub { scalar(() = $t->error_log_since($mark) =~ /\[error\].*3 lookups are already in flight on this worker, the noise_auth_request_concurrency limit/g) };
+my $refusals = sub { scalar(() = $t->error_log_since($mark) =~ /\[error\].*3 lookups of this server are already in flight on this worker, the noise_auth_request_concurrency limit/g) };
 my $asked_cap = sub { scalar grep { requests($_->[1]) } @keys };
 ok($t->wait_for(30, sub { $refusals->() + $asked_cap->() == @keys }), 'every client is either asked about or refused at once');
 my $inflight = slurp_num('inflight');

@@ -17,7 +17,15 @@
 //! * Every read of the region is bounds-checked: a header that does not describe a table that
 //!   fits the region is refused ([`TableError::Layout`]); a corrupt index yields "absent",
 //!   never a panic.
-//! * An entry whose expiry has passed reads as absent and is removed when it is met.
+//! * An entry whose expiry has passed reads as absent and is removed when it is met, or by
+//!   the sweep: every insertion of a new key looks at a few entries after a cursor kept in
+//!   the header and removes the expired ones, and a full table looks at more before it
+//!   refuses, so keys that never come back (a flood of self-made keys whose answers were
+//!   cached) do not hold the table for good. Bounded work per write, never a full scan.
+//! * Answers cached from an authority ([`KeyTable::cache`]) are marked as such: they never
+//!   take more than half the table, and a write that finds the table full evicts one of
+//!   them rather than refuse, so a flood of cached answers can never keep an operator's
+//!   write out; a cached answer that is evicted is only asked again.
 
 use std::hash::Hasher;
 
@@ -43,6 +51,17 @@ const H_INDEX: usize = 16;
 const H_COUNT: usize = 24;
 const H_HASH_KEY: usize = 32;
 const H_GENERATION: usize = 48;
+/// Cached answers in the table (u32).
+const H_CACHED: usize = 56;
+/// The sweep's next entry (u32).
+const H_CURSOR: usize = 60;
+/// Entries the sweep looks at per new key, and before a full table refuses.
+const SWEEP_STEP: usize = 4;
+const RECLAIM_SCAN: usize = 64;
+const RECLAIM_ROUNDS: usize = 16;
+/// The access byte: bit 0 allow, bit 1 a cached answer.
+const A_ALLOW: u8 = 1;
+const A_CACHED: u8 = 2;
 // Entry fields.
 const E_EXPIRES: usize = 32;
 const E_ACCESS: usize = 40;
@@ -154,6 +173,18 @@ fn get_u64(b: &[u8], at: usize) -> u64 {
         .map_or(0, u64::from_le_bytes)
 }
 
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    if let Some(s) = b.get_mut(at..at + 4) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
 fn put_u64(b: &mut [u8], at: usize, v: u64) {
     if let Some(s) = b.get_mut(at..at + 8) {
         s.copy_from_slice(&v.to_le_bytes());
@@ -210,7 +241,13 @@ impl<'a> KeyTable<'a> {
             .and_then(|n| n.checked_add(HEADER))
             .is_some_and(|n| n <= size);
         let count = get_u64(region, H_COUNT);
-        if capacity == 0 || slots != 2 * capacity || !fits || count > capacity as u64 {
+        let cached = u64::from(get_u32(region, H_CACHED));
+        if capacity == 0
+            || slots != 2 * capacity
+            || !fits
+            || count > capacity as u64
+            || cached > count
+        {
             return Err(TableError::Layout(size));
         }
         let mut hash_key = [0u8; 16];
@@ -230,6 +267,16 @@ impl<'a> KeyTable<'a> {
     /// The whole region, for a copy to read at leisure (`KeyTable::open` on the copy).
     pub fn region(&self) -> &[u8] {
         self.region
+    }
+
+    /// Cached answers in the table ([`KeyTable::cache`]).
+    pub fn cached(&self) -> usize {
+        get_u32(self.region, H_CACHED) as usize
+    }
+
+    fn add_cached(&mut self, delta: isize) {
+        let n = (self.cached() as isize + delta).max(0) as u32;
+        put_u32(self.region, H_CACHED, n);
     }
 
     /// Keys in the table, expired ones not yet met included.
@@ -319,7 +366,7 @@ impl<'a> KeyTable<'a> {
             self.remove(key);
             return None;
         }
-        let access = if e[E_ACCESS] == 1 {
+        let access = if e[E_ACCESS] & A_ALLOW != 0 {
             Access::Allow
         } else {
             Access::Deny
@@ -337,9 +384,87 @@ impl<'a> KeyTable<'a> {
         encode_attrs(&record.attrs).map(|_| ())
     }
 
-    /// Adds or replaces the key's record; true when the key is new.
-    pub fn put(&mut self, key: &[u8; 32], record: &Record) -> Result<bool, TableError> {
+    /// Adds or replaces the key's record (an operator's write: never evicted); true when
+    /// the key is new. `now` (Unix seconds) tells which entries the sweep may remove.
+    pub fn put(&mut self, key: &[u8; 32], record: &Record, now: u64) -> Result<bool, TableError> {
+        self.store(key, record, now, false)
+    }
+
+    /// Keeps an authority's answer: as [`KeyTable::put`], but the entry counts as cached,
+    /// which caps cached answers at half the table (beyond it one of them is evicted) and
+    /// lets an operator's write evict it.
+    pub fn cache(&mut self, key: &[u8; 32], record: &Record, now: u64) -> Result<bool, TableError> {
+        if self.find(key).is_none() && self.cached() >= self.capacity.div_ceil(2) {
+            self.make_room(now);
+            if self.cached() >= self.capacity.div_ceil(2) {
+                return Err(TableError::Full(self.capacity));
+            }
+        }
+        self.store(key, record, now, true)
+    }
+
+    /// Looks at up to `steps` entries from the sweep cursor and removes the expired ones;
+    /// with `evict`, when none of them had expired, removes the first cached answer among
+    /// them. How many entries it freed.
+    fn reclaim(&mut self, now: u64, steps: usize, evict: bool) -> usize {
+        let mut freed = 0;
+        let mut victim = None;
+        let mut at = get_u32(self.region, H_CURSOR) as usize;
+        for _ in 0..steps {
+            let len = self.len();
+            if len == 0 {
+                break;
+            }
+            at %= len;
+            let (Some(key), Some(e)) = (self.entry_key(at), self.entry(at)) else {
+                break;
+            };
+            let expires = get_u64(e, E_EXPIRES);
+            if expires != 0 && expires <= now {
+                // The last entry moves into this place: look at it next.
+                self.remove(&key);
+                freed += 1;
+                continue;
+            }
+            if victim.is_none() && e[E_ACCESS] & A_CACHED != 0 {
+                victim = Some(key);
+            }
+            at += 1;
+        }
+        put_u32(self.region, H_CURSOR, at as u32);
+        if freed == 0 && evict {
+            if let Some(key) = victim {
+                self.remove(&key);
+                freed = 1;
+            }
+        }
+        freed
+    }
+
+    /// Frees one entry, expired or a cached answer, looking at a bounded number of entries
+    /// (at most `RECLAIM_ROUNDS` sweeps of `RECLAIM_SCAN`) while cached answers remain.
+    fn make_room(&mut self, now: u64) {
+        for _ in 0..RECLAIM_ROUNDS {
+            if self.reclaim(now, RECLAIM_SCAN, true) > 0 || self.cached() == 0 {
+                return;
+            }
+        }
+    }
+
+    fn store(
+        &mut self,
+        key: &[u8; 32],
+        record: &Record,
+        now: u64,
+        cached: bool,
+    ) -> Result<bool, TableError> {
         let attrs = encode_attrs(&record.attrs)?;
+        if self.find(key).is_none() {
+            self.reclaim(now, SWEEP_STEP, false);
+            if self.len() >= self.capacity {
+                self.make_room(now);
+            }
+        }
         let (n, new) = match self.find(key) {
             Some((_, n)) => (n, false),
             None => {
@@ -358,14 +483,20 @@ impl<'a> KeyTable<'a> {
         let Some(e) = self.entry_mut(n) else {
             return Err(TableError::Layout(0));
         };
+        let was_cached = !new && e[E_ACCESS] & A_CACHED != 0;
         e[..32].copy_from_slice(key);
         put_u64(e, E_EXPIRES, record.expires);
-        e[E_ACCESS] = u8::from(record.access == Access::Allow);
+        e[E_ACCESS] = if record.access == Access::Allow {
+            A_ALLOW
+        } else {
+            0
+        } | if cached { A_CACHED } else { 0 };
         e[E_ATTR_LEN] = attrs.len() as u8;
         e[E_ATTRS..E_ATTRS + attrs.len()].copy_from_slice(&attrs);
         e[E_ATTRS + attrs.len()..].fill(0);
         let len = if new { n + 1 } else { self.len() };
         self.set_len(len);
+        self.add_cached(isize::from(cached) - isize::from(was_cached));
         Ok(new)
     }
 
@@ -374,6 +505,9 @@ impl<'a> KeyTable<'a> {
         let Some((mut hole, n)) = self.find(key) else {
             return false;
         };
+        if self.entry(n).is_some_and(|e| e[E_ACCESS] & A_CACHED != 0) {
+            self.add_cached(-1);
+        }
         // Backward-shift deletion: pull later members of the probe chain into the hole.
         self.set_slot(hole, 0);
         let mut i = (hole + 1) % self.slots;
@@ -428,7 +562,7 @@ impl<'a> KeyTable<'a> {
                 continue;
             }
             let len = usize::from(e[E_ATTR_LEN]).min(ATTR_BYTES);
-            let access = if e[E_ACCESS] == 1 {
+            let access = if e[E_ACCESS] & A_ALLOW != 0 {
                 Access::Allow
             } else {
                 Access::Deny
@@ -473,14 +607,14 @@ mod tests {
         let mut t = KeyTable::create(&mut region, [3; 16]).unwrap();
         assert_eq!(t.capacity(), 100);
         let rec = allow(&[("device", "d-1"), ("tenant", "acme")]);
-        assert!(t.put(&key(1), &rec).unwrap());
+        assert!(t.put(&key(1), &rec, 0).unwrap());
         assert_eq!(t.get(&key(1), 0), Some(rec));
         let deny = Record {
             access: Access::Deny,
             expires: 0,
             attrs: vec![],
         };
-        assert!(!t.put(&key(1), &deny).unwrap(), "replaced, not added");
+        assert!(!t.put(&key(1), &deny, 0).unwrap(), "replaced, not added");
         assert_eq!(t.len(), 1);
         assert_eq!(t.get(&key(1), 0), Some(deny));
         assert!(t.remove(&key(1)));
@@ -496,9 +630,12 @@ mod tests {
         let mut t = KeyTable::create(&mut region, [9; 16]).unwrap();
         assert_eq!(t.capacity(), cap);
         for i in 0..cap as u32 {
-            t.put(&key(i), &allow(&[("n", &i.to_string())])).unwrap();
+            t.put(&key(i), &allow(&[("n", &i.to_string())]), 0).unwrap();
         }
-        assert_eq!(t.put(&key(99_999), &allow(&[])), Err(TableError::Full(cap)));
+        assert_eq!(
+            t.put(&key(99_999), &allow(&[]), 0),
+            Err(TableError::Full(cap))
+        );
         // Remove every third key, then check that every other key is still found with its
         // own record (backward shift and the moved entries kept the index right).
         for i in (0..cap as u32).step_by(3) {
@@ -513,7 +650,7 @@ mod tests {
             }
         }
         for i in 1000..1000 + (cap as u32 / 3) {
-            t.put(&key(i), &allow(&[])).unwrap();
+            t.put(&key(i), &allow(&[]), 0).unwrap();
         }
         assert_eq!(t.len(), cap - (cap / 3 + 1) + cap / 3);
         let mut seen = 0;
@@ -527,7 +664,7 @@ mod tests {
         let mut t = KeyTable::create(&mut region, [1; 16]).unwrap();
         let mut rec = allow(&[]);
         rec.expires = 100;
-        t.put(&key(5), &rec).unwrap();
+        t.put(&key(5), &rec, 0).unwrap();
         assert!(t.get(&key(5), 99).is_some());
         let mut seen = 0;
         t.for_each(100, |_, _| seen += 1);
@@ -541,7 +678,7 @@ mod tests {
         let mut region = vec![0u8; HEADER + 10 * BYTES_PER_KEY];
         KeyTable::create(&mut region, [1; 16])
             .unwrap()
-            .put(&key(1), &allow(&[("a", "b")]))
+            .put(&key(1), &allow(&[("a", "b")]), 0)
             .unwrap();
         let mut t = KeyTable::open(&mut region).unwrap();
         assert_eq!(t.get(&key(1), 0), Some(allow(&[("a", "b")])));
@@ -609,7 +746,7 @@ mod tests {
             match next() % 3 {
                 0 => {
                     let rec = allow(&[("s", &step.to_string())]);
-                    match t.put(&k, &rec) {
+                    match t.put(&k, &rec, 0) {
                         Ok(new) => {
                             assert_eq!(new, model.insert(k, rec).is_none());
                         }
@@ -625,6 +762,74 @@ mod tests {
             }
             assert_eq!(t.len(), model.len());
         }
+    }
+
+    #[test]
+    fn expired_keys_that_never_come_back_do_not_fill_the_table() {
+        let cap = 200;
+        let mut region = vec![0u8; HEADER + cap * BYTES_PER_KEY];
+        let mut t = KeyTable::create(&mut region, [3; 16]).unwrap();
+        let mut deny = allow(&[]);
+        deny.access = Access::Deny;
+        deny.expires = 100;
+        // A flood of fresh keys whose (cached) answers expire at 100.
+        for i in 0..cap as u32 {
+            t.cache(&key(i), &deny, 50).unwrap();
+        }
+        assert_eq!(
+            t.len(),
+            cap / 2,
+            "cached answers take at most half the table"
+        );
+        // After their expiry an operator's writes find room: the sweep frees them.
+        for i in 10_000..10_000 + cap as u32 {
+            t.put(&key(i), &allow(&[]), 101).unwrap();
+        }
+        assert_eq!(t.len(), cap);
+        assert_eq!(t.cached(), 0, "every expired cached answer went");
+    }
+
+    #[test]
+    fn cached_answers_never_keep_an_operator_write_out() {
+        let cap = 300;
+        let mut region = vec![0u8; HEADER + cap * BYTES_PER_KEY];
+        let mut t = KeyTable::create(&mut region, [4; 16]).unwrap();
+        for i in 0..(cap / 2) as u32 {
+            t.put(&key(i), &allow(&[]), 0).unwrap();
+        }
+        // Cached answers fill the other half and go on churning within it.
+        for i in 1000..3000u32 {
+            t.cache(&key(i), &allow(&[]), 0).unwrap();
+            assert!(t.cached() <= cap / 2);
+        }
+        assert_eq!(t.len(), cap);
+        // Operator writes evict cached answers until none is left, then refuse.
+        for i in 5000..5000 + (cap / 2) as u32 {
+            t.put(&key(i), &allow(&[]), 0).unwrap();
+        }
+        assert_eq!(t.cached(), 0);
+        assert_eq!(
+            t.put(&key(9999), &allow(&[]), 0),
+            Err(TableError::Full(cap))
+        );
+        // Operator entries are never evicted by an answer to cache.
+        assert_eq!(
+            t.cache(&key(8888), &allow(&[]), 0),
+            Err(TableError::Full(cap))
+        );
+        for i in 0..(cap / 2) as u32 {
+            assert!(t.get(&key(i), 0).is_some(), "{i}");
+        }
+        // An operator's write over a cached answer makes it the operator's.
+        let mut region = vec![0u8; HEADER + 10 * BYTES_PER_KEY];
+        let mut t = KeyTable::create(&mut region, [5; 16]).unwrap();
+        t.cache(&key(1), &allow(&[]), 0).unwrap();
+        assert_eq!(t.cached(), 1);
+        t.put(&key(1), &allow(&[]), 0).unwrap();
+        assert_eq!(t.cached(), 0);
+        t.cache(&key(2), &allow(&[]), 0).unwrap();
+        assert!(t.remove(&key(2)));
+        assert_eq!(t.cached(), 0, "removal keeps the count");
     }
 
     #[test]

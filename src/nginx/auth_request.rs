@@ -47,7 +47,7 @@ use nginx_sys::{
 
 use super::conf::{AuthSide, Target};
 use super::socket::{self, Io};
-use super::{conn, key_zone, log, status};
+use super::{conn, key_zone, log, sockaddr, status};
 use crate::core::auth_reply::{self, Answer as Reply, Query, ReplyError, MAX_HEADER_BYTES};
 use crate::core::handshake::Verdict;
 use crate::core::keys;
@@ -67,8 +67,12 @@ pub struct Answer {
 pub enum LookupError {
     #[error("the authority {url} did not answer within {ms}ms (noise_auth_request_timeout)")]
     Timeout { url: String, ms: ngx_msec_t },
-    #[error("cannot connect to the authority {url}: {why}")]
-    Connect { url: String, why: String },
+    #[error("cannot connect to the authority {url} at {to}: {why}")]
+    Connect {
+        url: String,
+        to: String,
+        why: String,
+    },
     #[error("{doing} the authority {url} failed: {why}")]
     Socket {
         doing: &'static str,
@@ -86,7 +90,7 @@ pub enum LookupError {
         why: String,
         timed_out: bool,
     },
-    #[error("{0} lookups are already in flight on this worker, the noise_auth_request_concurrency limit")]
+    #[error("{0} lookups of this server are already in flight on this worker, the noise_auth_request_concurrency limit")]
     Busy(usize),
 }
 
@@ -103,12 +107,14 @@ impl LookupError {
     }
 }
 
-/// Lookups in flight in this worker (each worker is its own process).
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// The server's lookups in flight in this worker (each worker is its own process).
+fn in_flight(side: &AuthSide) -> usize {
+    side.in_flight.load(Ordering::Relaxed)
+}
 
-/// Lookups in flight in this worker.
-pub fn in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::Relaxed)
+/// Whether the server may start one more lookup.
+fn has_room(side: &AuthSide) -> bool {
+    in_flight(side) < side.concurrency
 }
 
 /// One lookup. Lives in a `Box` whose address the authority connection's `data` holds.
@@ -124,12 +130,14 @@ struct Lookup {
     sockaddr: libc::sockaddr_storage,
     /// `pc.name`: the authority's address text, in `side`.
     name: ngx_str_t,
+    /// The address connected to, as text (for messages).
+    to: String,
     /// The resolution in progress, if any (ours to end with `ngx_resolve_name_done`).
     resolving: *mut ngx_resolver_ctx_t,
     /// Inside our own `ngx_resolve_name` call: an answer from the cache is kept here.
     in_resolve: bool,
     resolved: Option<Result<(), LookupError>>,
-    /// Counted in [`IN_FLIGHT`] (from [`begin`] to [`free`]).
+    /// Counted in its server's `in_flight` (from [`begin`] to [`free`]).
     counted: bool,
     /// When it began (`ngx_current_msec`), for what is left of its timeout.
     began: ngx_msec_t,
@@ -182,9 +190,10 @@ pub unsafe fn start(
     key: &[u8; 32],
     protocol: &str,
 ) -> Result<Handle, Answer> {
-    let full = in_flight() >= side.concurrency;
-    // Waiting servers queue behind lookups already waiting, so that none overtakes them.
-    let wait = side.wait_when_full && (full || !queue_is_empty());
+    let full = in_flight(side) >= side.concurrency;
+    // A waiting lookup queues behind its server's lookups already waiting, so that none
+    // overtakes them.
+    let wait = side.wait_when_full && (full || side.queued.load(Ordering::Relaxed) > 0);
     if full && !wait {
         let e = LookupError::Busy(side.concurrency);
         status::auth_result(e.result());
@@ -199,11 +208,12 @@ pub unsafe fn start(
         // SAFETY: raw is live; the queue holds it until it starts or its handle drops.
         unsafe {
             (*raw).queued = true;
+            side.queued.fetch_add(1, Ordering::Relaxed);
             queue().push_back(raw);
             noise_debug!(
                 (*c).log,
                 "noise auth request: {} lookups in flight, waiting for a slot",
-                in_flight()
+                in_flight(side)
             );
         }
     // SAFETY: raw is live and its client too.
@@ -269,6 +279,7 @@ unsafe fn new_lookup(
             len: name.len(),
             data: name.as_ptr().cast_mut(),
         },
+        to: String::from_utf8_lossy(name).into_owned(),
         resolving: std::ptr::null_mut(),
         in_resolve: false,
         resolved: None,
@@ -303,7 +314,7 @@ unsafe fn new_lookup(
 unsafe fn begin(raw: *mut Lookup) -> Result<(), LookupError> {
     // SAFETY: the caller's promise; the reference ends before anything that may free raw.
     let l = unsafe { &mut *raw };
-    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+    l.side.in_flight.fetch_add(1, Ordering::Relaxed);
     l.counted = true;
     // SAFETY: nginx's clock, read on its one thread.
     l.began = unsafe { ngx_current_msec };
@@ -437,6 +448,9 @@ unsafe fn take_address(l: &mut Lookup, ctx: *mut ngx_resolver_ctx_t) -> Result<(
                 ngx_inet_set_port(std::ptr::addr_of_mut!(l.sockaddr).cast(), *port);
             }
             l.pc.socklen = len;
+            // SAFETY: the storage holds the len bytes just copied.
+            let raw = unsafe { sockaddr::view(std::ptr::addr_of!(l.sockaddr).cast(), len) };
+            l.to = sockaddr::text(raw).unwrap_or_else(|| host.clone());
             // SAFETY: the client is live while the lookup is.
             unsafe {
                 noise_debug!(
@@ -466,6 +480,7 @@ unsafe fn connect(raw: *mut Lookup) -> Result<(), LookupError> {
         // nginx closed the connection and cleared pc.connection.
         return Err(LookupError::Connect {
             url: l.side.authority.url.clone(),
+            to: l.to.clone(),
             why: log::errno_text(errno),
         });
     }
@@ -512,11 +527,6 @@ unsafe fn queue() -> &'static mut VecDeque<*mut Lookup> {
     unsafe { &mut *QUEUE.0.get() }
 }
 
-fn queue_is_empty() -> bool {
-    // SAFETY: a short read, no other reference live.
-    unsafe { queue().is_empty() }
-}
-
 /// Starts queued lookups while there are free slots. A connect that fails at once ends its
 /// lookup here (the client gets the answer by its posted event).
 fn start_queued() {
@@ -535,18 +545,27 @@ thread_local! {
 
 fn start_queued_now() {
     loop {
-        // SAFETY: the reference ends within this statement.
-        let Some(&next) = (unsafe { queue().front() }) else {
+        // The oldest queued lookup whose server has a free slot (each server's lookups
+        // stay in order). SAFETY: queued lookups are live (a handle drop takes them out
+        // first); the reference ends within this statement.
+        let next = unsafe {
+            let q = queue();
+            let at = q.iter().position(|&l| has_room((*l).side.as_ref()));
+            at.and_then(|i| q.remove(i))
+        };
+        let Some(next) = next else {
             return;
         };
-        // SAFETY: queued lookups are live (a handle drop takes them out first).
-        if in_flight() >= unsafe { (*next).side.as_ref().concurrency } {
-            return;
-        }
         // SAFETY: as above.
         unsafe {
-            queue().pop_front();
             (*next).queued = false;
+            (*next).side.as_ref().queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        // A client that left while queued is not dialled for: its own read event, still
+        // to come, ends its wait (and drops this lookup, never begun).
+        // SAFETY: the client is live while its handle is armed.
+        if unsafe { conn::gone_while_waiting((*next).client) }.is_some() {
+            continue;
         }
         // SAFETY: next is live, not begun, its client live (its handle is armed).
         if let Err(e) = unsafe { begin(next) } {
@@ -567,6 +586,7 @@ unsafe fn free(raw: *mut Lookup) {
     if l.queued {
         // SAFETY: no other reference to the queue is live.
         unsafe { queue().retain(|&p| p != raw) };
+        l.side.queued.fetch_sub(1, Ordering::Relaxed);
     }
     if !l.resolving.is_null() {
         // SAFETY: the resolution is ours and pending: this cancels it (no answer comes).
@@ -576,10 +596,9 @@ unsafe fn free(raw: *mut Lookup) {
         // SAFETY: the lookup's own connection (its timer and posted events go with it).
         unsafe { ngx_close_connection(l.pc.connection) };
     }
-    let counted = l.counted;
-    drop(l);
-    if counted {
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    if l.counted {
+        l.side.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(l);
         start_queued();
     }
 }
@@ -631,6 +650,7 @@ unsafe fn step(l: &mut Lookup, ev: *mut ngx_event_t) -> Option<Result<Reply, Loo
             errno => {
                 return Some(Err(LookupError::Connect {
                     url,
+                    to: l.to.clone(),
                     why: log::errno_text(errno),
                 }))
             }

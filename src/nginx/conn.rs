@@ -39,6 +39,41 @@ pub fn send_capacity(padding: usize) -> usize {
     (SEND_AHEAD + FRAME_OVERHEAD).max(FRAME_OVERHEAD + padding)
 }
 
+/// Why a client whose handshake waits for its key's verdict can never finish, if it cannot:
+/// its connection failed (a reset), or it closed while the handshake still owes it a
+/// message (IK/KK paused after message 1: it waits for message 2 and has nothing more to
+/// send before). An end of file anywhere else may be a half-close after the client's last
+/// message. Looks at the socket without reading it (`MSG_PEEK`).
+///
+/// # Safety
+/// `c` must be a live connection.
+pub unsafe fn gone_while_waiting(c: *mut ngx_connection_t) -> Option<String> {
+    let mut byte = [0u8; 1];
+    // SAFETY: the caller's promise.
+    match super::socket::peek(unsafe { (*c).fd }, &mut byte) {
+        super::socket::Io::Failed(errno) => Some(format!(
+            "the client's connection failed: {}",
+            super::log::errno_text(errno)
+        )),
+        // SAFETY: the caller's promise; the reference ends in this statement.
+        super::socket::Io::Eof if unsafe { get(c) }.is_some_and(|st| owes_message(st)) => {
+            Some("the client closed the connection".to_string())
+        }
+        _ => None,
+    }
+}
+
+/// Whether the handshake, paused, still owes the client a message after the one that
+/// proved its key.
+fn owes_message(st: &NoiseConn) -> bool {
+    let Phase::Handshake(hs) = &st.phase else {
+        return false;
+    };
+    hs.protocol()
+        .and_then(|p| Some(p.initiator_key_proven_in()? + 1 < p.message_count()))
+        .unwrap_or(false)
+}
+
 /// Where a connection is in its NoiseSocket life.
 pub enum Phase {
     Handshake(Box<Handshake>),

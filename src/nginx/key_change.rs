@@ -81,7 +81,7 @@ fn apply(
             match prev {
                 // The key is there (just changed), so this replaces: no room needed.
                 Some(r) => {
-                    let _ = t.put(&key, &r);
+                    let _ = t.put(&key, &r, now);
                 }
                 None => {
                     t.remove(&key);
@@ -93,7 +93,7 @@ fn apply(
         let (key, done) = match op {
             Op::Put(key, record) => {
                 let prev = t.get(key, now);
-                (key, t.put(key, record).map(|new| (new, prev)))
+                (key, t.put(key, record, now).map(|new| (new, prev)))
             }
             Op::Delete(key) => {
                 let prev = t.get(key, now);

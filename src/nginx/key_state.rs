@@ -8,7 +8,9 @@
 //! * Append: each process keeps its own descriptor of the file, opened `O_APPEND` when it
 //!   first writes and again after a compaction replaced the file (the zone counts
 //!   compactions: an epoch). Appends happen under the zone's lock, so the file's order is
-//!   the table's.
+//!   the table's. An append never creates the file (the load wrote it, with its header), and
+//!   checks first that the path still names the file it has open (device and inode): a file
+//!   removed or replaced outside nginx refuses the change instead of losing it.
 //! * Owner: the master runs the load as root before it switches user, and chowns what it
 //!   writes to the `user` of the configuration, so that workers can append to it.
 
@@ -16,7 +18,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -34,6 +36,11 @@ pub enum StateError {
     },
     #[error("the state file \"{path}\" is {err}")]
     Journal { path: String, err: JournalError },
+    /// The file this process appends to is no longer the one at the path: removed, or
+    /// replaced outside nginx. Writing on would lose acknowledged changes (into a deleted
+    /// file) or start a file without its header; a restart loads the file at the path.
+    #[error("the state file \"{path}\" was {what} outside nginx; changes are refused until a restart (or a reload with a new zone) loads it again")]
+    Replaced { path: String, what: &'static str },
 }
 
 fn io<'a>(doing: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
@@ -49,14 +56,19 @@ pub struct Loaded {
     pub records: u64,
     /// The offset of a record cut short at the end, ignored.
     pub torn: Option<u64>,
+    /// The file exists but is empty (not even its header).
+    pub empty: bool,
 }
 
 /// Replays `path` into `table` (a new, empty one); expired entries are left out. A missing
 /// file is an empty state.
 pub fn load(path: &Path, table: &mut KeyTable<'_>, now: u64) -> Result<Loaded, StateError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+    let (bytes, empty) = match std::fs::read(path) {
+        Ok(b) => {
+            let empty = b.is_empty();
+            (b, empty)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), false),
         Err(e) => return Err(io("read", path)(e)),
     };
     let replayed = key_journal::replay(&bytes, |op| match op {
@@ -65,7 +77,7 @@ pub fn load(path: &Path, table: &mut KeyTable<'_>, now: u64) -> Result<Loaded, S
             Ok(())
         }
         Op::Put(key, record) => table
-            .put(&key, &record)
+            .put(&key, &record, now)
             .map(|_| ())
             .map_err(|e| format!("{e}: make the zone larger (noise_keys_zone ... size)")),
         Op::Delete(key) => {
@@ -78,6 +90,7 @@ pub fn load(path: &Path, table: &mut KeyTable<'_>, now: u64) -> Result<Loaded, S
         err,
     })?;
     Ok(Loaded {
+        empty,
         records: replayed.records,
         torn: match replayed.tail {
             Tail::Clean => None,
@@ -213,6 +226,8 @@ struct Open {
     path: PathBuf,
     epoch: u64,
     file: File,
+    /// The file's device and inode.
+    id: (u64, u64),
 }
 
 /// Per process (nginx workers are single-threaded; the mutex only satisfies `static`).
@@ -229,14 +244,20 @@ pub fn append(path: &Path, epoch: u64, bytes: &[u8]) -> Result<(), StateError> {
         _ => {
             let file = OpenOptions::new()
                 .append(true)
-                .create(true)
-                .mode(0o600)
                 .open(path)
-                .map_err(io("open", path))?;
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => StateError::Replaced {
+                        path: path.display().to_string(),
+                        what: "removed",
+                    },
+                    _ => io("open", path)(e),
+                })?;
+            let meta = file.metadata().map_err(io("stat", path))?;
             let entry = Open {
                 path: path.to_path_buf(),
                 epoch,
                 file,
+                id: (meta.dev(), meta.ino()),
             };
             match found {
                 Some(i) => {
@@ -250,6 +271,16 @@ pub fn append(path: &Path, epoch: u64, bytes: &[u8]) -> Result<(), StateError> {
             }
         }
     };
+    let replaced = |what| StateError::Replaced {
+        path: path.display().to_string(),
+        what,
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == open[at].id => {}
+        Ok(_) => return Err(replaced("replaced")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(replaced("removed")),
+        Err(e) => return Err(io("stat", path)(e)),
+    }
     let file = &mut open[at].file;
     // Where the file ends now (appends happen under the zone's lock): a write that fails part
     // way is cut back to here, so that no half record sits before later good ones.

@@ -225,6 +225,12 @@ fn load_state(
         loaded.records
     );
     let mut level = log::NOTICE;
+    if loaded.empty {
+        level = log::WARN;
+        msg.push_str(
+            "; the file is empty, without even its header (created by hand, or its disk lost it?): the zone starts empty",
+        );
+    }
     if let Some(at) = loaded.torn {
         level = log::WARN;
         // The one change a crash cut short was never acknowledged: it is dropped.
@@ -424,7 +430,7 @@ pub unsafe fn cache(
             if t.get(key, now()).is_some() {
                 return Ok(false);
             }
-            t.put(key, record).map(|_| true)
+            t.cache(key, record, now()).map(|_| true)
         })
     }
     .and_then(|r| r)

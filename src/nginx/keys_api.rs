@@ -31,6 +31,7 @@ use super::status;
 use crate::core::key_journal::Op;
 use crate::core::key_table::{Access, KeyTable, Record, TableError};
 use crate::core::keys;
+use crate::strict_json;
 
 /// The location conf of the http module: the API's zone, if this location serves one.
 #[repr(C)]
@@ -228,10 +229,12 @@ fn parse_record(v: &Value, now: u64) -> Result<Record, String> {
     let expires = match obj.get("ttl") {
         None | Some(Value::Null) => 0,
         Some(t) => match t.as_u64() {
-            Some(0) | None => {
-                return Err("\"ttl\" must be a whole number of seconds, 1 or more".into())
+            Some(t @ 1..=MAX_TTL) => now.saturating_add(t),
+            _ => {
+                return Err(format!(
+                    "\"ttl\" must be a whole number of seconds, 1 to {MAX_TTL} (ten years; no ttl: no expiry)"
+                ))
             }
-            Some(t) => now.saturating_add(t),
         },
     };
     let mut attrs = Vec::new();
@@ -258,6 +261,10 @@ fn parse_record(v: &Value, now: u64) -> Result<Record, String> {
     KeyTable::check(&record).map_err(|e| e.to_string())?;
     Ok(record)
 }
+
+/// The longest `ttl` (ten years): beyond it, leave the ttl out (no expiry). Keeps
+/// `expires` well inside what JSON clients read exactly (2^53).
+const MAX_TTL: u64 = 10 * 365 * 86_400;
 
 fn record_json(key: &[u8; 32], r: &Record) -> Value {
     let attrs: Map<String, Value> = r
@@ -302,7 +309,12 @@ fn answer(api: &ApiConf, method: usize, key: &[u8], body: &[u8]) -> Reply {
     };
     if key.is_empty() {
         return if method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize != 0 {
-            table(&mut |t| Reply(200, json!({ "keys": t.len(), "capacity": t.capacity() })))
+            table(&mut |t| {
+                Reply(
+                    200,
+                    json!({ "keys": t.len(), "cached": t.cached(), "capacity": t.capacity() }),
+                )
+            })
         } else if method & NGX_HTTP_POST as usize != 0 {
             bulk(api, body, now)
         } else {
@@ -319,7 +331,7 @@ fn answer(api: &ApiConf, method: usize, key: &[u8], body: &[u8]) -> Reply {
             None => error(404, "no such key"),
         })
     } else if method & NGX_HTTP_PUT as usize != 0 {
-        let record = match serde_json::from_slice::<Value>(body)
+        let record = match strict_json::parse(body)
             .map_err(|e| format!("the body is not JSON: {e}"))
             .and_then(|v| parse_record(&v, now))
         {
@@ -353,7 +365,7 @@ fn bulk(api: &ApiConf, body: &[u8], now: u64) -> Reply {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let parsed = serde_json::from_slice::<Value>(line)
+        let parsed = strict_json::parse(line)
             .map_err(|e| format!("not JSON: {e}"))
             .and_then(|v| {
                 let key = v
@@ -496,6 +508,19 @@ unsafe fn read_body(r: &ngx_http_request_t) -> Result<Vec<u8>, String> {
 /// # Safety
 /// `r` must be a live request.
 unsafe fn send(r: *mut ngx_http_request_t, Reply(status, body): Reply) -> ngx_int_t {
+    // A change refused on our side (a full zone, a state file that cannot be written) is
+    // one error line besides the answer; a bad request is the client's answer alone.
+    if status >= 500 {
+        let why = body.get("error").and_then(Value::as_str).unwrap_or("");
+        // SAFETY: the caller's promise: the request and its connection's log are live.
+        unsafe {
+            log::write(
+                (*(*r).connection).log,
+                log::ERR,
+                &format!("noise: noise_keys_api: {status}: {why}"),
+            )
+        };
+    }
     let mut text = body.to_string();
     text.push('\n');
     // SAFETY: the caller's promise.

@@ -296,7 +296,23 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
 /// `c` must be the live client connection of a session in its SSL phase.
 unsafe fn wait_for_lookup(c: *mut ngx_connection_t) -> ngx_int_t {
     // SAFETY: the caller's promise; the read event is live with c.
-    let rev = unsafe { (*c).read };
+    let (rev, log) = unsafe { ((*c).read, (*c).log) };
+    // A client that can never finish ends its wait now, which cancels the lookup (or takes
+    // it out of the queue) with the session.
+    // SAFETY: c is live.
+    let gone = unsafe { conn::gone_while_waiting(c) };
+    if let Some(why) = gone {
+        // SAFETY: the connection's log is live.
+        unsafe {
+            log::write(
+                log,
+                log::INFO,
+                &format!("noise: handshake failed: {why} while its key was being looked up (noise_auth_request)"),
+            )
+        };
+        status::failed(Side::Server, Reason::Closed);
+        return NGX_STREAM_BAD_REQUEST as ngx_int_t;
+    }
     // Level-triggered event methods would report the unread bytes again and again: this
     // takes the read event out while it is ready (edge-triggered epoll: nothing to do).
     // SAFETY: rev is live.

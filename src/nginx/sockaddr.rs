@@ -23,6 +23,21 @@ pub unsafe fn view<'a>(sa: *const sockaddr, len: socklen_t) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(sa.cast::<u8>(), len as usize) }
 }
 
+/// An IPv4 or IPv6 address with its port, as text ("10.0.0.5:8000", "[::1]:8000"), for
+/// messages; `None` for other families.
+pub fn text(raw: &[u8]) -> Option<String> {
+    if !complete(raw) {
+        return None;
+    }
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    let ip: std::net::IpAddr = match i32::from(u16::from_ne_bytes([raw[0], raw[1]])) {
+        libc::AF_INET => <[u8; 4]>::try_from(&raw[4..8]).ok()?.into(),
+        libc::AF_INET6 => <[u8; 16]>::try_from(&raw[8..24]).ok()?.into(),
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port).to_string())
+}
+
 /// Whether the bytes hold a whole `sockaddr` of their family (what `ngx_cmp_sockaddr` reads).
 fn complete(raw: &[u8]) -> bool {
     let Some(family) = raw.get(..2) else {

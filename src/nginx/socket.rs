@@ -46,6 +46,18 @@ pub fn recv(fd: ngx_socket_t, buf: &mut [u8]) -> Io {
     }
 }
 
+/// `recv(2)` with `MSG_PEEK` of at most `buf.len()` bytes (not empty): what the socket
+/// holds, without taking it.
+pub fn peek(fd: ngx_socket_t, buf: &mut [u8]) -> Io {
+    loop {
+        // SAFETY: buf is a valid writable slice of buf.len() bytes.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+        if let Some(io) = classify(n) {
+            return io;
+        }
+    }
+}
+
 /// `send(2)` of `buf` (which must not be empty).
 pub fn send(fd: ngx_socket_t, buf: &[u8]) -> Io {
     loop {

@@ -12,6 +12,7 @@
 //!   `nginx -t`, and a reload resolves it again.
 //! * Every setting is inherited from the `stream` level, like the other `noise_*`.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use std::ptr::NonNull;
@@ -141,6 +142,10 @@ pub struct AuthSide {
     pub cache_deny: u64,
     pub concurrency: usize,
     pub wait_when_full: bool,
+    /// This server's lookups in flight, and queued, in this worker (each worker has its
+    /// own copy of the configuration, so these count per worker and per server).
+    pub in_flight: AtomicUsize,
+    pub queued: AtomicUsize,
 }
 
 impl AuthConf {
@@ -178,6 +183,8 @@ impl AuthConf {
             cache_deny,
             concurrency: self.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
             wait_when_full: self.wait_when_full.unwrap_or(false),
+            in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
         })))
     }
 
