@@ -64,6 +64,9 @@ struct Agent {
     timer: ngx_event_t,
 }
 
+/// Boxed: each agent's timer event is linked into nginx's timer tree by address, so an
+/// agent must not move when another is added.
+#[allow(clippy::vec_box)]
 struct Agents(UnsafeCell<(Vec<Box<Agent>>, u64)>);
 
 // SAFETY: only touched from the worker's single event-loop thread.
@@ -77,7 +80,7 @@ static AGENTS: Agents = Agents(UnsafeCell::new((Vec::new(), 0)));
 /// No other reference to them may be live: every function here takes it, uses it and lets
 /// it go before calling anything that could take it again (delivering answers, dropping a
 /// [`Wait`]).
-#[allow(clippy::mut_from_ref)]
+#[allow(clippy::mut_from_ref, clippy::vec_box)]
 unsafe fn agents() -> &'static mut (Vec<Box<Agent>>, u64) {
     // SAFETY: single-threaded, and the caller's promise.
     unsafe { &mut *AGENTS.0.get() }
@@ -209,8 +212,9 @@ pub unsafe fn ask(
         unsafe { ngx_add_timer(&mut agent.timer, ANSWER_TIMEOUT_MS as _) };
     }
     // SAFETY: c is live (caller's promise).
+    let log = unsafe { (*c).log };
     noise_debug!(
-        unsafe { (*c).log },
+        log,
         "noise key agent: asked {} (request {})",
         agent.name,
         token.id

@@ -374,10 +374,10 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             return NGX_DECLINED as ngx_int_t;
         }
     };
-    // SAFETY: the session pool outlives the connection (nginx closes upstream
-    // connections before finalizing the session).
     let mut state = NoiseConn::new(hs, Side::Upstream);
     state.agent = w.side.agent.clone();
+    // SAFETY: the session pool outlives the connection (nginx closes upstream
+    // connections before finalizing the session).
     let attached = unsafe { conn::attach(c, (*(*w.session).connection).pool, state) };
     if attached.is_none() {
         // SAFETY: as above, c is ours to close.
