@@ -110,7 +110,7 @@ my @workers = $t->worker_set;
 
 sub cli { my ($port, @opts) = @_; return $t->noise_client($t->port($port), '', '--key', "$dir/client.key", @opts) }
 sub py { my ($port, @opts) = @_; return $t->python_client($t->port($port), 'hi', '--key', "$dir/client.key", @opts) }
-sub plain { my ($got) = $t->plain_exchange($t->port(shift), 'x', timeout => 5); return $got }
+sub plain { my ($got) = $t->plain_exchange($t->port(shift), '', keep_open => 1, timeout => 5); return $got }
 sub errors_since { my $m = shift; return grep { /\[(error|crit|alert|emerg)\]/ } split /\n/, $t->error_log_since($m) }
 sub failures { $t->series('nginx_noise_handshakes_total{side="' . ($_[0] // 'server') . '",result="failed",reason="key_agent"}') // 0 }
 
