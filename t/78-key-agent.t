@@ -199,7 +199,7 @@ stop_agent($late);
 
 # The proof: after traffic, no worker's memory holds the private key.
 SKIP: {
-    skip 'reading another process\'s memory needs root', 4 unless $root;
+    skip 'reading another process\'s memory needs root', 7 unless $root;
     my $secret = $t->read_file('server.key');
     (my $text = $secret) =~ s/\s+//g;
     my $raw = decode_base64($text);
@@ -229,7 +229,10 @@ SKIP: {
         $t->write_config(<<"END");
 stream { server { noise_listen 127.0.0.1:%%PORT_mem%%; $case->[0]; return "mem\\n"; } }
 END
+        my %old = map { $_ => 1 } $t->worker_pids;
         $t->reload;
+        ok($t->wait_for(10, sub { my @w = $t->worker_pids; @w == $t->workers && !grep { $old{$_} } @w }),
+            "the old workers are gone ($case->[0])");
         ok($t->wait_for(10, sub { cli('mem')->{out} eq "mem\n" }), "traffic ($case->[0])");
         cli('mem', '--protocol', $ik, '--remote-key', $server_pub) for 1 .. 4;
         my $found = $scan->();

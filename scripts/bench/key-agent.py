@@ -15,13 +15,15 @@ NOISE_BENCH_CLI override the paths), one worker, two noise_listen servers answer
     one-core     the worker and the agent pinned to CPU 0 (the client to CPU 1)
     two-process  the worker on CPU 0, the agent on CPU 1 (the client unpinned)
 
-Figures: utime + stime (/proc/PID/stat) of the worker, and of the agent, over --count
+With --clients N, N client processes run at once (count/N handshakes each), so questions
+to the agent overlap as under load. Figures: utime + stime (/proc/PID/stat) of the worker, and of the agent, over --count
 handshakes, divided by --count, in microseconds; `keys` and `agent` alternate for --rounds
 rounds after 20 uncounted handshakes each, and the medians are printed. Clock-tick
 resolution (10 ms) over a few thousand handshakes: about 1 %.
 """
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -44,16 +46,26 @@ def config(d, ports, cpu_mask):
         "}\n" % (MODULE, cpu_mask, d, d, XX, ports["keys"], d, ports["agent"], d))
 
 
-def run_layout(layout, count, rounds):
+def handshakes(args):
+    port, client, n = args
+    for _ in range(n):
+        xx(port, client)
+    return n
+
+
+def run_layout(layout, count, rounds, clients):
     d = tempfile.mkdtemp(prefix="key-agent-bench.")
     master = agent = None
     try:
         keygen(d, "server")
         client, _ = keygen(d, "client")
         agent_cpu = "0" if layout == "one-core" else "1"
+        # As root, nginx's worker runs as nobody: the agent's socket is given to it.
+        user = ["--user", "nobody"] if os.geteuid() == 0 else []
+        os.chmod(d, 0o711)
         agent = subprocess.Popen(["taskset", "-c", agent_cpu, CLI, "agent", "--key",
-                                  d + "/server.key", "--listen", "unix:%s/agent.sock" % d],
-                                 stderr=subprocess.DEVNULL)
+                                  d + "/server.key", "--listen", "unix:%s/agent.sock" % d]
+                                 + user, stderr=subprocess.DEVNULL)
         for _ in range(100):
             if os.path.exists(d + "/agent.sock"):
                 break
@@ -69,11 +81,15 @@ def run_layout(layout, count, rounds):
                     xx(ports[v], client)
                 time.sleep(0.1)
                 w0, a0 = cpu(worker), cpu(agent.pid)
-                for _ in range(count):
-                    xx(ports[v], client)
+                if clients == 1:
+                    handshakes((ports[v], client, count))
+                else:
+                    with multiprocessing.Pool(clients) as pool:
+                        pool.map(handshakes, [(ports[v], client, count // clients)] * clients)
                 time.sleep(0.2)
-                figures[v]["worker"].append((cpu(worker) - w0) / count * 1e6)
-                figures[v]["agent"].append((cpu(agent.pid) - a0) / count * 1e6)
+                done = count // clients * clients
+                figures[v]["worker"].append((cpu(worker) - w0) / done * 1e6)
+                figures[v]["agent"].append((cpu(agent.pid) - a0) / done * 1e6)
             sys.stderr.write("%s round %d done\n" % (layout, r + 1))
         worst = worst_log_lines(d)
         if worst:
@@ -93,12 +109,16 @@ def main():
     ap.add_argument("--count", type=int, default=2000, help="handshakes per variant and round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--layouts", default="one-core,two-process")
+    ap.add_argument("--clients", type=int, default=1,
+                    help="client processes at once (1: one handshake at a time, the worst case"
+                    " for the agent's round trip; more: questions overlap)")
     a = ap.parse_args()
-    print("CPU per XX handshake (utime+stime, median of %d rounds of %d), us:" % (a.rounds, a.count))
+    print("CPU per XX handshake (utime+stime, median of %d rounds of %d, %d client(s) at once), us:"
+          % (a.rounds, a.count, a.clients))
     print("  %-12s %-8s %8s %8s %8s %14s" % ("layout", "keys in", "worker", "agent", "system",
                                              "vs in-process"))
     for layout in a.layouts.split(","):
-        m = run_layout(layout, a.count, a.rounds)
+        m = run_layout(layout, a.count, a.rounds, a.clients)
         base = m["keys"]["worker"] + m["keys"]["agent"]
         for v, label in (("keys", "worker"), ("agent", "agent")):
             system = m[v]["worker"] + m[v]["agent"]
