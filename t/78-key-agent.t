@@ -15,6 +15,7 @@ use warnings;
 no warnings 'portable';    # /proc/PID/maps addresses are 64-bit
 use Test::More;
 use MIME::Base64 qw(decode_base64);
+use Time::HiRes qw(sleep);
 use lib 't/lib';
 use NoiseTest;
 
@@ -88,6 +89,8 @@ stream {
              noise_key_agent unix:%%TESTDIR%%/silent.sock %%TESTDIR%%/server.list; return "x\n"; }
     server { noise_listen 127.0.0.1:%%PORT_garbage%%;
              noise_key_agent unix:%%TESTDIR%%/garbage.sock %%TESTDIR%%/server.list; return "x\n"; }
+    server { noise_listen 127.0.0.1:%%PORT_dies%%;
+             noise_key_agent unix:%%TESTDIR%%/dies.sock %%TESTDIR%%/server.list; return "x\n"; }
     server { noise_listen 127.0.0.1:%%PORT_hstimer%%; noise_handshake_timeout 300ms;
              noise_key_agent unix:%%TESTDIR%%/silent.sock %%TESTDIR%%/server.list; return "x\n"; }
     server { noise_listen 127.0.0.1:%%PORT_back%%; noise_private_key %%TESTDIR%%/back.key;
@@ -171,6 +174,19 @@ ok($t->wait_for(3, sub { errors_since($mark) >= 1 }), 'a client that left mid-qu
 is(cli('srv')->{out}, "in $xx\n", 'and the workers serve on');
 is($t->worker_set, join(',', @workers), 'no worker died');
 
+# An agent that dies with a question in flight: that handshake fails at once, saying so.
+my $dies = $t->spawn($t->{python}, $t->repo . '/t/lib/stub_agent.py', "$dir/dies.sock", 'silent');
+ok($t->wait_for(5, sub { -S "$dir/dies.sock" }), 'a silent agent to kill');
+$mark = $t->error_log_mark;
+my $asker = $t->fork_helper;
+if (!$asker) { exec 'timeout', '5', $t->cli, 'connect', '127.0.0.1:' . $t->port('dies'), '-N', '--key', "$dir/client.key"; exit 1 }
+sleep 0.5;
+kill 'KILL', $dies;
+waitpid($asker, 0);
+@lines = errors_since($mark);
+is(scalar(@lines), 1, 'the agent died mid-question: one error line') or diag(join "\n", @lines);
+like($lines[0] // '', qr/key agent: unix:\S+dies\.sock: the key agent closed the connection/, 'which says the agent closed the connection');
+
 # The agent starts late, is killed, restarts: served again without a reload.
 my $late = start_agent("$dir/late.sock", 'server');
 is(cli('late')->{out}, "late\n", 'the agent started after nginx: served');
@@ -239,5 +255,7 @@ END
         if ($case->[1]) { ok($found > 0, $case->[2]) } else { is($found, 0, $case->[2]) }
     }
 }
+
+unlike($t->error_log, qr/\[(alert|crit)\]/, 'no alert or crit line in the whole run (worker exits, reloads)');
 
 done_testing;

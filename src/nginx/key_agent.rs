@@ -174,38 +174,30 @@ pub unsafe fn ask(
     let sent = if agent.queued.is_empty() {
         // SAFETY: the connection's descriptor, open while the connection is.
         send_on(unsafe { BorrowedFd::borrow_raw(fd) }, &request)
+            .map_err(|e| AgentError::Unreachable(format!("send() failed ({e})")))
     } else {
         Ok(false)
     };
-    match sent {
-        Ok(true) => {}
-        Ok(false) => {
+    let sent = sent.and_then(|sent| {
+        if !sent {
             agent.queued.push_back(request);
             // SAFETY: wev is the live connection's write event.
             if unsafe { ngx_handle_write_event(wev, 0) } != NGX_OK as isize {
-                agent.client.cancel(&token);
-                let name = agent.name.clone();
-                // SAFETY: the reference to the agents ends here.
-                unsafe {
-                    disconnect(
-                        index,
-                        AgentError::Unreachable("cannot wait for the write event".into()),
-                    )
-                };
-                return Err(at(
-                    &name,
-                    AgentError::Unreachable("cannot wait for the write event".into()),
+                return Err(AgentError::Unreachable(
+                    "cannot wait for the write event".into(),
                 ));
             }
         }
-        Err(e) => {
-            agent.client.cancel(&token);
-            let name = agent.name.clone();
-            let why = AgentError::Unreachable(format!("send() failed ({e})"));
-            // SAFETY: the reference to the agents ends here.
-            unsafe { disconnect(index, why.clone()) };
-            return Err(at(&name, why));
-        }
+        Ok(())
+    });
+    if let Err(why) = sent {
+        agent.client.cancel(&token);
+        let name = agent.name.clone();
+        // The connection is unusable: it ends, with every other question on it. The
+        // reference to the agents is not used again.
+        // SAFETY: as above.
+        unsafe { disconnect(index, why.clone()) };
+        return Err(at(&name, why));
     }
     if agent.timer.timer_set() == 0 {
         // SAFETY: the agent's own timer event (data, handler and log set at connect).
