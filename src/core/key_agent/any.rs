@@ -110,3 +110,70 @@ impl AnyHandshake {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::core::handshake::Settings;
+    use crate::core::keys::Secret;
+    use crate::core::negotiation::codec::Codec;
+    use crate::core::negotiation::{Credentials, Policy};
+
+    fn policy(key: Secret, agent: Option<[u8; 32]>) -> Arc<Policy> {
+        let protocol = Protocol::parse("Noise_XX_25519_ChaChaPoly_BLAKE2s").unwrap();
+        let credentials = Credentials {
+            static_key: Some(key),
+            remote_static: None,
+            psks: Vec::new(),
+            fixed_ephemeral: None,
+        };
+        let p = Policy::new(vec![protocol], Codec::Virgil, credentials).unwrap();
+        Arc::new(match agent {
+            Some(public) => p.with_agent_keys(&[public]),
+            None => p,
+        })
+    }
+
+    #[test]
+    fn a_local_handshake_never_waits_for_the_agent_and_a_delegated_one_does() {
+        let settings = Arc::new(Settings::default());
+        let server_key = Secret::from_bytes([3; 32]);
+        let public = server_key.public_key();
+        let mut client: AnyHandshake =
+            Handshake::initiator(policy(Secret::from_bytes([4; 32]), None), settings.clone())
+                .unwrap()
+                .into();
+        assert!(client.pending_key_op().is_none());
+        assert!(
+            client.provide(Ok([1; 32])).is_err(),
+            "no agent for a local key"
+        );
+        let mut server: AnyHandshake = DelegatedHandshake::responder(
+            policy(Secret::from_bytes(public), Some(public)),
+            settings,
+            Arc::from(vec![public]),
+        )
+        .into();
+        let message1 = client.pending_output().to_vec();
+        client.consume_output(message1.len());
+        server.read(&message1).unwrap();
+        let op = server.pending_key_op().expect("XX's es is the agent's");
+        assert_eq!(op.public_key, public);
+        assert!(server.pending_output().is_empty(), "message 2 waits");
+        let shared = crate::core::crypto::HeldKey::new(&server_key)
+            .unwrap()
+            .dh(&op.point)
+            .unwrap();
+        server.provide(Ok(*shared)).unwrap();
+        let message2 = server.pending_output().to_vec();
+        server.consume_output(message2.len());
+        assert_eq!(client.read(&message2).unwrap(), message2.len());
+        let message3 = client.pending_output().to_vec();
+        server.read(&message3).unwrap();
+        assert!(client.is_done() && server.is_done());
+        assert_eq!(server.padding(), 0);
+        assert!(server.finish().is_ok() && client.finish().is_ok());
+    }
+}
