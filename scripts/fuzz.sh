@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the cargo-fuzz targets of fuzz/ for a given time each and prints their exec counts.
-#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 300 s; parser responder initiator key_journal)
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 300 s; parser responder initiator key_journal mux)
 # Needs cargo-fuzz (installed here if missing). The machine has only a stable toolchain, so
 # RUSTC_BOOTSTRAP=1 lets it accept the -Z flags cargo-fuzz passes (sanitizer, coverage).
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-300}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(parser responder initiator key_journal)
+[ ${#targets[@]} -eq 0 ] && targets=(parser responder initiator key_journal mux)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 mkdir -p fuzz/logs

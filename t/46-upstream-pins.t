@@ -5,7 +5,7 @@
 # least_conn, hash, random and, where nginx has it (1.31.0), least_time with inflight
 # (whose notify calls pass through our wrapper) (the chosen peer is found among the group's
 # round-robin peers), for IK, and at run time for `server NAME resolve` whose address a DNS server changes (a tiny
-# one in Python below, that the `resolver` directive points at): another key there is
+# one in Python, t/lib/dns_server.py, that the `resolver` directive points at): another key there is
 # refused, the right key passes. In a group that uses pins, a server no pin applies to is
 # a failed attempt with one error line, before anything connects, unless trusted keys
 # vouch for it; this covers an address pin left behind when a resolved name moves and a
@@ -29,35 +29,11 @@ my $least_time = $t->has('least_time') ? <<'END' : '';
                       server localhost:%%PORT_w%%; server localhost:%%PORT_r1%%; }
 END
 
-# A DNS server answering A queries from a file ("name address" lines, re-read on every
-# query; NXDOMAIN otherwise), so that a test can move a name at run time.
-$t->write_file('dns.py', <<'END', 0644);
-import socket, sys
-port, table = int(sys.argv[1]), sys.argv[2]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", port))
-while True:
-    q, peer = s.recvfrom(512)
-    if len(q) < 17:
-        continue
-    i, labels = 12, []
-    while i < len(q) and q[i] != 0:
-        labels.append(q[i + 1:i + 1 + q[i]].decode("ascii", "replace").lower())
-        i += 1 + q[i]
-    question = q[12:i + 5]
-    qtype = int.from_bytes(q[i + 1:i + 3], "big")
-    answers = dict(l.split() for l in open(table) if len(l.split()) == 2)
-    addr = answers.get(".".join(labels))
-    an = b""
-    if addr and qtype == 1:
-        an = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x01\x00\x04" + socket.inet_aton(addr)
-    flags = bytes([0x84 | (q[2] & 0x01), 0x80 | (0 if addr else 3)])
-    s.sendto(q[:2] + flags + b"\x00\x01" + (b"\x00\x01" if an else b"\x00\x00")
-             + b"\x00\x00\x00\x00" + question + an, peer)
-END
+# A DNS server answering A queries from a file (t/lib/dns_server.py), so that a test can
+# move a name at run time.
 sub answers { $t->write_file('dns.txt', join('', map { "$_\n" } @_), 0644) }
 answers('dyn.test 127.0.0.1', 'moved.test 127.0.0.1', 'b.test 127.0.0.1');
-$t->spawn($t->{python}, "$dir/dns.py", $t->port('dns'), "$dir/dns.txt");
+$t->spawn($t->{python}, $t->repo . '/t/lib/dns_server.py', $t->port('dns'), "$dir/dns.txt");
 $t->scripted_backend('unpinned', '', 'stall');
 
 my $dynamic = $resolve ? <<'END' : '';

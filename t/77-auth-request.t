@@ -6,7 +6,7 @@
 # attributes as $noise_key_attr_NAME), deny (IK: before message 2), answers cached in the
 # zone (allow and deny, with their ttl), timeout, authority down / 500 / garbage / closing
 # mid-response all refused with one error line, fail open, the handshake timer, a client
-# that leaves mid-lookup, a reload mid-lookup, the concurrency cap, 200 other clients served
+# that leaves mid-lookup, a reload mid-lookup, a worker exiting at once mid-lookup, the concurrency cap, 200 other clients served
 # while lookups wait, the counters; bad directives fail nginx -t with file and line.
 
 use strict;
@@ -33,7 +33,7 @@ for my $case (
     ["stream { noise_keys_zone d 1m; server { $srv noise_keys zone=d; noise_auth_request http://127.0.0.1:1/; } }",
         qr/"noise_auth_request" in \S+nginx\.conf:\d+ needs "noise_keys zone=NAME miss=lookup"/, 'an authority without miss=lookup'],
     ["stream { server { $srv noise_auth_request https://127.0.0.1:1/; } }", qr/it must start with http:\/\/ or unix:/, 'an https authority'],
-    ["stream { server { $srv noise_auth_request http://no-such-host.invalid/; } }", qr/cannot resolve "no-such-host\.invalid"/, 'a name that does not resolve'],
+    ["stream { server { $srv noise_auth_request http://no-such-host.invalid/; } }", qr/cannot resolve "no-such-host\.invalid:80"/, 'a name that does not resolve'],
     ["stream { server { $srv noise_auth_request unix:; } }", qr/it must be unix:\/path or unix:\/path:\/uri/, 'an empty unix path'],
     ["stream { server { $srv noise_auth_request_fail maybe; } }", qr/it must be "closed" or "open"/, 'a bad fail mode'],
     ["stream { server { $srv noise_auth_request_concurrency 0; } }", qr/invalid number "0"/, 'a zero concurrency'],
@@ -327,5 +327,22 @@ is($t->worker_set, $workers, 'no worker died');
 $t->write_file('release', '');
 ($k) = fresh();
 is(client('queue', $k)->{out} =~ /^queued device=d-/ ? 1 : 0, 1, 'the queue still works afterwards');
+
+# A worker that exits at once (SIGTERM, as at a fast shutdown) while lookups wait: its
+# clients are closed, not left hanging; it dies of no signal; the master starts another.
+unlink "$dir/release";
+$mark = $t->error_log_mark;
+my @held = map { [fresh()] } 1 .. 4;
+@pids = map { $t->spawn($t->cli, 'connect', '127.0.0.1:' . $t->port('hold'), '--key', "$dir/$_->[0].key") } @held;
+ok($t->wait_for(10, sub { (grep { requests($_->[1]) } @held) == @held }), 'four lookups in flight');
+my @before = $t->worker_pids;
+kill 'TERM', @before;
+ok($t->wait_for(10, sub { !grep { kill 0, $_ } @before }), 'the workers exit at once, lookups in flight');
+ok($t->wait_for(10, sub { !grep { waitpid($_, 1) == 0 } @pids }), 'their clients are closed, none left hanging');
+ok($t->wait_for(10, sub { $t->worker_pids >= $t->workers }), 'the master starts new workers');
+unlike($t->error_log_since($mark), qr/exited on signal|\[alert\]/, 'no worker crashed, no alert');
+$t->write_file('release', '');
+($k) = fresh();
+like(client('allow', $k)->{out}, qr/^device=d-/, 'and lookups work again');
 
 done_testing;

@@ -20,6 +20,11 @@
 //!    the frame at the start of your input buffer in place and tells where its body lies.
 //!    [`deframer::Deframer`] is a ready-made input buffer of one frame for simple callers.
 //!
+//! 5. Multiplexed links between nginx hops ([`mux`], docs/multiplex.md): a
+//!    [`mux::Session`] per link turns opened message bodies into stream events and
+//!    application calls into message bodies to seal; agreed through
+//!    [`negotiation::multiplex`].
+//!
 //! Errors are [`error::Error`]; `is_peer_fault` says whose fault each one is.
 //!
 //! No `unsafe` here, enforced: the attribute below makes any `unsafe` block in the core a
@@ -42,7 +47,7 @@ pub mod key_limit;
 pub mod key_table;
 pub mod key_verdict;
 pub mod keys;
-pub mod metrics;
+pub mod mux;
 pub mod negotiation;
 pub mod payload;
 pub mod prologue;

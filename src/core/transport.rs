@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use super::crypto::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use super::crypto::aead::{self, Aad, Algorithm, LessSafeKey, Nonce, UnboundKey};
 use snow::params::CipherChoice;
 
 use super::error::{Error, Result};
@@ -23,6 +23,7 @@ pub const BODY_OFFSET: usize = 4;
 
 /// One direction's cipher state.
 pub struct CipherState {
+    alg: &'static Algorithm,
     key: LessSafeKey,
     nonce: u64,
     big_endian_nonce: bool,
@@ -39,6 +40,7 @@ impl CipherState {
         };
         let key = UnboundKey::new(alg, key).map_err(|_| Error::Internal("AEAD key".into()))?;
         Ok(CipherState {
+            alg,
             key: LessSafeKey::new(key),
             nonce: 0,
             big_endian_nonce,
@@ -83,6 +85,26 @@ impl CipherState {
     /// Messages processed so far with this key.
     pub fn nonce(&self) -> u64 {
         self.nonce
+    }
+
+    /// The Noise `Rekey()`: the key becomes the first 32 bytes of the encryption of 32 zero
+    /// bytes under nonce 2^64-1 (never used for a message) with empty associated data; the
+    /// nonce counter goes on. Both ends must do it at the same message boundary (the
+    /// multiplexed links signal it in band, docs/multiplex.md §6).
+    pub fn rekey(&mut self) -> Result<()> {
+        // 2^64-1 is all ones in either byte order.
+        let nonce = Nonce::assume_unique_for_key([
+            0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ]);
+        let mut next = zeroize::Zeroizing::new([0u8; 32]);
+        let _tag = self
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::empty(), &mut next[..])
+            .map_err(|_| Error::Internal("AEAD rekey".into()))?;
+        let key =
+            UnboundKey::new(self.alg, &next[..]).map_err(|_| Error::Internal("AEAD key".into()))?;
+        self.key = LessSafeKey::new(key);
+        Ok(())
     }
 }
 
@@ -146,6 +168,11 @@ impl Transport {
 }
 
 impl Sealer {
+    /// Rekeys the sending direction ([`CipherState::rekey`]).
+    pub fn rekey(&mut self) -> Result<()> {
+        self.cipher.rekey()
+    }
+
     /// Size of the frame that carries a body of `body` bytes.
     pub fn frame_len(&self, body: usize) -> usize {
         FRAME_OVERHEAD + payload::padded_len(body, self.pad_to)
@@ -204,6 +231,11 @@ impl Sealer {
 }
 
 impl Opener {
+    /// Rekeys the receiving direction ([`CipherState::rekey`]).
+    pub fn rekey(&mut self) -> Result<()> {
+        self.cipher.rekey()
+    }
+
     /// Opens the frame at the start of `buf` in place.
     pub fn open(&mut self, buf: &mut [u8]) -> Result<Opened> {
         match transport_frame(buf)? {

@@ -12,10 +12,17 @@
 //!   (`noise_auth_cache_valid`), gives the verdict to the client's state, disarms the handle
 //!   and posts the client's read event: the handshake resumes from the posted queue, never
 //!   from inside this module's handlers.
-//! * It connects with `ngx_event_connect_peer`, is bounded by one timer
-//!   (`noise_auth_request_timeout`) on its read event, reads at most 8 KiB of response
+//! * An authority named by a host name in a server with a `resolver` is resolved first, by
+//!   nginx's resolver (`ngx_resolve_name`: its cache, its `valid=`), one address of the
+//!   answer in turn per lookup. The resolver may answer from its cache inside
+//!   `ngx_resolve_name`; that answer is only recorded there and acted on by the caller
+//!   ([`begin`]), so a lookup never ends inside a call that still uses it.
+//! * It connects with `ngx_event_connect_peer`, is bounded by `noise_auth_request_timeout`
+//!   from its start (the resolution's timeout is the smaller of that and `resolver_timeout`,
+//!   the connection's timer on its read event what is left), reads at most 8 KiB of response
 //!   headers and no body (`crate::core::auth_reply`). No call blocks.
-//! * At most `noise_auth_request_concurrency` lookups are in flight per worker; beyond that
+//! * At most `noise_auth_request_concurrency` lookups are in flight (resolving, connecting
+//!   or waiting for the answer) per worker; beyond that
 //!   a key is refused at once (fail closed, whatever `noise_auth_request_fail` says: the cap
 //!   is a brake against floods of fresh keys), or with `wait` queued in the worker's FIFO
 //!   (unconnected, bounded by the clients' handshake timers) until a slot frees.
@@ -23,7 +30,7 @@
 //!   out by the lookup's own log (only `alert` and above pass): each failure is told once, by us, with the
 //!   client's context ([`conclude`] or the handshake's failure line).
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,12 +38,14 @@ use std::sync::Arc;
 
 use nginx_sys::{
     ngx_add_timer, ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_ERR as NGX_ERROR_ERR,
-    ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
-    ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_msec_t, ngx_peer_connection_t,
-    ngx_post_event, ngx_posted_events, ngx_str_t, NGX_AGAIN, NGX_LOG_ALERT, NGX_OK,
+    ngx_connection_t, ngx_current_msec, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
+    ngx_handle_read_event, ngx_handle_write_event, ngx_inet_set_port, ngx_log_t, ngx_msec_t,
+    ngx_peer_connection_t, ngx_post_event, ngx_posted_events, ngx_resolve_name,
+    ngx_resolve_name_done, ngx_resolve_start, ngx_resolver_ctx_t, ngx_resolver_strerror, ngx_str_t,
+    NGX_AGAIN, NGX_LOG_ALERT, NGX_OK, NGX_RESOLVE_TIMEDOUT,
 };
 
-use super::conf::AuthSide;
+use super::conf::{AuthSide, Target};
 use super::socket::{self, Io};
 use super::{conn, key_zone, log, status};
 use crate::core::auth_reply::{self, Answer as Reply, Query, ReplyError, MAX_HEADER_BYTES};
@@ -70,6 +79,13 @@ pub enum LookupError {
     Reply { error: ReplyError, url: String },
     #[error("cannot wait for the events of the authority connection ({url})")]
     Events { url: String },
+    #[error("cannot resolve the authority's name {host} ({url}): {why}")]
+    Resolve {
+        host: String,
+        url: String,
+        why: String,
+        timed_out: bool,
+    },
     #[error("{0} lookups are already in flight on this worker, the noise_auth_request_concurrency limit")]
     Busy(usize),
 }
@@ -79,6 +95,9 @@ impl LookupError {
     fn result(&self) -> status::AuthResult {
         match self {
             LookupError::Timeout { .. } => status::AuthResult::Timeout,
+            LookupError::Resolve {
+                timed_out: true, ..
+            } => status::AuthResult::Timeout,
             _ => status::AuthResult::Error,
         }
     }
@@ -100,8 +119,20 @@ struct Lookup {
     zone: usize,
     key: [u8; 32],
     pc: ngx_peer_connection_t,
+    /// `pc.sockaddr`: the authority's address (fixed, or the resolver's answer with the
+    /// port set).
+    sockaddr: libc::sockaddr_storage,
     /// `pc.name`: the authority's address text, in `side`.
     name: ngx_str_t,
+    /// The resolution in progress, if any (ours to end with `ngx_resolve_name_done`).
+    resolving: *mut ngx_resolver_ctx_t,
+    /// Inside our own `ngx_resolve_name` call: an answer from the cache is kept here.
+    in_resolve: bool,
+    resolved: Option<Result<(), LookupError>>,
+    /// Counted in [`IN_FLIGHT`] (from [`begin`] to [`free`]).
+    counted: bool,
+    /// When it began (`ngx_current_msec`), for what is left of its timeout.
+    began: ngx_msec_t,
     /// The authority connection's log: the client's at `alert` only (nginx's own `error`
     /// and `crit` lines about the connect are ours to tell, once), without its context
     /// handler (which would read the client's session).
@@ -176,8 +207,8 @@ pub unsafe fn start(
             );
         }
     // SAFETY: raw is live and its client too.
-    } else if let Err(e) = unsafe { connect(raw) } {
-        // SAFETY: raw is live, without a connection; nothing else knows it.
+    } else if let Err(e) = unsafe { begin(raw) } {
+        // SAFETY: raw is live; nothing else knows it.
         let answer = unsafe { conclude(raw, Err(e)) };
         // SAFETY: as above.
         unsafe { free(raw) };
@@ -216,16 +247,33 @@ unsafe fn new_lookup(
     quiet.handler = None;
     quiet.data = std::ptr::null_mut();
     quiet.action = std::ptr::null_mut();
+    let name = match &side.target {
+        Target::Fixed(fixed) => &fixed.name,
+        Target::Resolve { name, .. } => name,
+    };
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut sockaddr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut socklen = 0;
+    if let Target::Fixed(fixed) = &side.target {
+        sockaddr = fixed.sockaddr;
+        socklen = fixed.socklen;
+    }
     let raw = Box::into_raw(Box::new(Lookup {
         client: c,
         side: side.clone(),
         zone,
         key: *key,
         pc,
+        sockaddr,
         name: ngx_str_t {
-            len: authority.name.len(),
-            data: authority.name.as_ptr().cast_mut(),
+            len: name.len(),
+            data: name.as_ptr().cast_mut(),
         },
+        resolving: std::ptr::null_mut(),
+        in_resolve: false,
+        resolved: None,
+        counted: false,
+        began: 0,
         log: quiet,
         queued: false,
         connected: false,
@@ -234,19 +282,174 @@ unsafe fn new_lookup(
         response: Vec::with_capacity(1024),
     }));
     // SAFETY: raw is the box just leaked; its fields have stable addresses until `free`,
-    // and the address lives in `side`, which the lookup holds.
+    // and the name lives in `side`, which the lookup holds.
     unsafe {
         let l = &mut *raw;
-        l.pc.sockaddr = (&authority.sockaddr as *const libc::sockaddr_storage)
-            .cast_mut()
-            .cast();
-        l.pc.socklen = authority.socklen;
+        l.pc.sockaddr = std::ptr::addr_of_mut!(l.sockaddr).cast();
+        l.pc.socklen = socklen;
         l.pc.name = &mut l.name;
         l.pc.get = Some(ngx_event_get_peer);
         l.pc.log = &mut l.log;
         l.pc.set_log_error(NGX_ERROR_ERR);
     }
     raw
+}
+
+/// Starts a lookup: counts it in flight, then resolves the authority's name or connects.
+/// `Err` when it ended at once (the caller concludes it).
+///
+/// # Safety
+/// `raw` must be a live lookup that has not begun, whose client is live.
+unsafe fn begin(raw: *mut Lookup) -> Result<(), LookupError> {
+    // SAFETY: the caller's promise; the reference ends before anything that may free raw.
+    let l = unsafe { &mut *raw };
+    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+    l.counted = true;
+    // SAFETY: nginx's clock, read on its one thread.
+    l.began = unsafe { ngx_current_msec };
+    let side = Arc::clone(&l.side);
+    let Target::Resolve {
+        resolver,
+        timeout,
+        host,
+        ..
+    } = &side.target
+    else {
+        // SAFETY: the caller's promise.
+        return unsafe { connect(raw) };
+    };
+    let failed = |why: &str| LookupError::Resolve {
+        host: host.clone(),
+        url: side.authority.url.clone(),
+        why: why.to_string(),
+        timed_out: false,
+    };
+    // SAFETY: the server's resolver, live for its configuration (which the client's
+    // session holds).
+    let ctx = unsafe { ngx_resolve_start(resolver.0.as_ptr(), std::ptr::null_mut()) };
+    // NGX_NO_RESOLVER is (void *) -1; merge only targets resolvers with name servers.
+    if ctx.is_null() || ctx as isize == -1 {
+        return Err(failed("no resolver context"));
+    }
+    // SAFETY: ctx is the context just started, ours until `ngx_resolve_name_done`; the
+    // name lives in `side`, held by the lookup.
+    unsafe {
+        (*ctx).name = ngx_str_t {
+            len: host.len(),
+            data: host.as_ptr().cast_mut(),
+        };
+        (*ctx).handler = Some(on_resolved);
+        (*ctx).data = raw.cast();
+        (*ctx).timeout = (*timeout).min(side.timeout);
+        noise_debug!((*l.client).log, "noise auth request: resolving {host}");
+    }
+    l.resolving = ctx;
+    l.in_resolve = true;
+    // SAFETY: ctx is set up as nginx's own callers do.
+    let rc = unsafe { ngx_resolve_name(ctx) };
+    // SAFETY: raw is live: an answer inside the call was only recorded (on_resolved).
+    let l = unsafe { &mut *raw };
+    l.in_resolve = false;
+    if rc != NGX_OK as isize {
+        // nginx freed the context.
+        l.resolving = std::ptr::null_mut();
+        return Err(failed("cannot start the resolution"));
+    }
+    match l.resolved.take() {
+        None => Ok(()),
+        // SAFETY: raw is live with its address; its client too (caller's promise).
+        Some(Ok(())) => unsafe { connect(raw) },
+        Some(Err(e)) => Err(e),
+    }
+}
+
+/// Which answer address the next lookup of this worker takes (spreads lookups over them).
+static NEXT_ADDRESS: AtomicUsize = AtomicUsize::new(0);
+
+/// The resolver's answer for a lookup: nginx calls it from `ngx_resolve_name` (an answer
+/// in its cache) or from its event handlers.
+unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
+    // SAFETY: nginx calls with the context we started, whose data is our live lookup (a
+    // lookup that goes ends its resolution first, so no answer comes after).
+    let raw = unsafe { (*ctx).data.cast::<Lookup>() };
+    // SAFETY: as above; the reference ends before anything that may free raw.
+    let l = unsafe { &mut *raw };
+    // SAFETY: ctx is live until ngx_resolve_name_done, which take_address calls.
+    let result = unsafe { take_address(l, ctx) };
+    if l.in_resolve {
+        l.resolved = Some(result);
+        return;
+    }
+    // SAFETY: raw is live, armed (it began from a client's handle or the queue), its client
+    // live; finish ends it.
+    if let Err(e) = result.and_then(|()| unsafe { connect(raw) }) {
+        // SAFETY: as above.
+        unsafe { finish(raw, Err(e)) };
+    }
+}
+
+/// Copies one address of the answer (with the authority's port) into the lookup, and ends
+/// the resolution.
+///
+/// # Safety
+/// `ctx` must be the lookup's live resolution, with its answer.
+unsafe fn take_address(l: &mut Lookup, ctx: *mut ngx_resolver_ctx_t) -> Result<(), LookupError> {
+    let side = Arc::clone(&l.side);
+    let url = &side.authority.url;
+    let Target::Resolve { host, port, .. } = &side.target else {
+        return Err(LookupError::Events { url: url.clone() });
+    };
+    // SAFETY: the caller's promise: state, naddrs and addrs are the answer's.
+    let (state, naddrs, addrs) = unsafe { ((*ctx).state, (*ctx).naddrs, (*ctx).addrs) };
+    let mut result = Ok(());
+    if state != 0 || naddrs == 0 || addrs.is_null() {
+        // SAFETY: nginx's static text for a resolver state.
+        let why = unsafe { std::ffi::CStr::from_ptr(ngx_resolver_strerror(state)) };
+        result = Err(LookupError::Resolve {
+            host: host.clone(),
+            url: url.clone(),
+            why: if state == 0 {
+                "no address".into()
+            } else {
+                why.to_string_lossy().into_owned()
+            },
+            timed_out: state == NGX_RESOLVE_TIMEDOUT as isize,
+        });
+    } else {
+        let i = NEXT_ADDRESS.fetch_add(1, Ordering::Relaxed) % naddrs;
+        // SAFETY: addrs holds naddrs entries, each a sockaddr of socklen bytes.
+        let (sa, len) = unsafe { ((*addrs.add(i)).sockaddr, (*addrs.add(i)).socklen) };
+        if len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
+            result = Err(LookupError::Resolve {
+                host: host.clone(),
+                url: url.clone(),
+                why: "an address too long".into(),
+                timed_out: false,
+            });
+        } else {
+            // SAFETY: sa holds len bytes, which fit the storage (checked above).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    sa.cast::<u8>(),
+                    std::ptr::addr_of_mut!(l.sockaddr).cast::<u8>(),
+                    len as usize,
+                );
+                ngx_inet_set_port(std::ptr::addr_of_mut!(l.sockaddr).cast(), *port);
+            }
+            l.pc.socklen = len;
+            // SAFETY: the client is live while the lookup is.
+            unsafe {
+                noise_debug!(
+                    (*l.client).log,
+                    "noise auth request: {host} resolved, {naddrs} address(es)"
+                );
+            }
+        }
+    }
+    // SAFETY: the caller's promise; the context is not used again.
+    unsafe { ngx_resolve_name_done(ctx) };
+    l.resolving = std::ptr::null_mut();
+    result
 }
 
 /// Connects a lookup to its authority and arms its timer; it is then in flight.
@@ -266,15 +469,17 @@ unsafe fn connect(raw: *mut Lookup) -> Result<(), LookupError> {
             why: log::errno_text(errno),
         });
     }
-    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
     let ac = l.pc.connection;
+    // SAFETY: nginx's clock, read on its one thread.
+    let spent = unsafe { ngx_current_msec }.wrapping_sub(l.began);
+    let left = l.side.timeout.saturating_sub(spent).max(1);
     // SAFETY: the connect made ac live; its events exist for its whole life; the client
     // (and its log) is live (caller's promise).
     unsafe {
         (*ac).data = raw.cast();
         (*(*ac).read).handler = Some(on_event);
         (*(*ac).write).handler = Some(on_event);
-        ngx_add_timer((*ac).read, l.side.timeout);
+        ngx_add_timer((*ac).read, left);
         noise_debug!(
             (*l.client).log,
             "noise auth request: connecting to {}",
@@ -315,6 +520,20 @@ fn queue_is_empty() -> bool {
 /// Starts queued lookups while there are free slots. A connect that fails at once ends its
 /// lookup here (the client gets the answer by its posted event).
 fn start_queued() {
+    if STARTING.with(|s| s.replace(true)) {
+        // An outer call is in this loop already (a lookup it started ended at once).
+        return;
+    }
+    start_queued_now();
+    STARTING.with(|s| s.set(false));
+}
+
+thread_local! {
+    /// Inside [`start_queued`].
+    static STARTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn start_queued_now() {
     loop {
         // SAFETY: the reference ends within this statement.
         let Some(&next) = (unsafe { queue().front() }) else {
@@ -329,16 +548,16 @@ fn start_queued() {
             queue().pop_front();
             (*next).queued = false;
         }
-        // SAFETY: next is live, unconnected, its client live (its handle is armed).
-        if let Err(e) = unsafe { connect(next) } {
-            // SAFETY: as above; finish frees it without starting others (no connection).
+        // SAFETY: next is live, not begun, its client live (its handle is armed).
+        if let Err(e) = unsafe { begin(next) } {
+            // SAFETY: as above; the slot it frees is taken by this loop.
             unsafe { finish(next, Err(e)) };
         }
     }
 }
 
-/// Closes the lookup's connection, or takes it out of the queue, and frees it; a freed
-/// slot starts the next queued lookup.
+/// Ends the lookup's resolution, closes its connection, or takes it out of the queue, and
+/// frees it; a freed slot starts the next queued lookup.
 ///
 /// # Safety
 /// `raw` must be a live lookup that nothing will use again.
@@ -349,14 +568,20 @@ unsafe fn free(raw: *mut Lookup) {
         // SAFETY: no other reference to the queue is live.
         unsafe { queue().retain(|&p| p != raw) };
     }
-    if l.pc.connection.is_null() {
-        return;
+    if !l.resolving.is_null() {
+        // SAFETY: the resolution is ours and pending: this cancels it (no answer comes).
+        unsafe { ngx_resolve_name_done(l.resolving) };
     }
-    // SAFETY: the lookup's own connection (its timer and posted events go with it).
-    unsafe { ngx_close_connection(l.pc.connection) };
-    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    if !l.pc.connection.is_null() {
+        // SAFETY: the lookup's own connection (its timer and posted events go with it).
+        unsafe { ngx_close_connection(l.pc.connection) };
+    }
+    let counted = l.counted;
     drop(l);
-    start_queued();
+    if counted {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        start_queued();
+    }
 }
 
 /// Both events of the authority connection.

@@ -20,7 +20,7 @@ use nginx_sys::{ngx_atomic_uint_t, ngx_connection_t, ngx_cycle, ngx_pool_t};
 
 use super::conf::AgentConf;
 use super::{auth_request, key_agent, limit, pool, status};
-use crate::core::metrics::{Side, State};
+use crate::metrics::{Side, State};
 
 use crate::core::deframer::Deframer;
 use crate::core::handshake::HandshakeInfo;

@@ -14,8 +14,8 @@ use super::{io, key_agent, log};
 use crate::core::handshake::Verdict;
 use crate::core::key_agent::AnyHandshake;
 use crate::core::keys;
-use crate::core::metrics::Reason;
 use crate::core::{Ended, Error};
+use crate::metrics::Reason;
 use crate::noise_debug;
 
 /// Where a handshake stands after [`drive`].

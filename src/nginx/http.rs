@@ -11,13 +11,14 @@
 //! `proxy_set_header` drops the header and `map` sees ""), never another connection's.
 
 use nginx_sys::{
-    ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
-    ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_HTTP_VAR_PREFIX, NGX_OK,
+    ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_t,
+    ngx_http_variable_value_t, ngx_int_t, ngx_str_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE,
+    NGX_HTTP_VAR_PREFIX,
 };
 use ngx::ngx_string;
 
 use super::conn;
-use super::variables::{attr_value, fill, value, Which};
+use super::variables::{attr_value, fill, register, value, Which};
 
 /// Names and what each shows; a variable's `data` is its index here.
 const VARIABLES: [(ngx_str_t, Which); 4] = [
@@ -33,34 +34,25 @@ const VARIABLES: [(ngx_str_t, Which); 4] = [
 /// Called only by nginx, through the http module definition, with its own argument.
 #[no_mangle]
 pub unsafe extern "C" fn ngx_http_noise_preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-    let mut prefix = ngx_string!("noise_key_attr_");
-    // SAFETY: cf is the http configuration being read; nginx copies the name.
-    let v = unsafe {
-        ngx_http_add_variable(
-            cf,
-            &mut prefix,
-            (NGX_HTTP_VAR_NOCACHEABLE | NGX_HTTP_VAR_PREFIX) as usize,
-        )
+    let names = VARIABLES.map(|(name, _)| name);
+    let flags = |prefix: bool| {
+        (NGX_HTTP_VAR_NOCACHEABLE | if prefix { NGX_HTTP_VAR_PREFIX } else { 0 }) as usize
     };
-    if v.is_null() {
-        return NGX_ERROR as ngx_int_t;
+    // SAFETY: cf is the http configuration being read; nginx copies each name and returns
+    // its own variables.
+    unsafe {
+        register(
+            &names,
+            |name, prefix| ngx_http_add_variable(cf, name, flags(prefix)),
+            |v: &mut ngx_http_variable_t, index| match index {
+                None => v.get_handler = Some(get_attr),
+                Some(index) => {
+                    v.get_handler = Some(get);
+                    v.data = index;
+                }
+            },
+        )
     }
-    // SAFETY: v was just returned by nginx.
-    unsafe { (*v).get_handler = Some(get_attr) };
-    for (index, (name, _)) in VARIABLES.iter().enumerate() {
-        let mut name = *name;
-        // SAFETY: cf is the http configuration being read; nginx copies the name.
-        let v = unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as usize) };
-        if v.is_null() {
-            return NGX_ERROR as ngx_int_t;
-        }
-        // SAFETY: v was just returned by nginx.
-        unsafe {
-            (*v).get_handler = Some(get);
-            (*v).data = index;
-        }
-    }
-    NGX_OK as ngx_int_t
 }
 
 /// The connection the client's bytes arrived on. HTTP/2 runs each stream on a connection

@@ -32,9 +32,9 @@ use super::conn::{self, NoiseConn};
 use super::log;
 use super::socket::{self, Io};
 use super::status;
-use crate::core::metrics::Direction;
 use crate::core::send_buffer::SendBuffer;
 use crate::core::transport::Sealer;
+use crate::metrics::Direction;
 use crate::noise_debug;
 
 /// Our bit of `c->buffered` while ciphertext waits (0x01 is SSL's, 0x02 HTTP/2's).

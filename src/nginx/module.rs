@@ -18,7 +18,7 @@ use nginx_sys::{
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 
-use super::conf::{directives, MainConf, SrvConf};
+use super::conf::{directives, MainConf, Settle, SrvConf};
 use super::gate::{self, Class};
 use super::stream_conf::Confs;
 use super::{
@@ -70,15 +70,38 @@ pub unsafe extern "C" fn ngx_stream_noise_merge_srv_conf(
             &mut *(child as *mut SrvConf),
         )
     };
-    match child.merge(parent) {
+    let cf_log = cf.log;
+    // SAFETY: during merge cf->ctx is this server's context (ngx_stream_merge_servers),
+    // whose core conf the core module (merged before any dynamic module) has completed.
+    let resolver = unsafe { server_resolver(cf) };
+    match child.merge(parent, &mut Settle { cf, resolver }) {
         Ok(()) => NGX_CONF_OK,
         Err(msg) => {
             // Merge has no directive position; the message carries it.
             // SAFETY: cf->log is live while configuration is read.
-            unsafe { log::write(cf.log, log::EMERG, &msg) };
+            unsafe { log::write(cf_log, log::EMERG, &msg) };
             NGX_CONF_ERROR
         }
     }
+}
+
+/// The server's `resolver` (its own or inherited) and `resolver_timeout`, when it has
+/// name servers (the core gives every server a resolver, empty when none is configured).
+///
+/// # Safety
+/// `cf->ctx` must be a server's context whose core conf is merged.
+unsafe fn server_resolver(
+    cf: &ngx_conf_t,
+) -> Option<(
+    std::ptr::NonNull<nginx_sys::ngx_resolver_t>,
+    nginx_sys::ngx_msec_t,
+)> {
+    // SAFETY: the caller's promise.
+    let cscf = unsafe { &*Confs::of_conf(cf).core_srv() };
+    let resolver = std::ptr::NonNull::new(cscf.resolver)?;
+    // SAFETY: a resolver nginx created, live for the configuration.
+    (unsafe { resolver.as_ref() }.connections.nelts > 0)
+        .then_some((resolver, cscf.resolver_timeout))
 }
 
 /// The one parser of every directive (see [`directives`]).

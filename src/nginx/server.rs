@@ -42,8 +42,8 @@ use crate::core::handshake::{Handshake, Verdict};
 use crate::core::key_agent::DelegatedHandshake;
 use crate::core::key_limit::Refusal;
 use crate::core::keys;
-use crate::core::metrics::{Reason, Side, State};
 use crate::core::Error;
+use crate::metrics::{Reason, Side, State};
 use crate::noise_debug;
 
 extern "C" {

@@ -1,7 +1,7 @@
 //! The module's counters in shared memory, and the http `noise_status` handler that shows
 //! them (`docs/nginx-integration.md` §10).
 //!
-//! One shared zone, `noise_status`, holds a [`Counters`] (`src/core/metrics.rs`). The
+//! One shared zone, `noise_status`, holds a [`Counters`] (`src/metrics.rs`). The
 //! stream module adds it in preconfiguration, the `noise_status` directive adds it too (the
 //! same name, size and tag give the same zone), so the http side works with or without a
 //! stream block. nginx keeps a zone with the same name, size and tag across reloads, and
@@ -25,7 +25,7 @@ use ngx::core::{Buffer, Pool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ngx_string;
 
 use super::{key_zone, shm};
-use crate::core::metrics::{self, Counters, Direction, Reason, Side, State};
+use crate::metrics::{self, Counters, Direction, Reason, Side, State};
 
 /// The zone: the counters plus the slab allocator's own pages.
 const ZONE_SIZE: usize = 128 * 1024;
@@ -65,7 +65,7 @@ pub fn connection(side: Side, state: State, delta: i64) {
     }
 }
 
-pub use crate::core::metrics::AuthResult;
+pub use crate::metrics::AuthResult;
 
 /// A `noise_auth_request` lookup ended so.
 pub fn auth_result(result: AuthResult) {

@@ -51,7 +51,7 @@ use super::stream_conf::{noise_index, Confs};
 use super::{gate, listen, log, peers, pool, proxy_pass, sockaddr, status, target_guard};
 use crate::core::handshake::{Handshake, HandshakeInfo};
 use crate::core::key_agent::{AnyHandshake, DelegatedHandshake};
-use crate::core::metrics::{Reason, Side, State};
+use crate::metrics::{Reason, Side, State};
 
 static mut NEXT_FILTER: ngx_stream_filter_pt = None;
 

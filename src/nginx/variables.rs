@@ -8,8 +8,8 @@
 
 use nginx_sys::{
     ngx_conf_t, ngx_int_t, ngx_pnalloc, ngx_pool_t, ngx_str_t, ngx_stream_add_variable,
-    ngx_stream_session_t, ngx_stream_variable_value_t, ngx_variable_value_t, NGX_ERROR, NGX_OK,
-    NGX_STREAM_VAR_NOCACHEABLE, NGX_STREAM_VAR_PREFIX,
+    ngx_stream_session_t, ngx_stream_variable_t, ngx_stream_variable_value_t, ngx_variable_value_t,
+    NGX_ERROR, NGX_OK, NGX_STREAM_VAR_NOCACHEABLE, NGX_STREAM_VAR_PREFIX,
 };
 
 use ngx::ngx_string;
@@ -83,37 +83,52 @@ pub fn attr_value<'a>(attrs: &'a [(String, String)], name: &[u8]) -> Option<&'a 
         .map(|(_, v)| v.as_str())
 }
 
-/// Registers the variables (preconfiguration of the stream configuration `cf`).
-pub fn add(cf: &mut ngx_conf_t) -> ngx_int_t {
-    let mut prefix = ngx_string!("noise_key_attr_");
-    // SAFETY: cf is live; nginx copies the name.
-    let v = unsafe {
-        ngx_stream_add_variable(
-            cf,
-            &mut prefix,
-            (NGX_STREAM_VAR_NOCACHEABLE | NGX_STREAM_VAR_PREFIX) as usize,
-        )
-    };
-    if v.is_null() {
-        return NGX_ERROR as ngx_int_t;
-    }
-    // SAFETY: v was just returned by nginx.
-    unsafe { (*v).get_handler = Some(get_attr) };
-    for (index, (name, _)) in VARIABLES.iter().enumerate() {
-        let mut name = *name;
-        // SAFETY: cf is live; nginx copies the name.
-        let v =
-            unsafe { ngx_stream_add_variable(cf, &mut name, NGX_STREAM_VAR_NOCACHEABLE as usize) };
+/// Registers `$noise_key_attr_NAME` (a prefix variable) and each of `names`, for the stream
+/// and the http side alike: `add(name, is_prefix)` is nginx's `ngx_stream_add_variable` or
+/// `ngx_http_add_variable` on the configuration (which copies the name), and
+/// `install(variable, index)` gives the variable nginx returned its getter: the attribute
+/// getter for the prefix (`None`), the getter of `names[index]` otherwise.
+///
+/// # Safety
+/// `add` must return null or a variable of nginx's, live for the configuration.
+pub unsafe fn register<V>(
+    names: &[ngx_str_t],
+    mut add: impl FnMut(&mut ngx_str_t, bool) -> *mut V,
+    mut install: impl FnMut(&mut V, Option<usize>),
+) -> ngx_int_t {
+    let prefix = ngx_string!("noise_key_attr_");
+    let named = names.iter().enumerate().map(|(i, n)| (*n, Some(i)));
+    for (mut name, index) in std::iter::once((prefix, None)).chain(named) {
+        let v = add(&mut name, index.is_none());
         if v.is_null() {
             return NGX_ERROR as ngx_int_t;
         }
-        // SAFETY: v was just returned by nginx.
-        unsafe {
-            (*v).get_handler = Some(get);
-            (*v).data = index;
-        }
+        // SAFETY: the caller's promise: a live variable nginx just returned.
+        install(unsafe { &mut *v }, index);
     }
     NGX_OK as ngx_int_t
+}
+
+/// Registers the variables (preconfiguration of the stream configuration `cf`).
+pub fn add(cf: &mut ngx_conf_t) -> ngx_int_t {
+    let names = VARIABLES.map(|(name, _)| name);
+    let flags = |prefix: bool| {
+        (NGX_STREAM_VAR_NOCACHEABLE | if prefix { NGX_STREAM_VAR_PREFIX } else { 0 }) as usize
+    };
+    // SAFETY: cf is live; nginx copies each name and returns its own variables.
+    unsafe {
+        register(
+            &names,
+            |name, prefix| ngx_stream_add_variable(cf, name, flags(prefix)),
+            |v: &mut ngx_stream_variable_t, index| match index {
+                None => v.get_handler = Some(get_attr),
+                Some(index) => {
+                    v.get_handler = Some(get);
+                    v.data = index;
+                }
+            },
+        )
+    }
 }
 
 /// The getter of every variable; `data` is its index in [`VARIABLES`].

@@ -11,6 +11,7 @@
 //! nothing here acts on it beyond choosing a protocol.
 
 pub mod codec;
+pub mod multiplex;
 mod policy;
 
 pub use super::credentials::Credentials;

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use super::codec::{self, Codec, Offer, VIRGIL_REJECT};
+use super::multiplex;
 use super::{Credentials, Decision, Negotiator, Response, Stage};
 use crate::core::crypto::PeerKeyDh;
 use crate::core::error::{Error, Result};
@@ -32,6 +33,8 @@ pub struct Policy {
     static_publics: Vec<[u8; 32]>,
     /// [`Policy::with_peer_key_dh`].
     peer_key_dh: Option<Arc<PeerKeyDh>>,
+    /// [`Policy::with_multiplex`].
+    multiplex: bool,
 }
 
 impl Policy {
@@ -51,7 +54,29 @@ impl Policy {
             alternate_static_keys: Vec::new(),
             static_publics: Vec::new(),
             peer_key_dh: None,
+            multiplex: false,
         })
+    }
+
+    /// Multiplexed links (docs/multiplex.md §2): an initiator offers the field in its
+    /// negotiation data; a responder accepts offers that carry it (and still serves those
+    /// that do not). Without it a responder refuses such offers as unrecognised data.
+    pub fn with_multiplex(mut self, multiplex: bool) -> Self {
+        self.multiplex = multiplex;
+        self
+    }
+
+    /// Responder: the negotiation data without a multiplexing field we speak, and whether
+    /// it carried one; `None` for a field we do not speak (refused as unrecognised).
+    fn strip_multiplex<'a>(&self, data: &'a [u8]) -> Option<(&'a [u8], bool)> {
+        if !self.multiplex {
+            return Some((data, false));
+        }
+        match multiplex::split(data) {
+            (base, Some(multiplex::VERSION)) => Some((base, true)),
+            (_, Some(_)) => None,
+            (base, None) => Some((base, false)),
+        }
     }
 
     /// Responder: ask for a retry when the offered protocol is not on the list (default on).
@@ -179,19 +204,31 @@ impl Policy {
 impl Negotiator for Policy {
     fn initial(&self) -> Result<(Protocol, Vec<u8>)> {
         let p = self.protocols[0].clone();
-        let data = self.codec.encode(&p)?;
+        let mut data = self.codec.encode(&p)?;
+        if self.multiplex {
+            multiplex::append(&mut data);
+        }
         Ok((p, data))
     }
 
     fn response(&self, data: &[u8], message_empty: bool) -> Result<Response> {
-        let Some(p) = codec::decode_response(data)? else {
+        // A multiplexing responder repeats our field in a retry or switch; we repeat it in
+        // the retry message.
+        let (base, echoed) = match multiplex::split(data) {
+            (base, Some(multiplex::VERSION)) if self.multiplex => (base, true),
+            _ => (data, false),
+        };
+        let Some(p) = codec::decode_response(base)? else {
             return Ok(Response::Reject);
         };
         if !self.allowed(&p) {
             return Err(Error::ProtocolNotAllowed(p.name().to_string()));
         }
         if message_empty {
-            let data = self.codec.encode(&p)?;
+            let mut data = self.codec.encode(&p)?;
+            if echoed {
+                multiplex::append(&mut data);
+            }
             Ok(Response::Retry { protocol: p, data })
         } else {
             Ok(Response::Switch(p))
@@ -199,41 +236,38 @@ impl Negotiator for Policy {
     }
 
     fn decide(&self, data: &[u8]) -> Decision {
-        let offer = codec::detect_offer(data);
-        let chosen = match &offer {
-            Offer::Default => self.protocols.first(),
-            Offer::Named(p) => self.protocols.iter().find(|q| *q == p),
-            Offer::Unknown | Offer::Unrecognised => None,
+        let Some((base, mux)) = self.strip_multiplex(data) else {
+            return Decision::Reject {
+                data: self.reject_data(),
+            };
         };
-        if let Some(p) = chosen.filter(|p| self.acceptable(p)) {
-            return Decision::Accept(p.clone());
-        }
-        if self.retry && matches!(offer, Offer::Named(_) | Offer::Unknown) {
-            let retry = self
-                .protocols
-                .iter()
-                .filter(|p| self.acceptable(p))
-                .find_map(|p| codec::encode_virgil(p).ok().map(|data| (p.clone(), data)));
-            if let Some((protocol, data)) = retry {
-                return Decision::Retry { protocol, data };
+        match self.decide_base(base) {
+            Decision::Retry { protocol, mut data } if mux => {
+                multiplex::append(&mut data);
+                Decision::Retry { protocol, data }
             }
-        }
-        Decision::Reject {
-            data: self.reject_data(),
+            d => d,
         }
     }
 
     fn on_failure(&self, data: &[u8]) -> Option<Decision> {
+        let (base, mux) = self.strip_multiplex(data)?;
         let protocol = self.switch_on_failure.clone()?;
-        if !matches!(codec::detect_offer(data), Offer::Named(_)) {
+        if !matches!(codec::detect_offer(base), Offer::Named(_)) {
             return None;
         }
-        let data = codec::encode_virgil(&protocol).ok()?;
+        let mut data = codec::encode_virgil(&protocol).ok()?;
+        if mux {
+            multiplex::append(&mut data);
+        }
         Some(Decision::Switch { protocol, data })
     }
 
     fn check_retry(&self, data: &[u8], protocol: &Protocol) -> Result<()> {
-        match codec::detect_offer(data) {
+        let (base, _) = self
+            .strip_multiplex(data)
+            .ok_or_else(|| Error::BadNegotiation(data.to_vec()))?;
+        match codec::detect_offer(base) {
             Offer::Default => Ok(()),
             Offer::Named(p) if &p == protocol => Ok(()),
             _ => Err(Error::BadNegotiation(data.to_vec())),
@@ -258,5 +292,33 @@ impl Negotiator for Policy {
 
     fn peer_key_dh(&self) -> Option<Arc<PeerKeyDh>> {
         self.peer_key_dh.clone()
+    }
+}
+
+impl Policy {
+    /// [`Negotiator::decide`] on negotiation data without a multiplexing field.
+    fn decide_base(&self, data: &[u8]) -> Decision {
+        let offer = codec::detect_offer(data);
+        let chosen = match &offer {
+            Offer::Default => self.protocols.first(),
+            Offer::Named(p) => self.protocols.iter().find(|q| *q == p),
+            Offer::Unknown | Offer::Unrecognised => None,
+        };
+        if let Some(p) = chosen.filter(|p| self.acceptable(p)) {
+            return Decision::Accept(p.clone());
+        }
+        if self.retry && matches!(offer, Offer::Named(_) | Offer::Unknown) {
+            let retry = self
+                .protocols
+                .iter()
+                .filter(|p| self.acceptable(p))
+                .find_map(|p| codec::encode_virgil(p).ok().map(|data| (p.clone(), data)));
+            if let Some((protocol, data)) = retry {
+                return Decision::Retry { protocol, data };
+            }
+        }
+        Decision::Reject {
+            data: self.reject_data(),
+        }
     }
 }

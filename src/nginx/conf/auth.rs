@@ -1,15 +1,22 @@
 //! `noise_auth_request` and its settings: where to ask about a client key the key zone does
 //! not have (`noise_keys ... miss=lookup`), and how (docs/nginx-integration.md §6).
 //!
-//! * The authority is `http://host[:port]/uri` or `unix:/path[:/uri]`. Its address is
-//!   resolved once, at configuration time, with nginx's `ngx_parse_url` (as `proxy_pass`
-//!   does for a literal name): the first address is used, and a name that cannot be
-//!   resolved fails `nginx -t`. A reload resolves it again.
+//! * The authority is `http://host[:port]/uri` or `unix:/path[:/uri]`. An IP address or a
+//!   unix socket is known when the directive is read. A host name is placed when the server
+//!   is merged ([`Settle`]): with a `resolver` in the server (its own or the `stream`
+//!   level's) it is resolved at run time by nginx's resolver, for every lookup, cached as
+//!   that resolver caches (`valid=`), so a name the DNS moves is followed without reload
+//!   and a name that does not resolve yet does not fail `nginx -t`; without one it is
+//!   resolved once, at load, with nginx's `ngx_parse_url` (as `proxy_pass` does for a
+//!   literal name): the first address is used, a name that cannot be resolved fails
+//!   `nginx -t`, and a reload resolves it again.
 //! * Every setting is inherited from the `stream` level, like the other `noise_*`.
 
 use std::sync::Arc;
 
-use nginx_sys::{ngx_conf_t, ngx_msec_t};
+use std::ptr::NonNull;
+
+use nginx_sys::{ngx_conf_t, ngx_msec_t, ngx_resolver_t};
 
 use super::args::{self, text};
 
@@ -21,20 +28,92 @@ pub const DEFAULT_CONCURRENCY: usize = 64;
 pub const DEFAULT_CACHE_ALLOW: u64 = 600;
 pub const DEFAULT_CACHE_DENY: u64 = 60;
 
-/// The authority's address, parsed at configuration time.
-#[derive(Clone)]
-pub struct Authority {
-    /// As configured, for messages.
-    pub url: String,
-    /// The resolved address, aligned for any family.
+/// An address known at configuration time.
+pub struct Fixed {
+    /// The address, aligned for any family.
     pub sockaddr: libc::sockaddr_storage,
     pub socklen: libc::socklen_t,
     /// The address as nginx prints it (the connection's `name`).
     pub name: Vec<u8>,
+}
+
+/// Where the authority is, as the directive says it.
+pub enum Address {
+    /// An IP address or a unix socket.
+    Fixed(Arc<Fixed>),
+    /// A host name, placed when the server is merged ([`Settle`]).
+    Name { host: String, port: u16 },
+}
+
+/// The authority, parsed at configuration time.
+pub struct Authority {
+    /// As configured, for messages.
+    pub url: String,
+    pub address: Address,
     /// The `Host` header.
     pub host: String,
     /// The request target.
     pub uri: String,
+}
+
+/// Where a server's lookups connect.
+pub enum Target {
+    /// One address, known since the configuration was read.
+    Fixed(Arc<Fixed>),
+    /// A name that nginx's resolver resolves for every lookup (the server's `resolver`).
+    Resolve {
+        resolver: ResolverRef,
+        /// The server's `resolver_timeout`.
+        timeout: ngx_msec_t,
+        host: String,
+        port: u16,
+        /// "host:port", the connection's `name`.
+        name: Vec<u8>,
+    },
+}
+
+/// A server's resolver, created by nginx in the configuration's pool (so it lives as long
+/// as the sides that hold it).
+#[derive(Clone, Copy)]
+pub struct ResolverRef(pub NonNull<ngx_resolver_t>);
+
+// SAFETY: sides are shared through `Arc` only for their configuration's lifetime, within
+// one process; the resolver is used only on nginx's event-loop thread, never sent across
+// threads (nginx has none that read configurations).
+unsafe impl Send for ResolverRef {}
+// SAFETY: as above.
+unsafe impl Sync for ResolverRef {}
+
+/// What merge knows to place an authority named by a host name: the configuration (to
+/// resolve it at load) and the server's resolver, when one is configured.
+pub struct Settle<'a> {
+    pub cf: &'a mut ngx_conf_t,
+    pub resolver: Option<(NonNull<ngx_resolver_t>, ngx_msec_t)>,
+}
+
+impl Settle<'_> {
+    /// Where lookups of `authority` connect from this server.
+    fn target(&mut self, authority: &Authority) -> Result<Target, String> {
+        match &authority.address {
+            Address::Fixed(fixed) => Ok(Target::Fixed(fixed.clone())),
+            Address::Name { host, port } => match self.resolver {
+                Some((resolver, timeout)) => Ok(Target::Resolve {
+                    resolver: ResolverRef(resolver),
+                    timeout,
+                    host: host.clone(),
+                    port: *port,
+                    name: format!("{host}:{port}").into_bytes(),
+                }),
+                None => resolve_at_load(self.cf, &format!("{host}:{port}"))
+                    .map(|f| Target::Fixed(Arc::new(f)))
+                    .map_err(|e| {
+                        format!(
+                            "\"noise_auth_request\" {e} (without a \"resolver\" the authority's name is resolved when the configuration is read)"
+                        )
+                    }),
+            },
+        }
+    }
 }
 
 /// The `noise_auth_*` directives of one level.
@@ -55,6 +134,7 @@ pub struct AuthConf {
 /// What a server's lookups run with.
 pub struct AuthSide {
     pub authority: Arc<Authority>,
+    pub target: Target,
     pub timeout: ngx_msec_t,
     pub fail_open: bool,
     pub cache_allow: u64,
@@ -79,20 +159,26 @@ impl AuthConf {
     }
 
     /// The run-time settings, when an authority is set.
-    pub fn side(&self) -> Option<Arc<AuthSide>> {
-        let authority = self.authority.clone()?;
+    pub fn side(&self, settle: &mut Settle) -> Result<Option<Arc<AuthSide>>, String> {
+        let Some(authority) = self.authority.clone() else {
+            return Ok(None);
+        };
+        let target = settle
+            .target(&authority)
+            .map_err(|e| format!("{e} in {}", self.at.clone().unwrap_or_default()))?;
         let (cache_allow, cache_deny) = self
             .cache
             .unwrap_or((DEFAULT_CACHE_ALLOW, DEFAULT_CACHE_DENY));
-        Some(Arc::new(AuthSide {
+        Ok(Some(Arc::new(AuthSide {
             authority,
+            target,
             timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT),
             fail_open: self.fail_open.unwrap_or(false),
             cache_allow,
             cache_deny,
             concurrency: self.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
             wait_when_full: self.wait_when_full.unwrap_or(false),
-        }))
+        })))
     }
 
     /// Parses directive `name` (one of the `noise_auth_*`).
@@ -223,23 +309,65 @@ fn authority(cf: &mut ngx_conf_t, url: &[u8]) -> Result<Authority, String> {
     if uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(format!("\"{NAME}\": invalid URI in \"{url_text}\""));
     }
-    let resolved = match args::addresses(cf, address.as_bytes(), false) {
-        Some((r, true)) => Some(r),
-        Some((_, false)) if !address.starts_with("unix:") => {
-            args::addresses(cf, format!("{address}:80").as_bytes(), false).map(|(r, _)| r)
+    let address = if address.starts_with("unix:") {
+        Address::Fixed(Arc::new(
+            resolve_at_load(cf, &address).map_err(|e| format!("\"{NAME}\" {e}"))?,
+        ))
+    } else {
+        let (name, port) = host_port(&address)
+            .ok_or_else(|| format!("\"{NAME}\": invalid host or port in \"{url_text}\""))?;
+        match name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+        {
+            Ok(_) => Address::Fixed(Arc::new(
+                resolve_at_load(cf, &format!("{name}:{port}"))
+                    .map_err(|e| format!("\"{NAME}\" {e}"))?,
+            )),
+            Err(_) => Address::Name {
+                host: name.to_string(),
+                port,
+            },
         }
-        Some((r, false)) => Some(r),
-        None => None,
     };
-    let Some((name, raw)) = resolved.and_then(|r| r.into_iter().next()) else {
-        return Err(format!(
-            "\"{NAME}\": cannot resolve \"{address}\" (the authority's address is resolved when the configuration is read)"
-        ));
+    Ok(Authority {
+        url: url_text,
+        address,
+        host,
+        uri,
+    })
+}
+
+/// "host[:port]" split, the port 80 when not given; `None` when either is not valid.
+fn host_port(hostport: &str) -> Option<(&str, u16)> {
+    let (host, port) = match hostport.rfind(':') {
+        // "[::1]" has colons but no port; "[::1]:8080" and "name:8080" have one.
+        Some(i) if !hostport.starts_with('[') || hostport[..i].ends_with(']') => {
+            (&hostport[..i], hostport[i + 1..].parse::<u16>().ok()?)
+        }
+        _ => (hostport, 80),
+    };
+    let valid = !host.is_empty()
+        && port != 0
+        && (!host.contains(':') || host.starts_with('['))
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
+    valid.then_some((host, port))
+}
+
+/// An address resolved now, with nginx's `ngx_parse_url` (the first one).
+fn resolve_at_load(cf: &mut ngx_conf_t, address: &str) -> Result<Fixed, String> {
+    let Some((name, raw)) =
+        args::addresses(cf, address.as_bytes(), false).and_then(|(r, _)| r.into_iter().next())
+    else {
+        return Err(format!("cannot resolve \"{address}\""));
     };
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     if raw.len() > std::mem::size_of::<libc::sockaddr_storage>() {
-        return Err(format!("\"{NAME}\": address too long in \"{url_text}\""));
+        return Err(format!("address too long in \"{address}\""));
     }
     // SAFETY: raw fits the storage (checked above); both are plain bytes.
     unsafe {
@@ -249,12 +377,9 @@ fn authority(cf: &mut ngx_conf_t, url: &[u8]) -> Result<Authority, String> {
             raw.len(),
         )
     };
-    Ok(Authority {
-        url: url_text,
+    Ok(Fixed {
         sockaddr: storage,
         socklen: raw.len() as libc::socklen_t,
         name: name.into_bytes(),
-        host,
-        uri,
     })
 }

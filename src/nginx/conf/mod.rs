@@ -30,7 +30,7 @@ pub mod rules;
 pub mod sides;
 pub mod srv;
 
-pub use auth::AuthSide;
+pub use auth::{AuthSide, Settle, Target};
 pub use key_agent::AgentConf;
 pub use main::{InitPeer, MainConf, NoiseAddress, Recorded, Use};
 pub use pins::{HostPort, Pinned, ServerKey};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use nginx_sys::ngx_msec_t;
 
-use super::auth::AuthSide;
+use super::auth::{AuthSide, Settle};
 use super::key_agent::AgentConf;
 use super::pins::{self, Server, ServerKey};
 use super::rules::{self, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_UPSTREAM_PROTOCOL};
@@ -34,7 +34,7 @@ pub struct ServerSide {
 
 impl ServerSide {
     /// The server side of a merged conf.
-    pub fn build(conf: &SrvConf) -> Result<ServerSide, String> {
+    pub fn build(conf: &SrvConf, settle: &mut Settle) -> Result<ServerSide, String> {
         let protocols = conf
             .protocols
             .clone()
@@ -57,7 +57,7 @@ impl ServerSide {
         policy
             .validate(Role::Responder)
             .map_err(|e| e.to_string())?;
-        let auth = lookup_rules(conf)?;
+        let auth = lookup_rules(conf, settle)?;
         let mut settings = (*side.settings(true)).clone();
         settings.ask_verdict = conf.keys.is_some();
         Ok(ServerSide {
@@ -74,8 +74,8 @@ impl ServerSide {
 
 /// `noise_keys miss=lookup` and `noise_auth_request` go together: the answers are kept in
 /// the zone, and a lookup needs somewhere to ask.
-fn lookup_rules(conf: &SrvConf) -> Result<Option<Arc<AuthSide>>, String> {
-    let auth = conf.auth.side();
+fn lookup_rules(conf: &SrvConf, settle: &mut Settle) -> Result<Option<Arc<AuthSide>>, String> {
+    let auth = conf.auth.side(settle)?;
     match (&conf.keys, &auth) {
         (Some(keys), None) if keys.miss == Miss::Lookup => Err(format!(
             "\"noise_keys\" in {} has \"miss=lookup\" but no \"noise_auth_request\" says where to look up",

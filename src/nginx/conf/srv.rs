@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use nginx_sys::{ngx_msec_t, ngx_stream_complex_value_t, ngx_stream_session_t};
 
-use super::auth::AuthConf;
+use super::auth::{AuthConf, Settle};
 use super::key_agent::AgentConf;
 use super::pins::ServerKey;
 use super::sides::{ServerSide, UpstreamSide};
@@ -198,8 +198,9 @@ pub struct VariableTarget {
 }
 
 impl SrvConf {
-    /// Inherits unset values from the `stream` level and builds the run-time sides.
-    pub fn merge(&mut self, parent: &SrvConf) -> Result<(), String> {
+    /// Inherits unset values from the `stream` level and builds the run-time sides
+    /// (`settle` places a `noise_auth_request` authority named by a host name).
+    pub fn merge(&mut self, parent: &SrvConf, settle: &mut Settle) -> Result<(), String> {
         if self.protocols.is_none() {
             self.protocols.clone_from(&parent.protocols);
         }
@@ -230,8 +231,10 @@ impl SrvConf {
         }
         self.auth.merge(&parent.auth);
         if let Some(at) = self.listen_at.clone() {
-            self.server_side =
-                Some(ServerSide::build(self).map_err(|e| format!("{e} (noise_listen in {at})"))?);
+            self.server_side = Some(
+                ServerSide::build(self, settle)
+                    .map_err(|e| format!("{e} (noise_listen in {at})"))?,
+            );
         }
         if self.upstream == Some(true) {
             let at = self.upstream_at.clone().unwrap_or_default();

@@ -9,10 +9,12 @@
 //! spin lock taken only for a protocol not seen before, and never change after their count
 //! is published. The layout is `repr(C)` and all-zero is a valid, empty state.
 
+#![forbid(unsafe_code)]
+
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use super::error::Error;
+use crate::core::error::Error;
 
 /// Per-worker slots (worker index modulo this; workers beyond share, still exactly).
 pub const SLOTS: usize = 32;
@@ -324,7 +326,7 @@ impl Counters {
 
 /// A zeroed [`Counters`] on the heap (tests; nginx zeroes its shared zone itself).
 pub fn empty() -> Box<Counters> {
-    // Built field by field from atomics' zero values: no unsafe in the core.
+    // Built field by field from atomics' zero values: no unsafe needed.
     fn zeros<T, const N: usize>(f: impl Fn() -> T) -> [T; N] {
         std::array::from_fn(|_| f())
     }
