@@ -55,22 +55,17 @@ impl AgentSocket {
 
     /// Sends one message; `Ok(false)` when the socket buffer is full.
     pub fn send(&self, message: &[u8]) -> io::Result<bool> {
-        match send(&self.fd, message, SendFlags::NOSIGNAL) {
-            Ok(_) => Ok(true),
-            Err(rustix::io::Errno::AGAIN) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        send_on(self.fd.as_fd(), message)
     }
 
     /// Receives one message into `buf`.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
-        match recv(&self.fd, &mut *buf, RecvFlags::TRUNC) {
-            Ok((_, 0)) => Ok(Received::Closed),
-            Ok((_, n)) if n > buf.len() => Ok(Received::Oversize(n)),
-            Ok((_, n)) => Ok(Received::Message(n)),
-            Err(rustix::io::Errno::AGAIN) => Ok(Received::WouldBlock),
-            Err(e) => Err(e.into()),
-        }
+        recv_on(self.fd.as_fd(), buf)
+    }
+
+    /// The connection's descriptor, for an event loop that owns it from now on (nginx's).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
     }
 
     /// Waits until the socket is readable (or `timeout` passes); true if readable.
@@ -81,6 +76,26 @@ impl AgentSocket {
             tv_nsec: 0,
         });
         Ok(poll(&mut fds, Some(&ts))? > 0)
+    }
+}
+
+/// Sends one message on a connection to the agent; `Ok(false)` when its buffer is full.
+pub fn send_on(fd: BorrowedFd<'_>, message: &[u8]) -> io::Result<bool> {
+    match send(fd, message, SendFlags::NOSIGNAL) {
+        Ok(_) => Ok(true),
+        Err(rustix::io::Errno::AGAIN) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Receives one message from a connection to the agent into `buf`.
+pub fn recv_on(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    match recv(fd, &mut *buf, RecvFlags::TRUNC) {
+        Ok((_, 0)) => Ok(Received::Closed),
+        Ok((_, n)) if n > buf.len() => Ok(Received::Oversize(n)),
+        Ok((_, n)) => Ok(Received::Message(n)),
+        Err(rustix::io::Errno::AGAIN) => Ok(Received::WouldBlock),
+        Err(e) => Err(e.into()),
     }
 }
 

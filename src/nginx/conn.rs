@@ -14,14 +14,17 @@
 
 use std::cell::UnsafeCell;
 use std::ptr;
+use std::sync::Arc;
 
 use nginx_sys::{ngx_atomic_uint_t, ngx_connection_t, ngx_cycle, ngx_pool_t};
 
-use super::{auth_request, limit, pool, status};
+use super::conf::AgentConf;
+use super::{auth_request, key_agent, limit, pool, status};
 use crate::metrics::{Side, State};
 
 use crate::core::deframer::Deframer;
-use crate::core::handshake::{Handshake, HandshakeInfo};
+use crate::core::handshake::HandshakeInfo;
+use crate::core::key_agent::{AgentError, AnyHandshake};
 use crate::core::send_buffer::SendBuffer;
 use crate::core::transport::Transport;
 
@@ -76,7 +79,7 @@ fn owes_message(st: &NoiseConn) -> bool {
 
 /// Where a connection is in its NoiseSocket life.
 pub enum Phase {
-    Handshake(Box<Handshake>),
+    Handshake(Box<AnyHandshake>),
     Transport(Box<Transport>),
     /// Failed or being moved between the two; every I/O call fails.
     Closed,
@@ -111,6 +114,12 @@ pub struct NoiseConn {
     /// Bytes read behind the message that paused the handshake, fed to it on resume (at
     /// most one read, 4 KiB).
     pub held: Vec<u8>,
+    /// `noise_key_agent`: the agent that holds this side's static key.
+    pub agent: Option<Arc<AgentConf>>,
+    /// The question to the agent the handshake waits for (dropping it cancels it).
+    pub agent_wait: Option<key_agent::Wait>,
+    /// The agent's answer, for the handshake to take when it resumes.
+    pub agent_answer: Option<Result<[u8; 32], AgentError>>,
     /// Which end nginx is, for the counters.
     pub side: Side,
     /// The state this connection is counted in (`nginx_noise_connections`), if any.
@@ -120,7 +129,8 @@ pub struct NoiseConn {
 }
 
 impl NoiseConn {
-    pub fn new(handshake: Handshake, side: Side) -> Self {
+    pub fn new(handshake: impl Into<AnyHandshake>, side: Side) -> Self {
+        let handshake = handshake.into();
         let capacity = send_capacity(handshake.padding());
         NoiseConn {
             number: 0,
@@ -137,6 +147,9 @@ impl NoiseConn {
             lookup: None,
             answer: None,
             held: Vec::new(),
+            agent: None,
+            agent_wait: None,
+            agent_answer: None,
             side,
             gauge: None,
             key_hold: None,

@@ -10,8 +10,9 @@ use nginx_sys::ngx_connection_t;
 
 use super::conn::{self, Phase};
 use super::socket::{self, Io};
-use super::{io, log};
-use crate::core::handshake::{Handshake, Verdict};
+use super::{io, key_agent, log};
+use crate::core::handshake::Verdict;
+use crate::core::key_agent::AnyHandshake;
 use crate::core::keys;
 use crate::core::{Ended, Error};
 use crate::metrics::Reason;
@@ -29,6 +30,9 @@ pub enum Progress {
     /// Paused for a verdict on the client's key that `decide` will give later (a lookup in
     /// flight, docs/protocol.md §4.7): call again once it has an answer.
     WantVerdict,
+    /// Paused for the key agent's answer to a question in flight ([`key_agent`]): its
+    /// answer posts the connection's read event; call again then.
+    WantKeyOp,
     /// Failed; the connection must be closed.
     Failed(Failure),
 }
@@ -119,14 +123,46 @@ pub unsafe fn drive(c: *mut ngx_connection_t, mut decide: Option<Decide<'_>>) ->
                 }
             }
         }
+        if let Some(answer) = st.agent_answer.take() {
+            // Resumed by the key agent's answer: the handshake replays with it, then its
+            // output is flushed and what was read behind the message is fed.
+            if let Err(e) = hs.provide(answer) {
+                return Progress::Failed(Failure::Noise(e));
+            }
+            continue;
+        }
+        if let Some(op) = hs.pending_key_op() {
+            if st.agent_wait.is_none() {
+                let asked = match &st.agent {
+                    // SAFETY: c is live with this state (the caller's promise).
+                    Some(agent) => unsafe { key_agent::ask(c, agent, &op) },
+                    None => Err(crate::core::key_agent::AgentError::Unreachable(
+                        "no key agent configured".into(),
+                    )),
+                };
+                match asked {
+                    Ok(wait) => st.agent_wait = Some(wait),
+                    Err(e) => {
+                        let e = hs.provide(Err(e)).err().unwrap_or_else(|| {
+                            Error::Internal("a failed key agent question went on".into())
+                        });
+                        return Progress::Failed(Failure::Noise(e));
+                    }
+                }
+            }
+            return Progress::WantKeyOp;
+        }
         // SAFETY: c is live; its read event exists for its whole life.
         let rev = unsafe { &mut *(*c).read };
-        if hs.pending_verdict().is_some() {
+        if hs.pending_verdict().is_some() || !st.held.is_empty() {
             // Resumed after a pause: decide, then feed what was read behind the message.
             let held = std::mem::take(&mut st.held);
             match read_deciding(hs, &held, &mut decide) {
                 Ok((used, true)) => {
                     st.held = held[used..].to_vec();
+                    if hs.pending_key_op().is_some() {
+                        continue;
+                    }
                     return Progress::WantVerdict;
                 }
                 Ok((used, false)) => {
@@ -173,6 +209,9 @@ pub unsafe fn drive(c: *mut ngx_connection_t, mut decide: Option<Decide<'_>>) ->
                     Ok((used, true)) => {
                         // Paused: the rest waits with the state (no more reads meanwhile).
                         st.held = buf[used..n].to_vec();
+                        if hs.pending_key_op().is_some() {
+                            continue; // asks the agent
+                        }
                         return Progress::WantVerdict;
                     }
                     Ok((used, false)) => {
@@ -207,21 +246,28 @@ pub unsafe fn drive(c: *mut ngx_connection_t, mut decide: Option<Decide<'_>>) ->
 /// Whether `hs` is a responder that has read the client's message 1 of a protocol whose
 /// message 1 could be a replay (and answered it): from here the client counts as
 /// authenticated only once its first transport frame opens.
-fn awaits_confirmation(hs: &Handshake) -> bool {
+fn awaits_confirmation(hs: &AnyHandshake) -> bool {
     !hs.role().is_initiator()
         && hs.is_done()
         && hs.protocol().is_some_and(|p| p.initiator_auth_replayable())
 }
 
-/// [`Handshake::read`], answering each verdict request with `decide` and reading on; the
-/// flag says the handshake paused (`decide` said pending) with the rest of `input` unused.
+/// [`AnyHandshake::read`], answering each verdict request with `decide` and reading on; the
+/// flag says the handshake paused (`decide` said pending, or it waits for the key agent)
+/// with the rest of `input` unused.
 fn read_deciding(
-    hs: &mut Handshake,
+    hs: &mut AnyHandshake,
     input: &[u8],
     decide: &mut Option<Decide<'_>>,
 ) -> Result<(usize, bool), Error> {
     let mut used = hs.read(input)?;
-    while let Some(key) = hs.pending_verdict() {
+    loop {
+        if hs.pending_key_op().is_some() {
+            return Ok((used, true));
+        }
+        let Some(key) = hs.pending_verdict() else {
+            break;
+        };
         let protocol = hs
             .protocol()
             .map(|p| p.name().to_string())
@@ -240,7 +286,7 @@ fn read_deciding(
 }
 
 /// Logs the handshake's recorded steps at debug level.
-fn log_steps(log: *mut nginx_sys::ngx_log_t, hs: &mut Handshake) {
+fn log_steps(log: *mut nginx_sys::ngx_log_t, hs: &mut AnyHandshake) {
     for step in hs.take_steps() {
         noise_debug!(log, "noise handshake: {step}");
     }

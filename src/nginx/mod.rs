@@ -14,7 +14,8 @@
 //! * [`key_zone`]: `noise_keys_zone`, client keys and verdicts in shared memory, with
 //!   [`key_state`] (its `state=` file) and [`key_change`] (the changes, journaled);
 //!   [`keys_api`]: the http API that changes them; [`auth_request`]: `noise_auth_request`,
-//!   the lookup at an HTTP authority that a handshake waits for.
+//!   the lookup at an HTTP authority that a handshake waits for; [`key_agent`]: the
+//!   worker's connections to key agents, which a handshake with `noise_key_agent` waits for.
 //! * [`module`]: the `extern "C"` entry points of the C glue; [`listen`]: `noise_listen`
 //!   sockets; [`server`]: the server-side handshake phase; [`variables`]: `$noise_*`;
 //!   [`upstream`] and [`proxy_pass`]: NoiseSocket to upstream servers, with
@@ -39,6 +40,7 @@ pub mod gate;
 pub mod handshake;
 pub mod http;
 pub mod io;
+pub mod key_agent;
 pub mod key_change;
 pub mod key_state;
 pub mod key_zone;

@@ -22,8 +22,8 @@ use super::conf::{directives, MainConf, Settle, SrvConf};
 use super::gate::{self, Class};
 use super::stream_conf::Confs;
 use super::{
-    conn, limit, listen, log, pool, pre_handshake, preread, proxy_pass, server, status, upstream,
-    variables,
+    conn, key_agent, limit, listen, log, pool, pre_handshake, preread, proxy_pass, server, status,
+    upstream, variables,
 };
 
 const OK: ngx_int_t = NGX_OK as ngx_int_t;
@@ -256,6 +256,7 @@ pub unsafe extern "C" fn ngx_stream_noise_init_process(cycle: *mut ngx_cycle_t) 
 #[no_mangle]
 pub unsafe extern "C" fn ngx_stream_noise_exit_process(_cycle: *mut ngx_cycle_t) {
     limit::forget_own();
+    key_agent::exit();
     conn::free_table();
 }
 

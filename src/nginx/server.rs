@@ -17,6 +17,10 @@
 //!   `noise_auth_request` asks (`Progress::WantVerdict`): the phase says NGX_AGAIN and
 //!   reads nothing from the client until the lookup posts the client's read event with its
 //!   answer; the handshake timer keeps running (and its end cancels the lookup);
+//! * `noise_key_agent`: the handshake is the core's delegated one; a static-key DH pauses it
+//!   (`Progress::WantKeyOp`) as a lookup does, until [`super::key_agent`] posts the
+//!   client's read event with the agent's answer (the handshake timer keeps running, and
+//!   its end cancels the question);
 //! * failure: one log line (`info` for the peer's fault, `error` for ours) and status 400 or
 //!   500, which finalizes the session.
 
@@ -35,6 +39,7 @@ use super::limit::{self, Denied};
 use super::stream_conf::Confs;
 use super::{auth_request, key_zone, log, status};
 use crate::core::handshake::{Handshake, Verdict};
+use crate::core::key_agent::DelegatedHandshake;
 use crate::core::key_limit::Refusal;
 use crate::core::keys;
 use crate::core::Error;
@@ -70,9 +75,24 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
     match unsafe { conn::get(c) } {
         None => {
             noise_debug!(log, "noise handshake handler: start");
-            let hs = Handshake::responder(side.policy.clone(), side.settings.clone());
+            let state = match &side.agent {
+                Some(agent) => {
+                    let hs = DelegatedHandshake::responder(
+                        side.policy.clone(),
+                        side.settings.clone(),
+                        agent.keys.clone(),
+                    );
+                    let mut state = NoiseConn::new(hs, Side::Server);
+                    state.agent = Some(agent.clone());
+                    state
+                }
+                None => NoiseConn::new(
+                    Handshake::responder(side.policy.clone(), side.settings.clone()),
+                    Side::Server,
+                ),
+            };
             // SAFETY: c and its pool are live; the pool outlives every use of c.
-            if unsafe { conn::attach(c, (*c).pool, NoiseConn::new(hs, Side::Server)) }.is_none() {
+            if unsafe { conn::attach(c, (*c).pool, state) }.is_none() {
                 return ERROR;
             }
             // SAFETY: c, its events and log are live.
@@ -265,6 +285,11 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
                 return ERROR;
             }
             NGX_AGAIN as ngx_int_t
+        }
+        Progress::WantKeyOp => {
+            noise_debug!(log, "noise handshake handler: waiting for the key agent");
+            // SAFETY: c and its events are live; the state holds the question.
+            unsafe { wait_for_lookup(c) }
         }
         Progress::WantVerdict => {
             noise_debug!(

@@ -50,6 +50,7 @@ use super::proxy_header::{self, Header, Sent};
 use super::stream_conf::{noise_index, Confs};
 use super::{gate, listen, log, peers, pool, proxy_pass, sockaddr, status, target_guard};
 use crate::core::handshake::{Handshake, HandshakeInfo};
+use crate::core::key_agent::{AnyHandshake, DelegatedHandshake};
 use crate::metrics::{Reason, Side, State};
 
 static mut NEXT_FILTER: ngx_stream_filter_pt = None;
@@ -348,10 +349,14 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
     let c = pc.connection;
     // SAFETY: the connect made c live.
     let log = unsafe { (*c).log };
-    let hs = w
-        .side
-        .policy_for(key)
-        .and_then(|policy| Handshake::initiator(Arc::new(policy), w.side.settings.clone()));
+    let hs = w.side.policy_for(key).and_then(|policy| {
+        let (policy, settings) = (Arc::new(policy), w.side.settings.clone());
+        match w.side.agent_keys() {
+            Some(keys) => DelegatedHandshake::initiator(policy, settings, Vec::new(), keys)
+                .map(AnyHandshake::from),
+            None => Handshake::initiator(policy, settings).map(AnyHandshake::from),
+        }
+    });
     let hs = match hs {
         Ok(hs) => hs,
         Err(e) => {
@@ -369,15 +374,11 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             return NGX_DECLINED as ngx_int_t;
         }
     };
+    let mut state = NoiseConn::new(hs, Side::Upstream);
+    state.agent = w.side.agent.clone();
     // SAFETY: the session pool outlives the connection (nginx closes upstream
     // connections before finalizing the session).
-    let attached = unsafe {
-        conn::attach(
-            c,
-            (*(*w.session).connection).pool,
-            NoiseConn::new(hs, Side::Upstream),
-        )
-    };
+    let attached = unsafe { conn::attach(c, (*(*w.session).connection).pool, state) };
     if attached.is_none() {
         // SAFETY: as above, c is ours to close.
         unsafe { ngx_close_connection(c) };
@@ -676,6 +677,8 @@ fn count_failure(w: &PeerWrap, why: Reason) {
     // SAFETY: w.conn is the wrap's live connection; the reference ends in this statement.
     if let Some(st) = unsafe { conn::get(w.conn) } {
         st.uncount();
+        // A question to the key agent ends with the attempt.
+        st.agent_wait = None;
     }
 }
 
@@ -764,6 +767,8 @@ fn step(w: &mut PeerWrap) {
                 fail(w, "cannot wait for the write event", Reason::Local);
             }
         }
+        // The key agent's answer posts the read event (the handshake timer still runs).
+        Progress::WantKeyOp => {}
         // Nothing pauses an initiator (no `decide` is given): fail closed all the same.
         Progress::WantVerdict => fail(w, "the handshake paused for a verdict", Reason::Local),
         Progress::Failed(failure) => fail(w, &reason(&failure), failure.reason()),

@@ -261,6 +261,11 @@ impl DelegatedHandshake {
         self.role
     }
 
+    /// As [`Handshake::padding`].
+    pub fn padding(&self) -> usize {
+        self.settings.padding
+    }
+
     pub fn protocol(&self) -> Option<&Protocol> {
         self.inner.protocol()
     }

@@ -19,11 +19,13 @@
 //! asked; every failure to get one is [`crate::core::Error::KeyAgent`], our fault (an
 //! `error` line, reason `key_agent`), and ends the handshake.
 
+mod any;
 pub mod client;
 mod handshake;
 pub mod ops;
 pub mod wire;
 
+pub use any::AnyHandshake;
 pub use handshake::DelegatedHandshake;
 pub use ops::{is_low_order, KeyOp, KeyOps};
 
@@ -54,6 +56,12 @@ pub enum AgentError {
     /// The handshake asked for more operations than any handshake needs.
     #[error("too many key operations in one handshake")]
     TooManyOperations,
+    /// Where the failure happened: the agent's address (`unix:/path`), for log lines.
+    #[error("{agent}: {error}")]
+    At {
+        agent: String,
+        error: Box<AgentError>,
+    },
     /// An answer for an operation the handshake did not ask.
     #[error("an answer for an operation not asked")]
     Internal,

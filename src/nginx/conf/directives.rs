@@ -81,6 +81,20 @@ pub fn parse(ctx: Context<'_>, name: &str) -> Result<(), String> {
         | "noise_auth_request_fail"
         | "noise_auth_request_concurrency"
         | "noise_auth_cache_valid" => conf.auth.parse(cf, name, &all)?,
+        "noise_key_agent" | "noise_upstream_key_agent" => {
+            let agent = super::key_agent::parse(cf, main, name, &all)?;
+            let (side, keys) = if name == "noise_key_agent" {
+                (&mut conf.server, "noise_private_key")
+            } else {
+                (&mut conf.upstream_conf, "noise_upstream_private_key")
+            };
+            if !side.private_keys.is_empty() {
+                return Err(format!(
+                    "\"{name}\" and \"{keys}\" exclude each other at one level: the agent holds the private keys; remove one"
+                ));
+            }
+            set_once(&mut side.key_agent, agent, name)?;
+        }
         "noise_upstream_server_key" => {
             let second = all.get(1).cloned().unwrap_or_default();
             let key = server_key(cf, main, &first, &second)?;
@@ -122,6 +136,12 @@ fn side_directive(
 ) -> Result<(), String> {
     match suffix {
         "private_key" => {
+            if side.key_agent.is_some() {
+                let agent = directive.replace("private_key", "key_agent");
+                return Err(format!(
+                    "\"{directive}\" and \"{agent}\" exclude each other at one level: the agent holds the private keys; remove one"
+                ));
+            }
             let key = secret(cf, directive, arg)?;
             rules::private_key_slot(directive, &side.private_keys, &key)?;
             side.private_keys.push(key);

@@ -65,6 +65,9 @@ pub struct MainConf {
     pub resolving_groups: Vec<usize>,
     /// Their `state=` files (one zone per file).
     pub key_states: Vec<std::path::PathBuf>,
+    /// Public keys learned from key agents while reading this configuration, by socket
+    /// (asked once per socket, [`super::key_agent`]).
+    pub agent_keys: Vec<(std::path::PathBuf, Vec<[u8; 32]>)>,
 }
 
 impl MainConf {

@@ -11,6 +11,7 @@
 //!   applies to;
 //! * [`sides`]: what a server runs with, built by merge ([`ServerSide`], [`UpstreamSide`]);
 //! * [`auth`]: `noise_auth_request` and its settings;
+//! * [`key_agent`]: `noise_key_agent` / `noise_upstream_key_agent` (keys in the key agent);
 //! * [`main`]: the main conf ([`MainConf`]): the configuration's `noise_listen` addresses
 //!   and the upstream groups' original `peer.init`.
 //!
@@ -22,6 +23,7 @@
 pub mod args;
 pub mod auth;
 pub mod directives;
+pub mod key_agent;
 pub mod main;
 pub mod pins;
 pub mod rules;
@@ -29,6 +31,7 @@ pub mod sides;
 pub mod srv;
 
 pub use auth::{AuthSide, Settle, Target};
+pub use key_agent::AgentConf;
 pub use main::{InitPeer, MainConf, NoiseAddress, Recorded, Use};
 pub use pins::{HostPort, Pinned, ServerKey};
 pub use sides::{ServerSide, UpstreamSide};

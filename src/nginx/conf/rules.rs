@@ -102,7 +102,7 @@ pub fn server_keys(protocols: &[Protocol], side: &SideConf) -> Result<(), String
             }
             // With several private keys each is tried with each trusted key: bound what a
             // forged first message can cost (two DH per try).
-            let keys = side.private_keys.len().max(1);
+            let keys = side.key_count().max(1);
             if p.needs_remote_static(Role::Initiator)
                 && keys * trusted > requirements::MAX_TRIED_PEER_KEYS
             {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use nginx_sys::ngx_msec_t;
 
 use super::auth::{AuthSide, Settle};
+use super::key_agent::AgentConf;
 use super::pins::{self, Server, ServerKey};
 use super::rules::{self, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_UPSTREAM_PROTOCOL};
 use super::srv::{KeysConf, Miss, SrvConf};
@@ -27,6 +28,8 @@ pub struct ServerSide {
     pub keys: Option<KeysConf>,
     /// `noise_auth_request`: the authority asked on a zone miss (`miss=lookup`).
     pub auth: Option<Arc<AuthSide>>,
+    /// `noise_key_agent`: the private keys are in the agent.
+    pub agent: Option<Arc<AgentConf>>,
 }
 
 impl ServerSide {
@@ -39,12 +42,17 @@ impl ServerSide {
         let side = &conf.server;
         rules::server_keys(&protocols, side)?;
         let trusted = side.trusted_keys.is_some();
-        let policy = Policy::new(protocols, Codec::Virgil, side.credentials())
+        let mut policy = Policy::new(protocols, Codec::Virgil, side.credentials())
             .map_err(|e| e.to_string())?
-            .with_initiator_static_required(trusted)
-            .with_alternate_static_keys(side.alternate_keys())
-            // KK's `ss` for every (private key, trusted key) pair, once per configuration.
-            .with_peer_key_dh(&side.usable_trusted_keys());
+            .with_initiator_static_required(trusted);
+        policy = match &side.key_agent {
+            // Every static-key DH is the agent's (KK's `ss` included, asked per handshake).
+            Some(agent) => policy.with_agent_keys(&agent.keys),
+            None => policy
+                .with_alternate_static_keys(side.alternate_keys())
+                // KK's `ss` for every (private key, trusted key) pair, once per configuration.
+                .with_peer_key_dh(&side.usable_trusted_keys()),
+        };
         // The rules above already hold; this is the core's own check of the same facts.
         policy
             .validate(Role::Responder)
@@ -59,6 +67,7 @@ impl ServerSide {
             limit_per_key: conf.limit_conn_per_key,
             keys: conf.keys.clone(),
             auth,
+            agent: side.key_agent.clone(),
         })
     }
 }
@@ -91,6 +100,8 @@ pub struct UpstreamSide {
     /// `noise_upstream_handshake_timeout` when set (here or inherited); unset, the
     /// handshake is bounded by the proxy's `proxy_connect_timeout`, as with `proxy_ssl`.
     pub handshake_timeout: Option<ngx_msec_t>,
+    /// `noise_upstream_key_agent`: our key is the agent's first.
+    pub agent: Option<Arc<AgentConf>>,
 }
 
 impl UpstreamSide {
@@ -116,7 +127,14 @@ impl UpstreamSide {
             settings: Arc::new(settings),
             server_keys: conf.upstream_server_keys.clone(),
             handshake_timeout: side.handshake_timeout,
+            agent: side.key_agent.clone(),
         })
+    }
+
+    /// With `noise_upstream_key_agent`: the one agent key this side uses (its first).
+    pub fn agent_keys(&self) -> Option<Arc<[[u8; 32]]>> {
+        let agent = self.agent.as_ref()?;
+        Some(agent.keys.get(..1)?.into())
     }
 
     /// The key of the pin that applies to `server`, if any ([`super::pins`]).
@@ -143,7 +161,10 @@ impl UpstreamSide {
     pub fn policy_for(&self, key: Option<[u8; 32]>) -> Result<Policy, Error> {
         let mut credentials = self.credentials.clone();
         credentials.remote_static = key;
-        let policy = Policy::new(vec![self.protocol.clone()], self.codec, credentials)?;
+        let mut policy = Policy::new(vec![self.protocol.clone()], self.codec, credentials)?;
+        if let Some(keys) = self.agent_keys() {
+            policy = policy.with_agent_keys(&keys);
+        }
         policy.validate(Role::Initiator)?;
         Ok(policy)
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use nginx_sys::{ngx_msec_t, ngx_stream_complex_value_t, ngx_stream_session_t};
 
 use super::auth::{AuthConf, Settle};
+use super::key_agent::AgentConf;
 use super::pins::ServerKey;
 use super::sides::{ServerSide, UpstreamSide};
 use crate::core::handshake::Settings;
@@ -52,6 +53,9 @@ pub struct SideConf {
     /// are accepted where the client knows the key in advance (rotation); at most
     /// [`super::rules::MAX_PRIVATE_KEYS`]. The upstream side takes one.
     pub private_keys: Vec<Loaded<Secret>>,
+    /// `noise_key_agent` / `noise_upstream_key_agent`: the private keys are in the agent
+    /// (never with `private_keys` at one level).
+    pub key_agent: Option<Arc<AgentConf>>,
     pub trusted_keys: Option<Loaded<KeySet>>,
     /// `noise_revoked_keys` / `noise_upstream_revoked_keys`: refused even when trusted.
     pub revoked_keys: Option<Loaded<KeySet>>,
@@ -68,8 +72,10 @@ impl SideConf {
                 child.clone_from(parent);
             }
         }
-        if self.private_keys.is_empty() {
+        // The keys and the agent go together: a level that sets either keeps only its own.
+        if self.private_keys.is_empty() && self.key_agent.is_none() {
             self.private_keys.clone_from(&parent.private_keys);
+            self.key_agent.clone_from(&parent.key_agent);
         }
         inherit(&mut self.trusted_keys, &parent.trusted_keys);
         inherit(&mut self.revoked_keys, &parent.revoked_keys);
@@ -117,9 +123,29 @@ impl SideConf {
             .collect()
     }
 
+    /// How many static keys this side has (in process or in the agent).
+    pub fn key_count(&self) -> usize {
+        match &self.key_agent {
+            Some(agent) => agent.keys.len(),
+            None => self.private_keys.len(),
+        }
+    }
+
+    /// The side's credentials. With a key agent, the static key is the agent's first
+    /// public key standing in for the private one (`Policy::with_agent_keys`): it computes
+    /// nothing.
     pub fn credentials(&self) -> Credentials {
+        let agent_key = self
+            .key_agent
+            .as_ref()
+            .and_then(|a| a.keys.first())
+            .map(|k| Secret::from_bytes(*k));
         Credentials {
-            static_key: self.private_keys.first().map(|k| k.value.clone()),
+            static_key: self
+                .private_keys
+                .first()
+                .map(|k| k.value.clone())
+                .or(agent_key),
             remote_static: None,
             psks: self.psk.iter().map(|k| k.value.clone()).collect(),
             fixed_ephemeral: None,
