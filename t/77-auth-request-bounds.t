@@ -91,7 +91,7 @@ like($t->error_log_since($mark), qr/\[warn\].*key zone "keys": .*the file is emp
 my ($st, $body) = api('GET', '/small/');
 my ($cap) = $body =~ /"capacity":(\d+)/;
 ok($cap && $cap > 100, "the small zone holds $cap keys");
-my @pids = map { my ($name) = fresh(); ik('flood', $name) } 1 .. 2 * $cap;
+my @pids = map { my ($name) = fresh(); ik('flood', $name) } 1 .. int(1.1 * $cap);
 waitpid($_, 0) for @pids;
 ($st, $body) = api('GET', '/small/');
 my ($keys) = $body =~ /"keys":(\d+)/;
