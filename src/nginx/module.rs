@@ -172,6 +172,11 @@ pub unsafe extern "C" fn ngx_stream_noise_postconfiguration(cf: *mut ngx_conf_t)
         let confs = Confs::of_conf(cf);
         (cf, confs)
     };
+    if let Some(msg) = confs.noise_main().undeclared_key_zone() {
+        // SAFETY: cf->log is live.
+        unsafe { log::write(cf.log, log::EMERG, &msg) };
+        return ERROR;
+    }
     pre_handshake::warn(cf, confs.noise_main());
     // SAFETY: cf is the configuration being read.
     if confs.noise_main().limits_per_key && unsafe { limit::add_zone(cf) } != OK {

@@ -74,6 +74,10 @@ pub fn parse(ctx: Context<'_>, name: &str) -> Result<(), String> {
         "noise_keys_zone" => keys_zone(cf, main, &all)?,
         "noise_keys" => {
             let keys = keys(cf, &all)?;
+            // Checked at postconfiguration, when every noise_keys_zone is known (nginx's
+            // own message for an undeclared zone names neither the directive nor a line).
+            main.key_zone_uses
+                .push((keys.zone_name.clone(), keys.at.clone()));
             set_once(&mut conf.keys, keys, name)?;
         }
         "noise_auth_request"

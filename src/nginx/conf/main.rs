@@ -39,6 +39,19 @@ pub struct Recorded {
     pub sets: Vec<Use>,
 }
 
+impl MainConf {
+    /// A `noise_keys` naming a zone that no `noise_keys_zone` of the stream block declares.
+    pub fn undeclared_key_zone(&self) -> Option<String> {
+        let (name, at) = self
+            .key_zone_uses
+            .iter()
+            .find(|(name, _)| !self.key_zones.contains(name))?;
+        Some(format!(
+            "\"noise_keys\" in {at} names the key zone \"{name}\", which no \"noise_keys_zone {name} SIZE;\" in the stream block declares"
+        ))
+    }
+}
+
 /// An upstream group's `peer.init`.
 pub type InitPeer = unsafe extern "C" fn(
     *mut ngx_stream_session_t,
@@ -57,6 +70,8 @@ pub struct MainConf {
     pub pre_handshake: Recorded,
     /// `noise_keys_zone` names declared in this stream block.
     pub key_zones: Vec<String>,
+    /// Each `noise_keys zone=NAME`: the name and "file:line".
+    pub key_zone_uses: Vec<(String, String)>,
     /// Name pins whose name did not resolve when the configuration loaded, with the
     /// directive's "file:line": postconfiguration requires a `server NAME resolve` for each.
     pub unresolved_pins: Vec<(HostPort, String)>,
