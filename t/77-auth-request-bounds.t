@@ -105,9 +105,12 @@ for my $i (1 .. int($cap / 2)) {
 pass('an operator fills the other half while the cached answers are fresh');
 my ($s) = api('PUT', '/small/' . urlkey($t->keygen('evicting')), '{"verdict":"allow"}');
 is($s, '201', 'and one more write evicts a cached answer rather than refuse');
+my $bulk = join '', map { '{"key":"' . $t->keygen("bulk$_") . "\",\"verdict\":\"allow\"}\n" } 1 .. 5;
+($s, $body) = api('POST', '/small/', $bulk);
+like($s, qr/^20\d$/, 'so does a bulk load: cached answers count as room') or diag($body);
 sleep 2.5;
 my $ok = 1;
-for my $i (1 .. int($cap / 2) - 2) {
+for my $i (1 .. int($cap / 2) - 8) {
     my ($s) = api('PUT', '/small/' . urlkey($t->keygen("late$i")), '{"verdict":"allow"}');
     $ok = 0, diag("late write $i: $s " . $t->read_file('api.out')), last if $s ne '201';
 }
@@ -132,7 +135,8 @@ is(join("\n", errors_since($mark)), '', 'no error line');
 my @queued = map { [fresh(), undef] } 1 .. 6;
 $_->[2] = ik('queue', $_->[0]) for @queued;
 ok($t->wait_for(10, sub { (grep { requests($_->[1]) } @queued) >= 1 }), 'the first lookups in flight, the rest queued');
-sleep 0.5;
+# Every client has connected by then (a slot that was free has taken one).
+sleep 1.5;
 my @inflight = grep { requests($_->[1]) } @queued;
 my @waiting = grep { !requests($_->[1]) } @queued;
 # The queued ones leave first (their lookups must go without a word to the authority),

@@ -391,7 +391,8 @@ fn bulk(api: &ApiConf, body: &[u8], now: u64) -> Reply {
                     .iter()
                     .filter(|op| matches!(op, Op::Put(k, _) if t.get(k, now).is_none()))
                     .count();
-                (n, t.capacity() - t.len())
+                // Cached answers make room for an operator's keys (they are evicted).
+                (n, t.capacity() - t.len() + t.cached())
             })
         };
         match counted {
