@@ -27,6 +27,10 @@ pub struct ServerSide {
     pub keys: Option<KeysConf>,
     /// `noise_auth_request`: the authority asked on a zone miss (`miss=lookup`).
     pub auth: Option<Arc<AuthSide>>,
+    /// `noise_multiplex on`: clients that offer it get a multiplexed link.
+    pub multiplex: bool,
+    /// `noise_multiplex_trust_origin on`: a stream's `$remote_addr` is its origin address.
+    pub trust_origin: bool,
 }
 
 impl ServerSide {
@@ -44,7 +48,8 @@ impl ServerSide {
             .with_initiator_static_required(trusted)
             .with_alternate_static_keys(side.alternate_keys())
             // KK's `ss` for every (private key, trusted key) pair, once per configuration.
-            .with_peer_key_dh(&side.usable_trusted_keys());
+            .with_peer_key_dh(&side.usable_trusted_keys())
+            .with_multiplex(conf.multiplex == Some(true));
         // The rules above already hold; this is the core's own check of the same facts.
         policy
             .validate(Role::Responder)
@@ -59,6 +64,8 @@ impl ServerSide {
             limit_per_key: conf.limit_conn_per_key,
             keys: conf.keys.clone(),
             auth,
+            multiplex: conf.multiplex == Some(true),
+            trust_origin: conf.multiplex_trust_origin == Some(true),
         })
     }
 }
