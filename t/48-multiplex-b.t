@@ -4,7 +4,7 @@
 # an echo back end, many streams on one link (hash-checked), a slow reader that does not
 # stall the others, half-closes both ways, resets, the stream limit, ordinary clients on the
 # same address, a server without noise_multiplex refusing the field, bad frames (one info
-# line, the link closed, no crash, no fd leak) and a reload with a link open (go-away, the
+# line, the link closed, no crash, no fd leak), rapid reset and a reload with a link open (go-away, the
 # stream in flight finishes).
 
 use strict;
@@ -128,6 +128,17 @@ for my $case (['garbage-type', qr/unknown multiplex frame type 0x09/],
     is(scalar @lines, 1, "$scenario: one log line") or diag(join "\n", @lines);
     like($lines[0] // '', qr/\[info\].*$line/, "$scenario: at info, saying what was wrong");
 }
+
+# Rapid reset: open-and-reset pairs exhaust the cheap-frame budget; the link is cut with a
+# go-away (flood) and one info line, and the streams it opened end with it.
+$mark = $t->error_log_mark;
+$r = mux('echo_mux', 'flood');
+like($r->{out}, qr/^link closed goaway=\(\d+, 3\)$/m, 'rapid reset: the link closed with a go-away (flood)')
+    or diag($r->{out}, $r->{err});
+$t->wait_for(5, sub { $t->error_log_since($mark) =~ /noise: multiplexed link: .*flood/i });
+my @flood = grep { /noise: multiplexed link/ } split /\n/, $t->error_log_since($mark);
+is(scalar @flood, 1, 'rapid reset: one log line') or diag(join "\n", @flood);
+like($flood[0] // '', qr/\[info\]/, 'rapid reset: at info');
 
 $t->wait_for(5, sub { $t->fd_total <= $fds });
 is($t->fd_total, $fds, 'no fd leaked by the links and streams above');

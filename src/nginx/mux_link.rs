@@ -206,7 +206,13 @@ unsafe extern "C" fn read_handler(ev: *mut ngx_event_t) {
     unsafe {
         let created = read_input(link);
         for fc in created {
-            ngx_stream_init_connection(fc);
+            // A stream reset in the message that opened it gets no session (rapid reset
+            // costs no phases, no upstream connection).
+            if mux_stream::get(fc).is_some_and(|st| st.failed) {
+                mux_stream::discard(fc);
+            } else {
+                ngx_stream_init_connection(fc);
+            }
         }
         run(link);
     }

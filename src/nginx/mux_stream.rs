@@ -344,6 +344,20 @@ impl Drop for MuxStream {
     }
 }
 
+/// Closes a stream connection that never got a session: its fd, its posted events, then
+/// its pool (and the state in it).
+///
+/// # Safety
+/// `c` is a live stream connection made by [`create`], with no session.
+pub unsafe fn discard(c: *mut ngx_connection_t) {
+    // SAFETY: the caller's promise; the pool outlives the connection's last use here.
+    unsafe {
+        let pool = (*c).pool;
+        nginx_sys::ngx_close_connection(c);
+        ngx_destroy_pool(pool);
+    }
+}
+
 /// `c->recv` of a stream: the bytes A sent, then EOF after its FIN.
 unsafe extern "C" fn stream_recv(c: *mut ngx_connection_t, buf: *mut u8, size: usize) -> isize {
     // SAFETY: nginx calls recv with a live connection and a buffer of `size` bytes.

@@ -16,6 +16,7 @@ exits 0 unless the scenario itself failed. Scenarios:
   limit        opens 130 streams and keeps them open: B refuses those beyond its limit
   garbage      an unknown frame type; unknown-stream DATA; window overflow: each on its own
                link (SCENARIO garbage-type, garbage-stream, garbage-window)
+  flood        400 opens, each reset at once, in one message (rapid reset)
   reload       stream 1 open, then waits for --hold-file to exist (the test reloads B),
                finishes stream 1 and opens stream 3 after the go-away
 """
@@ -262,6 +263,16 @@ def main():
         link.send(bad[scenario])
         link.until(lambda: False, timeout=10)
         out.write("link closed goaway=%s stream_reset=%s\n" % (link.goaway, s.reset))
+    elif scenario == "flood":
+        # Rapid reset: open and reset at once, 400 times in one message.
+        frames = []
+        for _ in range(400):
+            sid = link.next_id
+            link.next_id += 2
+            frames += [frame(OPEN, 0, sid, b"\x00"), frame(RESET, 0, sid, b"\x00\x00")]
+        link.send(*frames)
+        link.until(lambda: False, timeout=10)
+        out.write("link closed goaway=%s\n" % (link.goaway,))
     elif scenario == "reload":
         s = link.open(first=b"before")
         link.until(lambda: len(s.got) >= 6)
