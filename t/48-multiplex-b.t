@@ -41,6 +41,14 @@ stream {
         proxy_pass 127.0.0.1:%%PORT_echo%%;
     }
     server {
+        noise_listen 127.0.0.1:%%PORT_preread%%;
+        noise_private_key %%TESTDIR%%/server.key;
+        noise_multiplex on;
+        ssl_preread on;
+        preread_timeout 5s;
+        return "preread done\n";
+    }
+    server {
         noise_listen 127.0.0.1:%%PORT_plain%%;
         noise_private_key %%TESTDIR%%/server.key;
         return "no multiplexing here\n";
@@ -97,6 +105,14 @@ like($r->{out}, qr/^stream 3: our FIN first, data=key=/m, 'our FIN first, B stil
 $r = mux('echo_mux', 'reset');
 like($r->{out}, qr/^after reset: after reset$/m, 'after a reset the link carries new streams') or diag($r->{out}, $r->{err});
 
+# A reset while the stream's session waits in the preread phase (ssl_preread holds a TLS
+# record header that promises more): the session ends, the worker is fine, the link goes on.
+my $workers = $t->worker_set;
+$r = mux('preread', 'preread-reset');
+like($r->{out}, qr/^after a reset in preread: fin=True reset=/m, 'a reset during preread: the link goes on')
+    or diag($r->{out}, $r->{err});
+is($t->worker_set, $workers, 'and no worker was lost');
+
 # Opens beyond max_streams (128) are refused, the link goes on.
 $r = mux('echo_mux', 'limit');
 like($r->{out}, qr/^refused 257 259$/m, 'streams beyond the limit are refused') or diag($r->{out}, $r->{err});
@@ -139,6 +155,12 @@ $t->wait_for(5, sub { $t->error_log_since($mark) =~ /noise: multiplexed link: .*
 my @flood = grep { /noise: multiplexed link/ } split /\n/, $t->error_log_since($mark);
 is(scalar @flood, 1, 'rapid reset: one log line') or diag(join "\n", @flood);
 like($flood[0] // '', qr/\[info\]/, 'rapid reset: at info');
+
+# Garbage as A's very first frame, likely read together with its last handshake message:
+# B's hello still comes before its go-away (the session drops unsent frames on a fatal error).
+$r = mux('echo_mux', 'garbage-first');
+like($r->{out}, qr/^link closed hello=True goaway=\(0, 1\)$/m, 'garbage first: hello, then go-away (protocol)')
+    or diag($r->{out}, $r->{err});
 
 $t->wait_for(5, sub { $t->fd_total <= $fds });
 is($t->fd_total, $fds, 'no fd leaked by the links and streams above');

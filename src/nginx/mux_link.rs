@@ -169,6 +169,11 @@ pub unsafe fn take_over(s: *mut ngx_stream_session_t, side: &ServerSide) -> Opti
     }
     table[slot] = raw;
     noise_debug!(log, "noise mux: the connection is a multiplexed link");
+    // The hello is sealed before any input is read: a link-fatal error in A's first message
+    // makes the session drop what it has not handed out, the hello included, and A must
+    // see the hello before the go-away (docs/multiplex.md §2.2).
+    // SAFETY: the link was just made; nothing else references it or c's state now.
+    unsafe { (*raw).flush() };
     // SAFETY: c and its events are live.
     unsafe {
         (*(*c).read).handler = Some(read_handler);

@@ -150,6 +150,9 @@ pub unsafe fn post(ev: *mut ngx_event_t) {
     }
 }
 
+/// The handler of an event the session does not use (yet), as `ngx_quic_empty_handler`.
+unsafe extern "C" fn empty_handler(_ev: *mut ngx_event_t) {}
+
 /// Why a stream could not be made: the link answers A with this reset code.
 pub enum NotCreated {
     Refused,
@@ -255,6 +258,10 @@ pub unsafe fn create(
         let (rev, wev) = ((*c).read, (*c).write);
         (*rev).log = log;
         (*wev).log = log;
+        // The link may post either event before the session has handlers on both (a reset
+        // while it is in preread, say): nginx calls a posted event's handler unchecked.
+        (*rev).handler = Some(empty_handler);
+        (*wev).handler = Some(empty_handler);
         // Readiness is ours (module doc): nginx must never add these events to epoll.
         (*rev).set_active(1);
         (*wev).set_active(1);

@@ -13,10 +13,12 @@ exits 0 unless the scenario itself failed. Scenarios:
                finish; then stream 1 reads again and finishes
   halfclose    stream 1: B's FIN first (return), then ours; stream 3: ours first
   reset        stream 1 sends and is reset; stream 3 still works
+  preread-reset  stream 1 is reset while ssl_preread waits for it; stream 3 still works
   limit        opens 130 streams and keeps them open: B refuses those beyond its limit
   garbage      an unknown frame type; unknown-stream DATA; window overflow: each on its own
                link (SCENARIO garbage-type, garbage-stream, garbage-window)
   flood        400 opens, each reset at once, in one message (rapid reset)
+  garbage-first  an unknown frame type as A's very first frame
   reload       stream 1 open, then waits for --hold-file to exist (the test reloads B),
                finishes stream 1 and opens stream 3 after the go-away
 """
@@ -245,6 +247,17 @@ def main():
         link.write(s2, b"", fin=True)
         link.until(lambda: s2.fin)
         out.write("after reset: %s\n" % s2.got.decode())
+    elif scenario == "preread-reset":
+        # A TLS record header that promises more: ssl_preread waits; the stream is reset
+        # while its session is in the preread phase, then the link goes on.
+        s = link.open(first=b"\x16\x03\x01\x02\x00")
+        time.sleep(0.3)
+        link.send(frame(RESET, 0, s.sid, struct.pack(">H", 0)))
+        time.sleep(0.3)
+        s2 = link.open(first=b"\x16\x03\x01\x02\x00")
+        link.send(frame(DATA, FIN, s2.sid))
+        link.until(lambda: s2.fin or s2.reset is not None)
+        out.write("after a reset in preread: fin=%s reset=%s\n" % (s2.fin, s2.reset))
     elif scenario == "limit":
         streams = [link.open(first=b"hi") for _ in range(130)]
         link.until(lambda: len(link.refused) >= 2, timeout=20)
@@ -254,6 +267,12 @@ def main():
                 link.write(s, b"", fin=True)
         link.until(lambda: all(s.fin or s.reset is not None for s in streams))
         out.write("closed %d\n" % sum(1 for s in streams if s.fin))
+    elif scenario == "garbage-first":
+        # Right behind the handshake, before B's hello can have left: B must still send
+        # its hello before its go-away.
+        link.send(frame(9, 0, 0, b"junk"))
+        link.until(lambda: False, timeout=10)
+        out.write("link closed hello=%s goaway=%s\n" % (link.hello, link.goaway))
     elif scenario.startswith("garbage"):
         s = link.open(first=b"hi")
         link.until(lambda: len(s.got) >= 2)
