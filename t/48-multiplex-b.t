@@ -16,6 +16,7 @@ use NoiseTest;
 my $t = NoiseTest->new;
 $t->keygen($_) for qw(server client);
 $t->echo_backend('echo');
+$t->refused_port('down');
 my $dir = $t->dir;
 $t->write_config(<<'END');
 stream {
@@ -39,6 +40,12 @@ stream {
         noise_private_key %%TESTDIR%%/server.key;
         noise_multiplex on;
         proxy_pass 127.0.0.1:%%PORT_echo%%;
+    }
+    server {
+        noise_listen 127.0.0.1:%%PORT_dead%%;
+        noise_private_key %%TESTDIR%%/server.key;
+        noise_multiplex on;
+        proxy_pass 127.0.0.1:%%PORT_down%%;
     }
     server {
         noise_listen 127.0.0.1:%%PORT_preread%%;
@@ -67,8 +74,9 @@ sub mux {
 my $client_key = $t->read_file("client.pub");
 ($client_key) = $client_key =~ /([A-Za-z0-9+\/=]{43,44})/;
 
+# (B's `return` may end before A's FIN is read: then a reset (cancel) follows its FIN.)
 my $r = mux('ret', 'return');
-like($r->{out}, qr/^stream 1 fin=True reset=None data=key=\Q$client_key\E origin=192\.0\.2\.7 remote=127\.0\.0\.1$/m,
+like($r->{out}, qr/^stream 1 fin=True reset=(?:None|0) data=key=\Q$client_key\E origin=192\.0\.2\.7 remote=127\.0\.0\.1$/m,
     'a stream to return: the answer, $noise_client_key is the link peer\'s, $remote_addr the link\'s')
     or diag($r->{out}, $r->{err});
 
@@ -95,6 +103,12 @@ my ($stalled) = $r->{out} =~ /^stalled stream 1 has (\d+)/m;
 ok(defined $stalled && $stalled <= 65536, "B sent the stalled stream no more than its window ($stalled bytes)");
 @ok = $r->{out} =~ /^stream \d+ ok /mg;
 is(scalar @ok, 10, 'and all 10, the slow one included, finish intact');
+
+# B cannot reach its upstream: the stream is reset with "connect failed" (A counts a failed
+# attempt), not half-closed as if the answer were complete; the link goes on.
+$r = mux('dead', 'return');
+like($r->{out}, qr/^stream 1 fin=False reset=2 data=$/m, 'upstream down: RESET connect failed')
+    or diag($r->{out}, $r->{err});
 
 # Half-closes both ways.
 $r = mux('ret', 'halfclose');

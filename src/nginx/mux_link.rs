@@ -217,6 +217,7 @@ unsafe extern "C" fn read_handler(ev: *mut ngx_event_t) {
                 mux_stream::discard(fc);
             } else {
                 ngx_stream_init_connection(fc);
+                mux_stream::started(fc);
             }
         }
         run(link);
@@ -488,12 +489,16 @@ impl Link {
         }
     }
 
-    /// A stream's session ended: our FIN after what it sent, and a reset if A still sends
-    /// (nobody reads any more).
-    pub fn stream_ended(&mut self, id: StreamId, local_fin: bool, _remote_done: bool) {
+    /// A stream's session ended: `reset` says why when it failed (connect failed,
+    /// internal); otherwise our FIN after what it sent, and a reset (cancel) if A still
+    /// sends (nobody reads any more).
+    pub fn stream_ended(&mut self, id: StreamId, local_fin: bool, reset: Option<ResetCode>) {
         self.streams.remove(&id);
         if self.session.is_failed() {
             return;
+        }
+        if let Some(code) = reset {
+            let _ = self.session.reset(id, code);
         }
         if !local_fin && self.session.is_open(id) {
             let _ = self.session.finish(id);

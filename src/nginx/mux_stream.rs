@@ -58,6 +58,9 @@ pub struct MuxStream {
     pub info: Rc<HandshakeInfo>,
     /// The fake connection.
     pub c: *mut ngx_connection_t,
+    /// Its stream session, once `ngx_stream_init_connection` made it (in the same pool,
+    /// so still readable while the pool's cleanups run).
+    pub session: *mut nginx_sys::ngx_stream_session_t,
 }
 
 struct Table(UnsafeCell<Vec<*mut MuxStream>>);
@@ -280,6 +283,7 @@ pub unsafe fn create(
             origin,
             info,
             c,
+            session: std::ptr::null_mut(),
         };
         let Some(raw) = pool::allocate(pool, state) else {
             nginx_sys::ngx_close_connection(c);
@@ -332,13 +336,21 @@ impl MuxStream {
 }
 
 impl Drop for MuxStream {
-    /// The session ended: our FIN (after everything it sent), and a reset if A had not
-    /// finished sending (nobody reads it any more).
+    /// The session ended: our FIN after everything it sent when it ended well, a reset
+    /// saying why when not (docs/multiplex.md §12.3).
     fn drop(&mut self) {
+        // SAFETY: the session lives in the pool whose cleanup runs this drop: its memory is
+        // freed only after every cleanup. status is set by ngx_stream_finalize_session.
+        let status = unsafe { self.session.as_ref() }.map(|s| s.status);
+        let code = match status.map(|s| s as u32) {
+            Some(nginx_sys::NGX_STREAM_BAD_GATEWAY) => Some(ResetCode::CONNECT_FAILED),
+            Some(nginx_sys::NGX_STREAM_INTERNAL_SERVER_ERROR) => Some(ResetCode::INTERNAL),
+            _ => None,
+        };
         // SAFETY: single-threaded; dropping runs from the pool's cleanup, outside any link
         // call.
         if let Some(link) = unsafe { self.link() } {
-            link.stream_ended(self.id, self.local_fin, self.remote_fin && !self.failed);
+            link.stream_ended(self.id, self.local_fin, code);
         }
         // SAFETY: single-threaded access.
         let table = unsafe { &mut *TABLE.0.get() };
@@ -535,6 +547,19 @@ unsafe extern "C" fn stream_send_chain(
         }
     }
     cl
+}
+
+/// Remembers the session `ngx_stream_init_connection` made for `c`, if `c` still lives.
+///
+/// # Safety
+/// `c` is a stream connection just given to `ngx_stream_init_connection` (it may have been
+/// closed since: then its table entry is gone and nothing is read from it).
+pub unsafe fn started(c: *mut ngx_connection_t) {
+    // SAFETY: the caller's promise; get() checks the entry before c is read.
+    if let Some(st) = unsafe { get(c) } {
+        // SAFETY: c lives (its state does); c->data is its session.
+        st.session = unsafe { (*c).data }.cast();
+    }
 }
 
 /// The handshake of the link a stream belongs to, for the variables.
