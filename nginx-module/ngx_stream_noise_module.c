@@ -45,6 +45,9 @@ static ngx_command_t  ngx_stream_noise_commands[] = {
                              NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
     ngx_stream_noise_command("noise_limit_conn_per_key",
                              NGX_STREAM_NOISE_ANY|NGX_CONF_TAKE1),
+    ngx_stream_noise_command("noise_multiplex", NGX_STREAM_NOISE_ANY|NGX_CONF_FLAG),
+    ngx_stream_noise_command("noise_multiplex_trust_origin",
+                             NGX_STREAM_NOISE_ANY|NGX_CONF_FLAG),
 
     /* client keys decided by a shared-memory zone (docs/key-zone.md) */
     ngx_stream_noise_command("noise_keys_zone", NGX_STREAM_MAIN_CONF|NGX_CONF_2MORE),

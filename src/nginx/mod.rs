@@ -49,6 +49,8 @@ pub mod limit;
 pub mod listen;
 pub mod log;
 pub mod module;
+pub mod mux_link;
+pub mod mux_stream;
 pub mod peers;
 pub mod pool;
 pub mod pre_handshake;

@@ -22,8 +22,8 @@ use super::conf::{directives, MainConf, Settle, SrvConf};
 use super::gate::{self, Class};
 use super::stream_conf::Confs;
 use super::{
-    conn, key_agent, limit, listen, log, pool, pre_handshake, preread, proxy_pass, server, status,
-    upstream, variables,
+    conn, key_agent, limit, listen, log, mux_link, mux_stream, pool, pre_handshake, preread,
+    proxy_pass, server, status, upstream, variables,
 };
 
 const OK: ngx_int_t = NGX_OK as ngx_int_t;
@@ -249,6 +249,11 @@ pub unsafe extern "C" fn ngx_stream_noise_init_module(cycle: *mut ngx_cycle_t) -
 pub unsafe extern "C" fn ngx_stream_noise_init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: nginx passes the worker's cycle, its shared zones initialised.
     unsafe { limit::start_worker(cycle) };
+    // SAFETY: as above; the conf lives as long as the cycle.
+    if unsafe { Confs::of_cycle(cycle) }.is_some_and(|confs| confs.noise_main().multiplex) {
+        // Made now, so a worker's descriptors do not grow with its first stream.
+        mux_stream::start_worker();
+    }
     OK
 }
 
@@ -263,6 +268,8 @@ pub unsafe extern "C" fn ngx_stream_noise_exit_process(_cycle: *mut ngx_cycle_t)
     limit::forget_own();
     key_agent::exit();
     conn::free_table();
+    mux_link::free_table();
+    mux_stream::free_worker_state();
 }
 
 /// `NGX_STREAM_POST_ACCEPT_PHASE` handler: gate layer 2 (see [`gate`]).
@@ -271,7 +278,7 @@ unsafe extern "C" fn post_accept_handler(s: *mut ngx_stream_session_t) -> ngx_in
     let (s, c) = unsafe { (&*s, &mut *(*s).connection) };
     let main = Confs::of_session(s).noise_main();
     // SAFETY: c is live; the state reference ends in this expression.
-    let has_state = unsafe { conn::get(c) }.is_some();
+    let has_state = unsafe { conn::get(c) }.is_some() || unsafe { mux_stream::is_stream(c) };
     // SAFETY: c->listening of a session's connection is its live listening socket.
     let class = unsafe { gate::classify(main, c.listening) };
     if class != Class::Plain && !has_state && !gate::is_gated(c) {
@@ -286,6 +293,11 @@ unsafe extern "C" fn phase_handler(s: *mut ngx_stream_session_t) -> ngx_int_t {
     // SAFETY: nginx runs phase handlers with a live session and its connection.
     let (s, c) = unsafe { (&*s, &mut *(*s).connection) };
     let confs = Confs::of_session(s);
+    // A stream of a multiplexed link: its link did the handshake (docs/multiplex.md §12).
+    // SAFETY: c is live.
+    if unsafe { mux_stream::is_stream(c) } {
+        return NGX_OK as ngx_int_t;
+    }
     // SAFETY: c->listening of a session's connection is its live listening socket.
     match unsafe { gate::classify(confs.noise_main(), c.listening) } {
         Class::Noise => {}

@@ -69,7 +69,9 @@ unsafe extern "C" fn checker(
 ) -> ngx_int_t {
     // SAFETY: nginx runs checkers with a live session and its connection; the state
     // reference ends in this statement.
-    let noise = unsafe { conn::get((*s).connection) }.is_some_and(|st| st.transport().is_some());
+    let noise = unsafe { conn::get((*s).connection) }.is_some_and(|st| st.transport().is_some())
+        // SAFETY: as above. A multiplexed stream's fd is not its own: never peeked at.
+        || unsafe { super::mux_stream::is_stream((*s).connection) };
     if !noise {
         // SAFETY: nginx's own checker, with nginx's arguments.
         return unsafe { ngx_stream_core_preread_phase(s, ph) };

@@ -270,6 +270,12 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
                 (*wev).set_ready(1);
                 (*log).action = std::ptr::null_mut();
             }
+            // A multiplexed link stays parked here; its streams are sessions of their own.
+            let session = std::ptr::from_ref(s).cast_mut();
+            // SAFETY: s is the live session, established just now.
+            if let Some(rc) = unsafe { super::mux_link::take_over(session, side) } {
+                return rc;
+            }
             NGX_OK as ngx_int_t
         }
         Progress::WantRead => {

@@ -14,7 +14,7 @@ use nginx_sys::{
 
 use ngx::ngx_string;
 
-use super::{conn, upstream};
+use super::{conn, mux_stream, upstream};
 use crate::core::handshake::HandshakeInfo;
 use crate::core::keys::encode_key;
 
@@ -29,11 +29,13 @@ pub enum Which {
     UpstreamServerKey,
     /// Our key that served (rotation).
     ServerKey,
+    /// The origin address A named for a multiplexed stream (docs/multiplex.md §12).
+    OriginAddr,
 }
 
 /// Names (nginx strings, as `ngx_stream_add_variable` takes them) and what each shows; a
 /// variable's `data` is its index here.
-const VARIABLES: [(ngx_str_t, Which); 7] = [
+const VARIABLES: [(ngx_str_t, Which); 8] = [
     (ngx_string!("noise_protocol"), Which::Protocol),
     (ngx_string!("noise_client_key"), Which::ClientKey),
     (ngx_string!("noise_handshake_hash"), Which::HandshakeHash),
@@ -47,6 +49,7 @@ const VARIABLES: [(ngx_str_t, Which); 7] = [
         Which::UpstreamServerKey,
     ),
     (ngx_string!("noise_server_key"), Which::ServerKey),
+    (ngx_string!("noise_origin_addr"), Which::OriginAddr),
 ];
 
 fn hex(bytes: &[u8]) -> String {
@@ -67,6 +70,8 @@ pub fn value(info: &HandshakeInfo, which: Which) -> String {
             .map(|k| encode_key(&k))
             .unwrap_or_default(),
         Which::Negotiation => hex(&info.initial_negotiation),
+        // Not the handshake's: read from the stream (see `get`).
+        Which::OriginAddr => String::new(),
     }
 }
 
@@ -147,11 +152,16 @@ unsafe extern "C" fn get(
             // SAFETY: s is live.
             upstream::session_info(unsafe { &*s }).map(|info| value(info, *which))
         }
+        // SAFETY: c is live.
+        Which::OriginAddr => unsafe { mux_stream::origin_text(c) },
         _ => {
             // SAFETY: c is live; the reference ends before we return.
             unsafe { conn::get(c) }
                 .and_then(|st| st.established())
                 .map(|info| value(info, *which))
+                // A stream of a multiplexed link: the link's handshake.
+                // SAFETY: c is live.
+                .or_else(|| unsafe { mux_stream::info(c) }.map(|info| value(&info, *which)))
         }
     };
     // SAFETY: v is the value slot nginx gave us.

@@ -71,6 +71,16 @@ pub fn parse(ctx: Context<'_>, name: &str) -> Result<(), String> {
             set_once(&mut conf.limit_conn_per_key, n, name)?;
             main.limits_per_key = true;
         }
+        "noise_multiplex" => {
+            let on = on_off(name, &first)?;
+            set_once(&mut conf.multiplex, on, name)?;
+            main.multiplex |= on;
+        }
+        "noise_multiplex_trust_origin" => set_once(
+            &mut conf.multiplex_trust_origin,
+            on_off(name, &first)?,
+            name,
+        )?,
         "noise_keys_zone" => keys_zone(cf, main, &all)?,
         "noise_keys" => {
             let keys = keys(cf, &all)?;

@@ -66,6 +66,8 @@ pub struct MainConf {
     pub init_peers: Vec<(usize, InitPeer)>,
     /// Some level sets `noise_limit_conn_per_key`: the configuration needs its zone.
     pub limits_per_key: bool,
+    /// Some level sets `noise_multiplex on`: workers keep the streams' dummy socket.
+    pub multiplex: bool,
     /// Directives that may use `$noise_*` before the handshake (for the warning).
     pub pre_handshake: Recorded,
     /// `noise_keys_zone` names declared in this stream block.

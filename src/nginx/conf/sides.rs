@@ -30,6 +30,10 @@ pub struct ServerSide {
     pub auth: Option<Arc<AuthSide>>,
     /// `noise_key_agent`: the private keys are in the agent.
     pub agent: Option<Arc<AgentConf>>,
+    /// `noise_multiplex on`: clients that offer it get a multiplexed link.
+    pub multiplex: bool,
+    /// `noise_multiplex_trust_origin on`: a stream's `$remote_addr` is its origin address.
+    pub trust_origin: bool,
 }
 
 impl ServerSide {
@@ -44,7 +48,8 @@ impl ServerSide {
         let trusted = side.trusted_keys.is_some();
         let mut policy = Policy::new(protocols, Codec::Virgil, side.credentials())
             .map_err(|e| e.to_string())?
-            .with_initiator_static_required(trusted);
+            .with_initiator_static_required(trusted)
+            .with_multiplex(conf.multiplex == Some(true));
         policy = match &side.key_agent {
             // Every static-key DH is the agent's (KK's `ss` included, asked per handshake).
             Some(agent) => policy.with_agent_keys(&agent.keys),
@@ -68,6 +73,8 @@ impl ServerSide {
             keys: conf.keys.clone(),
             auth,
             agent: side.key_agent.clone(),
+            multiplex: conf.multiplex == Some(true),
+            trust_origin: conf.multiplex_trust_origin == Some(true),
         })
     }
 }

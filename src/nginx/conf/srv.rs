@@ -175,6 +175,10 @@ pub struct SrvConf {
     pub upstream_side: Option<Arc<UpstreamSide>>,
     /// `noise_limit_conn_per_key`: established connections per client static key.
     pub limit_conn_per_key: Option<u32>,
+    /// `noise_multiplex` (docs/multiplex.md §12); unset means off.
+    pub multiplex: Option<bool>,
+    /// `noise_multiplex_trust_origin`; unset means off.
+    pub multiplex_trust_origin: Option<bool>,
     /// `noise_keys`, this server's or inherited.
     pub keys: Option<KeysConf>,
     /// `noise_auth_request` and its settings.
@@ -225,6 +229,12 @@ impl SrvConf {
         self.upstream_conf.merge(&parent.upstream_conf);
         if self.limit_conn_per_key.is_none() {
             self.limit_conn_per_key = parent.limit_conn_per_key;
+        }
+        if self.multiplex.is_none() {
+            self.multiplex = parent.multiplex;
+        }
+        if self.multiplex_trust_origin.is_none() {
+            self.multiplex_trust_origin = parent.multiplex_trust_origin;
         }
         if self.keys.is_none() {
             self.keys.clone_from(&parent.keys);
