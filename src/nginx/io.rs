@@ -249,8 +249,28 @@ pub fn short_read_drains(rev: &ngx_event_t) -> bool {
 /// Called by nginx with a live connection and a valid chain.
 pub unsafe extern "C" fn noise_recv_chain(
     c: *mut ngx_connection_t,
+    cl: *mut ngx_chain_t,
+    limit: off_t,
+) -> isize {
+    // SAFETY: the call contract.
+    unsafe { recv_into_chain(c, cl, limit, noise_recv) }
+}
+
+/// A `c->recv` function.
+pub type RecvFn = unsafe extern "C" fn(*mut ngx_connection_t, *mut u8, usize) -> isize;
+
+/// The body of a `c->recv_chain` over any `c->recv`: fills `b->last..b->end` of each buffer
+/// within `limit` (for NoiseSocket connections and multiplexed streams alike). A short read
+/// with the read event no longer ready ends the call; an end of file or error after some
+/// bytes is reported on the next call.
+///
+/// # Safety
+/// As a `recv_chain`: a live connection and a valid chain; `recv` is its connection's.
+pub unsafe fn recv_into_chain(
+    c: *mut ngx_connection_t,
     mut cl: *mut ngx_chain_t,
     limit: off_t,
+    recv: RecvFn,
 ) -> isize {
     let limit = if limit <= 0 {
         isize::MAX
@@ -268,7 +288,7 @@ pub unsafe extern "C" fn noise_recv_chain(
             continue;
         }
         // SAFETY: b.last..b.end is writable buffer space.
-        let n = unsafe { noise_recv(c, b.last, room) };
+        let n = unsafe { recv(c, b.last, room) };
         if n > 0 {
             // SAFETY: n <= room bytes were written at b.last.
             b.last = unsafe { b.last.add(n as usize) };

@@ -416,37 +416,11 @@ unsafe extern "C" fn stream_recv(c: *mut ngx_connection_t, buf: *mut u8, size: u
 /// `c->recv_chain`: [`stream_recv`] into each buffer.
 unsafe extern "C" fn stream_recv_chain(
     c: *mut ngx_connection_t,
-    mut cl: *mut ngx_chain_t,
+    cl: *mut ngx_chain_t,
     limit: off_t,
 ) -> isize {
-    let limit = if limit <= 0 {
-        isize::MAX
-    } else {
-        limit as isize
-    };
-    let mut total = 0isize;
-    while !cl.is_null() && total < limit {
-        // SAFETY: nginx gives a valid chain.
-        let b: &mut ngx_buf_t = unsafe { &mut *(*cl).buf };
-        let room = (b.end as usize - b.last as usize).min((limit - total) as usize);
-        if room == 0 {
-            // SAFETY: as above.
-            cl = unsafe { (*cl).next };
-            continue;
-        }
-        // SAFETY: b.last..b.end is writable.
-        let n = unsafe { stream_recv(c, b.last, room) };
-        if n <= 0 {
-            return if total > 0 { total } else { n };
-        }
-        // SAFETY: n bytes were written at b.last.
-        b.last = unsafe { b.last.add(n as usize) };
-        total += n;
-        if (n as usize) < room {
-            break;
-        }
-    }
-    total
+    // SAFETY: nginx calls recv_chain with a live connection and a valid chain.
+    unsafe { super::io::recv_into_chain(c, cl, limit, stream_recv) }
 }
 
 /// `c->send` of a stream: queued on the link as far as the stream's window allows.
