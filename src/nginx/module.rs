@@ -5,7 +5,7 @@
 //! work.
 //!
 //! Confs are Rust values in the configuration pool, dropped by a pool cleanup when the
-//! cycle ends ([`super::pool`]); directive errors go through
+//! cycle ends ([`crate::nginx::util::pool`]); directive errors go through
 //! `ngx_conf_log_error` so `nginx -t` prints them with the file and line.
 
 use std::ffi::{c_char, c_void};
@@ -18,12 +18,13 @@ use nginx_sys::{
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 
-use super::conf::{directives, MainConf, Settle, SrvConf};
-use super::gate::{self, Class};
-use super::stream_conf::Confs;
-use super::{
-    conn, key_agent, limit, listen, log, mux_link, mux_stream, pool, pre_handshake, preread,
-    proxy_pass, server, status, upstream, variables,
+use crate::nginx::conf::stream_conf::Confs;
+use crate::nginx::conf::{directives, MainConf, Settle, SrvConf};
+use crate::nginx::conn::gate::{self, Class};
+use crate::nginx::{
+    conn, http::status, http::variables, keys::agent, keys::limit, mux::link, mux::stream,
+    server::listen, server::phase, server::pre_handshake, server::preread, upstream::peer,
+    upstream::proxy_pass, util::log, util::pool,
 };
 
 const OK: ngx_int_t = NGX_OK as ngx_int_t;
@@ -210,7 +211,7 @@ pub unsafe extern "C" fn ngx_stream_noise_postconfiguration(cf: *mut ngx_conf_t)
             return ERROR;
         }
     }
-    upstream::install(cf, confs)
+    peer::install(cf, confs)
 }
 
 /// # Safety
@@ -252,7 +253,7 @@ pub unsafe extern "C" fn ngx_stream_noise_init_process(cycle: *mut ngx_cycle_t) 
     // SAFETY: as above; the conf lives as long as the cycle.
     if unsafe { Confs::of_cycle(cycle) }.is_some_and(|confs| confs.noise_main().multiplex) {
         // Made now, so a worker's descriptors do not grow with its first stream.
-        mux_stream::start_worker();
+        stream::start_worker();
     }
     OK
 }
@@ -266,10 +267,10 @@ pub unsafe extern "C" fn ngx_stream_noise_init_process(cycle: *mut ngx_cycle_t) 
 #[no_mangle]
 pub unsafe extern "C" fn ngx_stream_noise_exit_process(_cycle: *mut ngx_cycle_t) {
     limit::forget_own();
-    key_agent::exit();
+    agent::exit();
     conn::free_table();
-    mux_link::free_table();
-    mux_stream::free_worker_state();
+    link::free_table();
+    stream::free_worker_state();
 }
 
 /// `NGX_STREAM_POST_ACCEPT_PHASE` handler: gate layer 2 (see [`gate`]).
@@ -278,7 +279,7 @@ unsafe extern "C" fn post_accept_handler(s: *mut ngx_stream_session_t) -> ngx_in
     let (s, c) = unsafe { (&*s, &mut *(*s).connection) };
     let main = Confs::of_session(s).noise_main();
     // SAFETY: c is live; the state reference ends in this expression.
-    let has_state = unsafe { conn::get(c) }.is_some() || unsafe { mux_stream::is_stream(c) };
+    let has_state = unsafe { conn::get(c) }.is_some() || unsafe { stream::is_stream(c) };
     // SAFETY: c->listening of a session's connection is its live listening socket.
     let class = unsafe { gate::classify(main, c.listening) };
     if class != Class::Plain && !has_state && !gate::is_gated(c) {
@@ -295,7 +296,7 @@ unsafe extern "C" fn phase_handler(s: *mut ngx_stream_session_t) -> ngx_int_t {
     let confs = Confs::of_session(s);
     // A stream of a multiplexed link: its link did the handshake (docs/multiplex.md §12).
     // SAFETY: c is live.
-    if unsafe { mux_stream::is_stream(c) } {
+    if unsafe { stream::is_stream(c) } {
         return NGX_OK as ngx_int_t;
     }
     // SAFETY: c->listening of a session's connection is its live listening socket.
@@ -315,7 +316,7 @@ unsafe extern "C" fn phase_handler(s: *mut ngx_stream_session_t) -> ngx_int_t {
         }
     }
     match &confs.noise_srv().server_side {
-        Some(side) => server::handshake_phase(s, side),
+        Some(side) => phase::handshake_phase(s, side),
         None => {
             // SAFETY: c->log is live.
             unsafe {

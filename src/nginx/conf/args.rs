@@ -10,7 +10,7 @@ use nginx_sys::{
     ngx_str_t, ngx_url_t, NGX_OK,
 };
 
-use crate::nginx::sockaddr;
+use crate::nginx::util::sockaddr;
 
 /// The arguments of the directive being parsed, without its name.
 pub fn of(cf: &ngx_conf_t) -> Vec<Vec<u8>> {

@@ -17,7 +17,7 @@ use super::srv::{KeysConf, Loaded, Miss, SideConf, SrvConf};
 use crate::core::key_table::capacity_for;
 use crate::core::keys::{self, KeyFileError, KeySet, Secret};
 use crate::core::protocol::Protocol;
-use crate::nginx::{key_state, key_zone, log};
+use crate::nginx::{keys::state, keys::zone, util::log};
 
 /// What a directive handler needs besides its arguments.
 pub struct Context<'a> {
@@ -376,11 +376,11 @@ fn keys_zone(cf: &mut ngx_conf_t, main: &mut MainConf, all: &[Vec<u8>]) -> Resul
                 path.display()
             ));
         }
-        key_state::check_writable(path).map_err(|e| format!("\"{NAME}\": state file: {e}"))?;
+        state::check_writable(path).map_err(|e| format!("\"{NAME}\": state file: {e}"))?;
         main.key_states.push(path.clone());
     }
     // SAFETY: cf is the configuration being read.
-    if unsafe { key_zone::declare(cf, name, bytes, state) }.is_null() {
+    if unsafe { zone::declare(cf, name, bytes, state) }.is_null() {
         return Err(String::new()); // nginx logged why (a size conflict)
     }
     main.key_zones.push(zone_name);
@@ -427,7 +427,7 @@ fn keys(cf: &mut ngx_conf_t, all: &[Vec<u8>]) -> Result<KeysConf, String> {
     };
     // SAFETY: cf is the configuration being read; size 0 finds the zone, declared before or
     // after this directive (postconfiguration checks that it was).
-    let zone = unsafe { key_zone::add(cf, zone_name.as_bytes(), 0) };
+    let zone = unsafe { zone::add(cf, zone_name.as_bytes(), 0) };
     if zone.is_null() {
         return Err(String::new());
     }

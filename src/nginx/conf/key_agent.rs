@@ -23,7 +23,7 @@ use super::main::MainConf;
 use super::rules::MAX_PRIVATE_KEYS;
 use crate::agent_socket::{list_keys, AgentSocket};
 use crate::core::keys;
-use crate::nginx::log;
+use crate::nginx::util::log;
 
 /// How long the master waits for the agent's key list while reading the configuration.
 pub const CONF_TIMEOUT: Duration = Duration::from_millis(1000);

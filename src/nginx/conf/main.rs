@@ -30,7 +30,7 @@ pub struct Use {
     pub server: Option<usize>,
 }
 
-/// What the wrappers of [`crate::nginx::pre_handshake`] recorded for one configuration.
+/// What the wrappers of [`crate::nginx::server::pre_handshake`] recorded for one configuration.
 #[derive(Debug, Default)]
 pub struct Recorded {
     pub limit_conn_zones: Vec<Use>,

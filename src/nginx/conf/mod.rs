@@ -29,6 +29,7 @@ pub mod pins;
 pub mod rules;
 pub mod sides;
 pub mod srv;
+pub mod stream_conf;
 
 pub use auth::{AuthSide, Settle, Target};
 pub use key_agent::AgentConf;

@@ -16,7 +16,7 @@
 //!
 //! Pure data and comparisons: nothing here touches nginx.
 
-use crate::nginx::sockaddr::same_address;
+use crate::nginx::util::sockaddr::same_address;
 
 /// A `host:port` as written in a `server` directive or a pin: the host compared without
 /// case, the port exactly.

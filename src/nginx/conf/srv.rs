@@ -186,7 +186,7 @@ pub struct SrvConf {
     /// What this server's `proxy_pass` was given (learnt by [`super::proxy_pass`]).
     pub proxy_pass: Option<Vec<u8>>,
     /// Set at postconfiguration for `noise_upstream on` servers whose `proxy_pass` is a
-    /// variable (`crate::nginx::target_guard`).
+    /// variable (`crate::nginx::upstream::target_guard`).
     pub variable_target: Option<VariableTarget>,
 }
 

@@ -1,0 +1,7 @@
+//! What the module shows: the `$noise_*` variables of stream sessions ([`variables`]) and
+//! of http requests on connections handed over with `pass` ([`request_variables`]), and
+//! the counters' http handler `noise_status` ([`status`]).
+
+pub mod request_variables;
+pub mod status;
+pub mod variables;
