@@ -20,11 +20,12 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 
 use crate::nginx::conf::stream_conf::Confs;
 use crate::nginx::conf::{directives, MainConf, Settle, SrvConf};
-use crate::nginx::conn::gate::{self, Class};
+use crate::nginx::conn::gate;
+use crate::nginx::server::accept::{self, Class};
 use crate::nginx::{
-    conn, http::status, http::variables, keys::agent, keys::limit, mux::link, mux::stream,
-    server::listen, server::phase, server::pre_handshake, server::preread, upstream::peer,
-    upstream::proxy_pass, util::log, util::pool,
+    conn, http::variables, keys, keys::agent, keys::limit, mux::link, mux::stream, server::listen,
+    server::phase, server::pre_handshake, server::preread, upstream::peer, upstream::proxy_pass,
+    util::counters, util::log, util::pool,
 };
 
 const OK: ngx_int_t = NGX_OK as ngx_int_t;
@@ -135,7 +136,11 @@ pub unsafe extern "C" fn ngx_stream_noise_directive(
         main,
         conf,
     };
-    match directives::parse(ctx, &name) {
+    let parsed = match name.as_str() {
+        "noise_keys_zone" | "noise_keys" => keys::zone_conf::parse(ctx, &name),
+        _ => directives::parse(ctx, &name),
+    };
+    match parsed {
         Ok(()) => NGX_CONF_OK,
         Err(msg) => {
             if !msg.is_empty() {
@@ -156,7 +161,7 @@ pub unsafe extern "C" fn ngx_stream_noise_preconfiguration(cf: *mut ngx_conf_t) 
         return ERROR;
     }
     // SAFETY: cf is the configuration being read.
-    if unsafe { status::add_zone(cf) } != OK {
+    if unsafe { counters::add_zone(cf) } != OK {
         return ERROR;
     }
     variables::add(cf)
@@ -281,7 +286,7 @@ unsafe extern "C" fn post_accept_handler(s: *mut ngx_stream_session_t) -> ngx_in
     // SAFETY: c is live; the state reference ends in this expression.
     let has_state = unsafe { conn::get(c) }.is_some() || unsafe { stream::is_stream(c) };
     // SAFETY: c->listening of a session's connection is its live listening socket.
-    let class = unsafe { gate::classify(main, c.listening) };
+    let class = unsafe { accept::classify(main, c.listening) };
     if class != Class::Plain && !has_state && !gate::is_gated(c) {
         gate::install(c);
     }
@@ -300,7 +305,7 @@ unsafe extern "C" fn phase_handler(s: *mut ngx_stream_session_t) -> ngx_int_t {
         return NGX_OK as ngx_int_t;
     }
     // SAFETY: c->listening of a session's connection is its live listening socket.
-    match unsafe { gate::classify(confs.noise_main(), c.listening) } {
+    match unsafe { accept::classify(confs.noise_main(), c.listening) } {
         Class::Noise => {}
         Class::Plain if !gate::is_gated(c) => return NGX_DECLINED as ngx_int_t,
         class => {

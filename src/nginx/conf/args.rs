@@ -95,3 +95,12 @@ pub fn addresses(cf: &mut ngx_conf_t, text: &[u8], listen: bool) -> Option<(Reso
         .collect();
     Some((out, u.no_port() == 0))
 }
+
+/// Rule: a directive is given once per level.
+pub fn set_once<T>(slot: &mut Option<T>, value: T, directive: &str) -> Result<(), String> {
+    if slot.is_some() {
+        return Err(format!("\"{directive}\" directive is duplicate"));
+    }
+    *slot = Some(value);
+    Ok(())
+}

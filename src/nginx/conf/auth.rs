@@ -209,7 +209,7 @@ impl AuthConf {
                 if t == 0 {
                     return Err(format!("\"{name}\": the timeout must be more than 0"));
                 }
-                super::rules::set_once(&mut self.timeout, t, name)?;
+                super::args::set_once(&mut self.timeout, t, name)?;
             }
             "noise_auth_request_fail" => {
                 let open = match first.as_slice() {
@@ -222,7 +222,7 @@ impl AuthConf {
                         ))
                     }
                 };
-                super::rules::set_once(&mut self.fail_open, open, name)?;
+                super::args::set_once(&mut self.fail_open, open, name)?;
             }
             "noise_auth_request_concurrency" => {
                 let n = text(&first)
@@ -245,7 +245,7 @@ impl AuthConf {
                         ))
                     }
                 };
-                super::rules::set_once(&mut self.concurrency, n, name)?;
+                super::args::set_once(&mut self.concurrency, n, name)?;
                 self.wait_when_full = Some(wait);
             }
             "noise_auth_cache_valid" => {
@@ -263,7 +263,7 @@ impl AuthConf {
                     };
                     *slot = seconds(name, value)?;
                 }
-                super::rules::set_once(&mut self.cache, (allow, deny), name)?;
+                super::args::set_once(&mut self.cache, (allow, deny), name)?;
             }
             _ => return Err(format!("unknown directive \"{name}\"")),
         }
@@ -346,7 +346,7 @@ fn authority(cf: &mut ngx_conf_t, url: &[u8]) -> Result<Authority, String> {
     })
 }
 
-/// "host[:port]" split, the port 80 when not given; `None` when either is not valid.
+/// "host\[:port\]" split, the port 80 when not given; `None` when either is not valid.
 fn host_port(hostport: &str) -> Option<(&str, u16)> {
     let (host, port) = match hostport.rfind(':') {
         // "[::1]" has colons but no port; "[::1]:8080" and "name:8080" have one.

@@ -20,9 +20,8 @@ use nginx_sys::ngx_conf_t;
 
 use super::args::{self, text};
 use super::main::MainConf;
-use super::rules::MAX_PRIVATE_KEYS;
 use crate::agent_socket::{list_keys, AgentSocket};
-use crate::core::keys;
+use crate::core::keys::{self, MAX_PRIVATE_KEYS};
 use crate::nginx::util::log;
 
 /// How long the master waits for the agent's key list while reading the configuration.

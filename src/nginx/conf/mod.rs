@@ -1,5 +1,5 @@
 //! The module's configuration, on the ground floor of the nginx layer: these modules use
-//! the core, `nginx-sys`, [`super::sockaddr`] and [`super::log`], and nothing else of the
+//! the core, `nginx-sys`, [`super::util::sockaddr`] and [`super::util::log`], and nothing else of the
 //! nginx layer, which in turn reads its configuration only from here.
 //!
 //! * [`directives`]: the one parser behind every directive of the C glue's table (adding a
@@ -25,8 +25,10 @@ pub mod auth;
 pub mod directives;
 pub mod key_agent;
 pub mod main;
+pub mod merge;
 pub mod pins;
 pub mod rules;
+pub mod side_conf;
 pub mod sides;
 pub mod srv;
 pub mod stream_conf;
@@ -35,5 +37,6 @@ pub use auth::{AuthSide, Settle, Target};
 pub use key_agent::AgentConf;
 pub use main::{InitPeer, MainConf, NoiseAddress, Recorded, Use};
 pub use pins::{HostPort, Pinned, ServerKey};
+pub use side_conf::{KeysConf, Loaded, Miss, SideConf};
 pub use sides::{ServerSide, UpstreamSide};
-pub use srv::{KeysConf, Loaded, Miss, SideConf, SrvConf};
+pub use srv::SrvConf;

@@ -4,8 +4,8 @@
 
 use nginx_sys::ngx_msec_t;
 
-use super::srv::{Loaded, SideConf};
-use crate::core::keys::Secret;
+use super::side_conf::{Loaded, SideConf};
+use crate::core::keys::{Secret, MAX_PRIVATE_KEYS};
 use crate::core::negotiation::codec::Codec;
 use crate::core::negotiation::Credentials;
 use crate::core::protocol::{Protocol, Role};
@@ -219,10 +219,6 @@ pub fn listen_parameters(params: &[Vec<u8>]) -> Result<(), String> {
     Ok(())
 }
 
-/// Private keys a `noise_listen` server may hold at once (key rotation: each costs a try,
-/// one DH, on a first message made for another one).
-pub const MAX_PRIVATE_KEYS: usize = 8;
-
 /// Rule: `noise_private_key` may be repeated up to [`MAX_PRIVATE_KEYS`] times per level,
 /// each a different key; `noise_upstream_private_key` is given once.
 pub fn private_key_slot(
@@ -252,15 +248,6 @@ pub fn private_key_slot(
             same.path.display()
         ));
     }
-    Ok(())
-}
-
-/// Rule: a directive is given once per level.
-pub fn set_once<T>(slot: &mut Option<T>, value: T, directive: &str) -> Result<(), String> {
-    if slot.is_some() {
-        return Err(format!("\"{directive}\" directive is duplicate"));
-    }
-    *slot = Some(value);
     Ok(())
 }
 

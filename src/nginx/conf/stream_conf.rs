@@ -153,3 +153,13 @@ impl<'a> Confs<'a> {
             .cast()
     }
 }
+
+/// "file:line" of a `server {}` block.
+///
+/// # Safety
+/// `cscf.file_name` must be nginx's NUL-terminated name of the configuration file.
+pub unsafe fn server_position(cscf: &nginx_sys::ngx_stream_core_srv_conf_t) -> String {
+    // SAFETY: caller guarantees a NUL-terminated string.
+    let file = unsafe { std::ffi::CStr::from_ptr(cscf.file_name.cast()) };
+    format!("{}:{}", file.to_string_lossy(), cscf.line)
+}

@@ -30,7 +30,7 @@ pub enum Progress {
     /// Paused for a verdict on the client's key that `decide` will give later (a lookup in
     /// flight, docs/protocol.md §4.7): call again once it has an answer.
     WantVerdict,
-    /// Paused for the key agent's answer to a question in flight ([`key_agent`]): its
+    /// Paused for the key agent's answer to a question in flight ([`crate::core::key_agent`]): its
     /// answer posts the connection's read event; call again then.
     WantKeyOp,
     /// Failed; the connection must be closed.
@@ -135,7 +135,9 @@ pub unsafe fn drive(c: *mut ngx_connection_t, mut decide: Option<Decide<'_>>) ->
             if st.agent_wait.is_none() {
                 let asked = match &st.agent {
                     // SAFETY: c is live with this state (the caller's promise).
-                    Some(agent) => unsafe { agent::ask(c, agent, &op) },
+                    Some(agent) => unsafe {
+                        agent::ask(c, agent, &op, super::deliver_agent_answer)
+                    },
                     None => Err(crate::core::key_agent::AgentError::Unreachable(
                         "no key agent configured".into(),
                     )),

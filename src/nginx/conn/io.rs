@@ -32,7 +32,7 @@ use crate::core::send_buffer::SendBuffer;
 use crate::core::transport::Sealer;
 use crate::metrics::Direction;
 use crate::nginx::conn::{self, NoiseConn};
-use crate::nginx::http::status;
+use crate::nginx::util::counters;
 use crate::nginx::util::log;
 use crate::nginx::util::socket::{self, Io};
 use crate::noise_debug;
@@ -113,7 +113,7 @@ unsafe fn counted(
     };
     let n = io(st);
     if n > 0 {
-        status::bytes(st.side, direction, n as usize);
+        counters::bytes(st.side, direction, n as usize);
     }
     // SAFETY: the caller's promise: c is live for this call.
     noise_debug!(unsafe { (*c).log }, "{what}: {n} of {size}");
@@ -433,7 +433,7 @@ pub unsafe extern "C" fn noise_send_chain(
     };
     noise_debug!(log, "noise_send_chain: {sent} bytes sealed");
     if sent > 0 {
-        status::bytes(side, Direction::Out, sent as usize);
+        counters::bytes(side, Direction::Out, sent as usize);
     }
     match result {
         Err(()) => chain_error(),

@@ -24,7 +24,7 @@ use nginx_sys::{ngx_atomic_uint_t, ngx_connection_t, ngx_cycle, ngx_pool_t};
 
 use crate::metrics::{Side, State};
 use crate::nginx::conf::AgentConf;
-use crate::nginx::{http::status, keys::agent, keys::auth_request, keys::limit, util::pool};
+use crate::nginx::{keys::agent, keys::auth_request, keys::limit, util::counters, util::pool};
 
 use crate::core::deframer::Deframer;
 use crate::core::handshake::HandshakeInfo;
@@ -70,6 +70,68 @@ pub unsafe fn gone_while_waiting(c: *mut ngx_connection_t) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// How a `noise_auth_request` lookup reaches the connection that waits for it.
+pub const LOOKUP_WAITER: auth_request::Waiter = auth_request::Waiter {
+    deliver: deliver_lookup,
+    gone: left_while_waiting,
+};
+
+/// [`auth_request::Waiter::deliver`]: the answer goes into the state of `c` if it still
+/// waits on the lookup `id`.
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn deliver_lookup(
+    c: *mut ngx_connection_t,
+    id: auth_request::LookupId,
+    answer: auth_request::Answer,
+) -> Result<(), auth_request::Answer> {
+    // SAFETY: the caller's promise; the reference ends in this function.
+    match unsafe { get(c) } {
+        Some(st) if st.lookup.as_ref().is_some_and(|h| h.id() == id) => {
+            if let Some(handle) = st.lookup.take() {
+                handle.disarm();
+            }
+            st.answer = Some(answer);
+            Ok(())
+        }
+        _ => Err(answer),
+    }
+}
+
+/// [`auth_request::Waiter::gone`].
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn left_while_waiting(c: *mut ngx_connection_t) -> bool {
+    // SAFETY: the caller's promise.
+    unsafe { gone_while_waiting(c) }.is_some()
+}
+
+/// [`agent::Deliver`]: the key agent's answer goes into the state of `c` if it still waits
+/// on the question `id`.
+///
+/// # Safety
+/// `c` must be a live connection.
+pub unsafe fn deliver_agent_answer(
+    c: *mut ngx_connection_t,
+    id: agent::WaitId,
+    answer: Result<[u8; 32], AgentError>,
+) -> bool {
+    // SAFETY: the caller's promise; the reference ends in this function.
+    let Some(st) = (unsafe { get(c) }) else {
+        return false;
+    };
+    if !st.agent_wait.as_ref().is_some_and(|w| w.id() == id) {
+        return false;
+    }
+    if let Some(wait) = st.agent_wait.take() {
+        wait.answered();
+    }
+    st.agent_answer = Some(answer);
+    true
 }
 
 /// Whether the handshake, paused, still owes the client a message after the one that
@@ -165,15 +227,15 @@ impl NoiseConn {
     /// Counts this connection in `state` from now on (and no longer in the previous one).
     pub fn count_as(&mut self, state: State) {
         if let Some(old) = self.gauge.replace(state) {
-            status::connection(self.side, old, -1);
+            counters::connection(self.side, old, -1);
         }
-        status::connection(self.side, state, 1);
+        counters::connection(self.side, state, 1);
     }
 
     /// Stops counting this connection (it failed; its state may linger in a pool).
     pub fn uncount(&mut self) {
         if let Some(old) = self.gauge.take() {
-            status::connection(self.side, old, -1);
+            counters::connection(self.side, old, -1);
         }
     }
 

@@ -12,12 +12,13 @@
 //!   the earliest deadline). A connection that ends (the agent stopped or restarted) or
 //!   says something that is no response fails every request in flight; the next question
 //!   connects again, so a restarted agent serves without a reload.
-//! * A question is owned by its [`Wait`], which the connection's state
-//!   ([`conn::NoiseConn`]) holds: dropping it (the connection closed, its timer fired, the
-//!   session failed) cancels the request, whose late answer is then dropped. An answer is
-//!   given only to the connection whose state still holds that very `Wait` (a unique id,
-//!   so a reused connection slot never gets another's answer), stored in its state, and
-//!   its read event is posted: the handshake resumes from the posted queue.
+//! * A question is owned by its [`Wait`], which the asking connection's state holds:
+//!   dropping it (the connection closed, its timer fired, the session failed) cancels the
+//!   request, whose late answer is then dropped. An answer goes through the [`Deliver`]
+//!   the asker gave, which takes it only if that connection's state still holds that very
+//!   `Wait` (a unique [`WaitId`], so a reused connection slot never gets another's
+//!   answer); then its read event is posted: the handshake resumes from the posted queue.
+//!   (`crate::nginx::conn` imports this module, never the other way.)
 //! * Worker exit closes the connections ([`exit`]); a `Wait` dropped later finds nothing.
 
 use std::cell::UnsafeCell;
@@ -37,19 +38,40 @@ use crate::core::key_agent::wire::{Response, REQUEST_LEN, RESPONSE_LEN};
 use crate::core::key_agent::{AgentError, KeyOp};
 use crate::nginx::conf::key_agent::ANSWER_TIMEOUT_MS;
 use crate::nginx::conf::AgentConf;
-use crate::nginx::conn;
 use crate::noise_debug;
 
 /// Requests in flight to one agent from one worker at most (beyond: `Busy`, the handshake
 /// fails closed); a worker has at most `worker_connections` handshakes anyway.
 const MAX_IN_FLIGHT: usize = 4096;
 
-/// Who asked: a unique id and the asking connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Who asked: a unique id, the asking connection and how its answer reaches it.
+#[derive(Clone, Copy, Debug)]
 struct Token {
     id: u64,
     c: usize,
+    deliver: Deliver,
 }
+
+/// One question is one id: `deliver` follows from who asked.
+impl PartialEq for Token {
+    fn eq(&self, other: &Token) -> bool {
+        self.id == other.id && self.c == other.c
+    }
+}
+
+/// Which question a [`Wait`] is, for a [`Deliver`] to compare with what the connection
+/// holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitId(u64);
+
+/// Gives `answer` to question `id` of connection `c`: `true` if its state still holds
+/// that question's [`Wait`] (the deliverer takes it with [`Wait::answered`] and stores
+/// the answer), `false` to drop the answer.
+///
+/// # Safety
+/// Called only with a live connection `c` and no reference to the agents live.
+pub type Deliver =
+    unsafe fn(c: *mut ngx_connection_t, id: WaitId, answer: Result<[u8; 32], AgentError>) -> bool;
 
 /// One agent socket, as this worker uses it.
 struct Agent {
@@ -98,6 +120,18 @@ impl std::fmt::Debug for Wait {
     }
 }
 
+impl Wait {
+    /// Which question this is.
+    pub fn id(&self) -> WaitId {
+        WaitId(self.token.id)
+    }
+
+    /// Ends the wait of a question that was answered: nothing is left to cancel.
+    pub fn answered(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Wait {
     fn drop(&mut self) {
         // SAFETY: no reference to the agents is live while a Wait drops (see `agents`).
@@ -121,15 +155,16 @@ fn now() -> u64 {
 }
 
 /// Asks the agent of `conf` for `op` on behalf of connection `c`, whose state will hold
-/// the returned [`Wait`]; the answer comes in that state (`agent_answer`) with a posted read
-/// event. An error is the answer now (the agent cannot be reached, too many in flight).
+/// the returned [`Wait`]; the answer goes to `deliver`, then `c`'s read event is posted.
+/// An error is the answer now (the agent cannot be reached, too many in flight).
 ///
 /// # Safety
-/// `c` must be a live connection with a [`conn::NoiseConn`] attached.
+/// `c` must be a live connection whose state `deliver` knows how to find.
 pub unsafe fn ask(
     c: *mut ngx_connection_t,
     conf: &AgentConf,
     op: &KeyOp,
+    deliver: Deliver,
 ) -> Result<Wait, AgentError> {
     // SAFETY: no other reference to the agents is live (module functions do not nest).
     let (list, next_id) = unsafe { agents() };
@@ -152,6 +187,7 @@ pub unsafe fn ask(
     let token = Token {
         id: *next_id,
         c: c as usize,
+        deliver,
     };
     let agent = &mut list[index];
     if agent.conn.is_null() {
@@ -299,19 +335,11 @@ unsafe fn disconnect(index: usize, why: AgentError) {
 unsafe fn deliver(token: Token, answer: Result<[u8; 32], AgentError>) {
     let c = token.c as *mut ngx_connection_t;
     // SAFETY: c points into the worker's connection array (it was a live connection and
-    // the array lives as long as the worker); the state found there is checked to hold
-    // this very question (unique id) before anything is given.
-    let Some(st) = (unsafe { conn::get(c) }) else {
-        return;
-    };
-    if !st.agent_wait.as_ref().is_some_and(|w| w.token == token) {
+    // the array lives as long as the worker); the deliverer checks that its state holds
+    // this very question (unique id) before it takes anything.
+    if !unsafe { (token.deliver)(c, WaitId(token.id), answer) } {
         return;
     }
-    if let Some(wait) = st.agent_wait.take() {
-        // Answered: nothing to cancel.
-        std::mem::forget(wait);
-    }
-    st.agent_answer = Some(answer);
     // SAFETY: the waiting connection is live (its state is); its read event resumes the
     // handshake from the posted queue.
     unsafe { ngx_post_event((*c).read, std::ptr::addr_of_mut!(ngx_posted_events)) };

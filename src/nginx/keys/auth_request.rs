@@ -3,7 +3,9 @@
 //! (docs/nginx-integration.md §6).
 //!
 //! * A lookup is a heap value owned by its [`Handle`], which the client connection's state
-//!   ([`crate::nginx::conn::NoiseConn`]) holds while the handshake waits. Dropping the handle
+//!   holds while the handshake waits. The lookup knows that state only through the
+//!   [`Waiter`] the caller gives (`crate::nginx::conn` imports this module, never the
+//!   reverse). Dropping the handle
 //!   (the client's pool is destroyed: it disconnected, its handshake timer ran out, the
 //!   session failed) cancels the lookup: its connection is closed, its timer goes with it,
 //!   and it never touches the client again. So a lookup never outlives its client, and
@@ -50,7 +52,7 @@ use crate::core::handshake::Verdict;
 use crate::core::keys;
 use crate::nginx::conf::{AuthSide, Target};
 use crate::nginx::util::socket::{self, Io};
-use crate::nginx::{conn, http::status, keys::zone, util::log, util::sockaddr};
+use crate::nginx::{keys::zone, util::counters, util::log, util::sockaddr};
 use crate::noise_debug;
 
 /// What a lookup decided, as the handshake takes it.
@@ -96,13 +98,13 @@ pub enum LookupError {
 
 impl LookupError {
     /// The `result` label of `nginx_noise_auth_requests_total`.
-    fn result(&self) -> status::AuthResult {
+    fn result(&self) -> counters::AuthResult {
         match self {
-            LookupError::Timeout { .. } => status::AuthResult::Timeout,
+            LookupError::Timeout { .. } => counters::AuthResult::Timeout,
             LookupError::Resolve {
                 timed_out: true, ..
-            } => status::AuthResult::Timeout,
-            _ => status::AuthResult::Error,
+            } => counters::AuthResult::Timeout,
+            _ => counters::AuthResult::Error,
         }
     }
 }
@@ -121,6 +123,7 @@ fn has_room(side: &AuthSide) -> bool {
 struct Lookup {
     /// The client connection waiting (live while the handle is: see the module doc).
     client: *mut ngx_connection_t,
+    waiter: Waiter,
     side: Arc<AuthSide>,
     zone: usize,
     key: [u8; 32],
@@ -156,6 +159,25 @@ struct Lookup {
 /// The client's hold on a lookup in flight; dropping it cancels the lookup.
 pub struct Handle(NonNull<Lookup>);
 
+/// Which lookup an answer comes from, to match it against the handle a client holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct LookupId(*const Lookup);
+
+/// How a lookup reaches the client that waits for it, given by the caller.
+#[derive(Clone, Copy)]
+pub struct Waiter {
+    /// Gives `answer` to `client` if its state still holds the handle of the lookup `id`
+    /// (taking the handle from it and disarming it: the lookup frees itself); gives the
+    /// answer back if not.
+    pub deliver: unsafe fn(
+        client: *mut ngx_connection_t,
+        id: LookupId,
+        answer: Answer,
+    ) -> Result<(), Answer>,
+    /// Whether the client left while waiting (then a queued lookup is not dialled for).
+    pub gone: unsafe fn(client: *mut ngx_connection_t) -> bool,
+}
+
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("auth_request::Handle")
@@ -163,8 +185,14 @@ impl std::fmt::Debug for Handle {
 }
 
 impl Handle {
-    /// Gives up the hold without cancelling (the lookup has ended and frees itself).
-    fn disarm(self) {
+    /// The lookup this handle holds.
+    pub fn id(&self) -> LookupId {
+        LookupId(self.0.as_ptr())
+    }
+
+    /// Gives up the hold without cancelling (the lookup has ended and frees itself); only
+    /// a [`Waiter::deliver`] given the answer may do this.
+    pub fn disarm(self) {
         std::mem::forget(self);
     }
 }
@@ -185,6 +213,7 @@ impl Drop for Handle {
 /// `c` must be the live client connection, with a state that will hold the handle.
 pub unsafe fn start(
     c: *mut ngx_connection_t,
+    waiter: Waiter,
     side: &Arc<AuthSide>,
     zone: usize,
     key: &[u8; 32],
@@ -196,14 +225,14 @@ pub unsafe fn start(
     let wait = side.wait_when_full && (full || side.queued.load(Ordering::Relaxed) > 0);
     if full && !wait {
         let e = LookupError::Busy(side.concurrency);
-        status::auth_result(e.result());
+        counters::auth_result(e.result());
         return Err(Answer {
             verdict: Verdict::Unavailable(e.to_string()),
             attrs: None,
         });
     }
     // SAFETY: the caller's promise.
-    let raw = unsafe { new_lookup(c, side, zone, key, protocol) };
+    let raw = unsafe { new_lookup(c, waiter, side, zone, key, protocol) };
     if wait {
         // SAFETY: raw is live; the queue holds it until it starts or its handle drops.
         unsafe {
@@ -234,6 +263,7 @@ pub unsafe fn start(
 /// `c` must be a live connection.
 unsafe fn new_lookup(
     c: *mut ngx_connection_t,
+    waiter: Waiter,
     side: &Arc<AuthSide>,
     zone: usize,
     key: &[u8; 32],
@@ -270,6 +300,7 @@ unsafe fn new_lookup(
     }
     let raw = Box::into_raw(Box::new(Lookup {
         client: c,
+        waiter,
         side: side.clone(),
         zone,
         key: *key,
@@ -564,7 +595,7 @@ fn start_queued_now() {
         // A client that left while queued is not dialled for: its own read event, still
         // to come, ends its wait (and drops this lookup, never begun).
         // SAFETY: the client is live while its handle is armed.
-        if unsafe { conn::gone_while_waiting((*next).client) }.is_some() {
+        if unsafe { ((*next).waiter.gone)((*next).client) } {
             continue;
         }
         // SAFETY: next is live, not begun, its client live (its handle is armed).
@@ -736,7 +767,7 @@ unsafe fn conclude(raw: *mut Lookup, result: Result<Reply, LookupError>) -> Answ
     let reply = match result {
         Ok(reply) => reply,
         Err(why) => {
-            status::auth_result(why.result());
+            counters::auth_result(why.result());
             if l.side.fail_open {
                 // SAFETY: the client's log is live.
                 unsafe {
@@ -762,11 +793,11 @@ unsafe fn conclude(raw: *mut Lookup, result: Result<Reply, LookupError>) -> Answ
     };
     let (ttl, verdict, attrs) = match &reply {
         Reply::Allow(attrs) => {
-            status::auth_result(status::AuthResult::Allow);
+            counters::auth_result(counters::AuthResult::Allow);
             (l.side.cache_allow, Verdict::Allow, Some(attrs.clone()))
         }
         Reply::Deny => {
-            status::auth_result(status::AuthResult::Deny);
+            counters::auth_result(counters::AuthResult::Deny);
             (l.side.cache_deny, Verdict::Deny, None)
         }
     };
@@ -802,18 +833,16 @@ unsafe fn finish(raw: *mut Lookup, result: Result<Reply, LookupError>) {
     let answer = unsafe { conclude(raw, result) };
     // SAFETY: raw is live; its client is live while its handle is armed.
     let client = unsafe { (*raw).client };
-    // SAFETY: as above; the state reference ends in this block.
-    match unsafe { conn::get(client) } {
-        Some(st) if st.lookup.as_ref().is_some_and(|h| h.0.as_ptr() == raw) => {
-            if let Some(handle) = st.lookup.take() {
-                handle.disarm();
-            }
-            st.answer = Some(answer);
+    // SAFETY: as above.
+    let deliver = unsafe { (*raw).waiter.deliver };
+    // SAFETY: the client is live (above); deliver touches only its state.
+    match unsafe { deliver(client, LookupId(raw), answer) } {
+        Ok(()) => {
             // SAFETY: the client's read event is live; the handshake phase resumes from
             // the posted queue.
             unsafe { ngx_post_event((*client).read, std::ptr::addr_of_mut!(ngx_posted_events)) };
         }
-        _ => {
+        Err(_) => {
             // Cannot happen (the handle cancels the lookup before its client goes); leak
             // nothing all the same.
             // SAFETY: the client's log is live.

@@ -29,7 +29,8 @@ use nginx_sys::{
     ngx_slab_calloc, ngx_slab_pool_t, NGX_ERROR, NGX_OK,
 };
 
-use crate::core::key_limit::{Entry, Header, Refusal, Table};
+pub use crate::core::key_limit::Denied;
+use crate::core::key_limit::{Entry, Header, Table};
 use crate::nginx::util::shm;
 
 const ZONE_NAME: &str = "noise_limit_conn_per_key";
@@ -41,15 +42,6 @@ const ENTRIES: usize = (TABLE_BYTES - std::mem::size_of::<Header>()) / std::mem:
 
 static POOL: AtomicPtr<ngx_slab_pool_t> = AtomicPtr::new(std::ptr::null_mut());
 static TABLE: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
-
-/// Why a connection was not admitted.
-#[derive(Debug)]
-pub enum Denied {
-    /// The table said no.
-    Refused(Refusal),
-    /// The zone is not set up (no init callback ran).
-    NoZone,
-}
 
 /// One counted connection of a key; released when dropped.
 pub struct Hold {

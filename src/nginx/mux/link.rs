@@ -22,6 +22,7 @@
 
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
+use std::ptr::NonNull;
 use std::rc::Rc;
 
 use nginx_sys::{
@@ -38,7 +39,7 @@ use crate::core::payload::MAX_BODY;
 use crate::core::send_buffer::SendBuffer;
 use crate::nginx::conf::ServerSide;
 use crate::nginx::conn::{self, NoiseConn, Phase};
-use crate::nginx::mux::stream::{self, MuxStream, NotCreated};
+use crate::nginx::mux::stream::{self, Carrier, MuxStream, NotCreated};
 use crate::nginx::util::socket::{self, Io};
 use crate::nginx::{util::log, util::pool};
 use crate::noise_debug;
@@ -379,6 +380,20 @@ unsafe fn read_input(link: *mut Link) -> Vec<*mut ngx_connection_t> {
     }
 }
 
+impl Carrier for Link {
+    fn send(&mut self, id: StreamId, data: &[u8]) -> Option<usize> {
+        Link::send(self, id, data)
+    }
+
+    fn consumed(&mut self, id: StreamId, n: usize) {
+        Link::consumed(self, id, n)
+    }
+
+    fn stream_ended(&mut self, id: StreamId, local_fin: bool, reset: Option<ResetCode>) {
+        Link::stream_ended(self, id, local_fin, reset)
+    }
+}
+
 impl Link {
     /// One event from the session; returns whether it was a rekey.
     ///
@@ -394,11 +409,11 @@ impl Link {
         let stream = |id: &StreamId| self.streams.get(id).copied();
         match event {
             Event::StreamOpened { id, origin } => {
-                // SAFETY: the link connection is live.
+                // SAFETY: the link connection is live; me is this live link.
                 let made = unsafe {
                     stream::create(
                         self.c,
-                        me,
+                        NonNull::new_unchecked(me as *mut dyn Carrier),
                         *id,
                         *origin,
                         self.info.clone(),

@@ -21,6 +21,7 @@
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
+use std::ptr::NonNull;
 use std::rc::Rc;
 use std::slice;
 
@@ -33,15 +34,26 @@ use nginx_sys::{
 
 use crate::core::handshake::HandshakeInfo;
 use crate::core::mux::{Origin, ResetCode, StreamId};
-use crate::nginx::mux::link::Link;
 use crate::nginx::util::pool;
+
+/// What a stream needs of the link that carries it. The link implements it
+/// (`crate::nginx::mux::link::Link`), so a stream knows nothing else of the link and the
+/// imports go one way, link to stream.
+pub trait Carrier {
+    /// The stream's `send`: bytes taken (0: wait for the write event), `None` on failure.
+    fn send(&mut self, id: StreamId, data: &[u8]) -> Option<usize>;
+    /// The stream's `recv` took `n` bytes.
+    fn consumed(&mut self, id: StreamId, n: usize);
+    /// The stream's session ended; `reset` says why when it failed.
+    fn stream_ended(&mut self, id: StreamId, local_fin: bool, reset: Option<ResetCode>);
+}
 
 /// The B side of one stream.
 pub struct MuxStream {
     number: nginx_sys::ngx_atomic_uint_t,
     slot: usize,
     /// The link, while it lives (it nulls this when it goes).
-    pub link: *mut Link,
+    pub link: Option<NonNull<dyn Carrier>>,
     pub id: StreamId,
     /// Data delivered and not yet read (at most the stream's window).
     pub input: VecDeque<u8>,
@@ -169,7 +181,7 @@ pub enum NotCreated {
 /// `link_c` is the live link connection and `link` its live link state.
 pub unsafe fn create(
     link_c: *mut ngx_connection_t,
-    link: *mut Link,
+    link: NonNull<dyn Carrier>,
     id: StreamId,
     origin: Origin,
     info: Rc<HandshakeInfo>,
@@ -273,7 +285,7 @@ pub unsafe fn create(
         let state = MuxStream {
             number: (*c).number,
             slot: slot_of(c).unwrap_or(usize::MAX),
-            link,
+            link: Some(link),
             id,
             input: VecDeque::new(),
             remote_fin: false,
@@ -313,9 +325,9 @@ impl MuxStream {
     ///
     /// # Safety
     /// No other reference to the link may be live.
-    unsafe fn link<'a>(&self) -> Option<&'a mut Link> {
-        // SAFETY: non-null while the link lives (module doc); the caller's promise.
-        unsafe { self.link.as_mut() }
+    unsafe fn link<'a>(&self) -> Option<&'a mut dyn Carrier> {
+        // SAFETY: set while the link lives (module doc); the caller's promise.
+        self.link.map(|mut l| unsafe { l.as_mut() })
     }
 
     /// The link lost this stream (reset by A, or the link died): later calls fail, and the
@@ -323,7 +335,7 @@ impl MuxStream {
     pub fn fail(&mut self, link_gone: bool) {
         self.failed = true;
         if link_gone {
-            self.link = std::ptr::null_mut();
+            self.link = None;
         }
         // SAFETY: c is live while its state is (the state lives in its pool).
         unsafe {

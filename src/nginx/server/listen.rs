@@ -12,7 +12,7 @@ use nginx_sys::{
     ngx_stream_in_addr_t, ngx_stream_port_t,
 };
 
-use crate::nginx::conf::MainConf;
+use crate::nginx::conf::{stream_conf, MainConf};
 use crate::nginx::util::sockaddr::{self, same_address};
 
 /// Refuses a `noise_listen` address that another server also listens on with a plain
@@ -59,7 +59,7 @@ pub unsafe fn check_shared_addresses(
                 if !listed {
                     // SAFETY: every server of the list is a live core srv conf, whose
                     // file_name is a NUL-terminated string of the configuration.
-                    let at = unsafe { server_position(&*cscf) };
+                    let at = unsafe { stream_conf::server_position(&*cscf) };
                     return Err(format!(
                         "\"noise_listen {}\" in {} and a plain \"listen\" of the same address in the server at {at} cannot share a socket; give one of them another address or port",
                         noise.text, noise.at,
@@ -69,16 +69,6 @@ pub unsafe fn check_shared_addresses(
         }
     }
     Ok(())
-}
-
-/// "file:line" of a `server {}` block.
-///
-/// # Safety
-/// `cscf.file_name` must be nginx's NUL-terminated name of the configuration file.
-pub unsafe fn server_position(cscf: &nginx_sys::ngx_stream_core_srv_conf_t) -> String {
-    // SAFETY: caller guarantees a NUL-terminated string.
-    let file = unsafe { std::ffi::CStr::from_ptr(cscf.file_name.cast()) };
-    format!("{}:{}", file.to_string_lossy(), cscf.line)
 }
 
 /// Whether every address served by socket `ls` belongs to a server with `noise_listen`
@@ -109,7 +99,7 @@ fn only_noise_servers(
 }
 
 /// Checks every socket of the recorded addresses and takes each over for the gate
-/// ([`crate::nginx::conn::gate::take_over`]). nginx may have made several sockets of one address
+/// ([`crate::nginx::server::accept::take_over`]). nginx may have made several sockets of one address
 /// (`reuseport` clones one per worker): all of them are checked and taken over, none is
 /// remembered. Errors name the directive's position.
 pub fn resolve(
@@ -134,7 +124,7 @@ pub fn resolve(
                     addr.text, addr.at
                 ));
             }
-            crate::nginx::conn::gate::take_over(ls)
+            crate::nginx::server::accept::take_over(ls)
                 .map_err(|e| format!("\"noise_listen {}\" in {}: {e}", addr.text, addr.at))?;
             found += 1;
         }

@@ -43,7 +43,7 @@ use crate::nginx::conn::handshake::{await_first_frame, drive, Decision, Failure,
 use crate::nginx::conn::{self, NoiseConn, Phase};
 use crate::nginx::keys::limit::{self, Denied};
 use crate::nginx::keys::zone::Zone;
-use crate::nginx::{http::status, keys::auth_request, keys::zone, util::log};
+use crate::nginx::{keys::auth_request, keys::zone, util::counters, util::log};
 use crate::noise_debug;
 
 extern "C" {
@@ -136,7 +136,7 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         unsafe { log::write(log, log::INFO, msg) };
         // A client that never sent its first transport frame: counted as a replay, as it is
         // however else its connection ends.
-        status::failed(
+        counters::failed(
             Side::Server,
             if confirming {
                 Reason::Replay
@@ -168,18 +168,20 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         match zone::decide(keys, key) {
             Zone::Decided(verdict, found) => {
                 if lookup {
-                    status::auth_cache(true);
+                    counters::auth_cache(true);
                 }
                 *attrs.borrow_mut() = found;
                 Decision::Now(verdict)
             }
             Zone::Lookup => {
-                status::auth_cache(false);
+                counters::auth_cache(false);
                 let Some(auth) = &side.auth else {
                     return Decision::Now(Verdict::Unavailable("no noise_auth_request".into()));
                 };
                 // SAFETY: c is the live client; its state holds the handle (below).
-                match unsafe { auth_request::start(c, auth, keys.zone, key, protocol) } {
+                match unsafe {
+                    auth_request::start(c, conn::LOOKUP_WAITER, auth, keys.zone, key, protocol)
+                } {
                     Ok(handle) => {
                         *started.borrow_mut() = Some(handle);
                         Decision::Pending
@@ -257,7 +259,7 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
             // SAFETY: c is live; the reference ends in this statement.
             if let Some(st) = unsafe { conn::get(c) } {
                 if let Some(info) = st.info.as_deref() {
-                    status::ok(Side::Server, info.protocol.name());
+                    counters::ok(Side::Server, info.protocol.name());
                 }
                 st.count_as(State::Established);
             }
@@ -308,7 +310,7 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
         Progress::Failed(failure) => {
             // SAFETY: log is live.
             unsafe { report(log, &failure) };
-            status::failed(Side::Server, failure.reason());
+            counters::failed(Side::Server, failure.reason());
             match failure {
                 Failure::Noise(e) if !e.is_peer_fault() => ERROR,
                 _ => NGX_STREAM_BAD_REQUEST as ngx_int_t,
@@ -341,7 +343,7 @@ unsafe fn wait_for_lookup(c: *mut ngx_connection_t) -> ngx_int_t {
                 &format!("noise: handshake failed: {why} while its key was being looked up (noise_auth_request)"),
             )
         };
-        status::failed(Side::Server, Reason::Closed);
+        counters::failed(Side::Server, Reason::Closed);
         return NGX_STREAM_BAD_REQUEST as ngx_int_t;
     }
     // Level-triggered event methods would report the unread bytes again and again: this
@@ -389,7 +391,7 @@ unsafe fn admit(c: *mut ngx_connection_t, limit: u32) -> Result<(), ngx_int_t> {
     };
     // SAFETY: c's log is live.
     unsafe { log::write((*c).log, log::level_of_denied(&denied), &msg) };
-    status::failed(Side::Server, Reason::Limit);
+    counters::failed(Side::Server, Reason::Limit);
     Err(NGX_STREAM_SERVICE_UNAVAILABLE as ngx_int_t)
 }
 

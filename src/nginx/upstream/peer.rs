@@ -45,15 +45,15 @@ use crate::core::key_agent::{AnyHandshake, DelegatedHandshake};
 use crate::metrics::{Reason, Side, State};
 use crate::nginx::conf::pins::Server;
 use crate::nginx::conf::rules::DEFAULT_HANDSHAKE_TIMEOUT;
-use crate::nginx::conf::stream_conf::{noise_index, Confs};
+use crate::nginx::conf::stream_conf::{self, noise_index, Confs};
 use crate::nginx::conf::{HostPort, UpstreamSide};
 use crate::nginx::conn::handshake::{drive, Failure, Progress};
 use crate::nginx::conn::{self, NoiseConn};
 use crate::nginx::upstream::connect_state::{self, State as Connect};
 use crate::nginx::upstream::proxy_header::{self, Header, Sent};
 use crate::nginx::{
-    conn::gate, http::status, server::listen, upstream::peers, upstream::proxy_pass,
-    upstream::target_guard, util::log, util::pool, util::sockaddr,
+    conn::gate, upstream::peers, upstream::proxy_pass, upstream::target_guard, util::counters,
+    util::log, util::pool, util::sockaddr,
 };
 
 static mut NEXT_FILTER: ngx_stream_filter_pt = None;
@@ -178,7 +178,7 @@ fn check_server(
         return Ok(());
     };
     // SAFETY: file_name is nginx's NUL-terminated configuration file name.
-    let at = unsafe { listen::server_position(cscf) };
+    let at = unsafe { stream_conf::server_position(cscf) };
     match proxy_pass::target(cf, conf, groups) {
         proxy_pass::Target::Variable => {
             let msg = format!(
@@ -335,7 +335,7 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         Err(line) => {
             // SAFETY: the session's client connection and its log are live.
             unsafe { log::write((*(*w.session).connection).log, log::ERR, &line) };
-            status::failed(Side::Upstream, Reason::Local);
+            counters::failed(Side::Upstream, Reason::Local);
             // A failed attempt: the proxy frees the peer as failed (max_fails) and tries
             // the next one (proxy_next_upstream).
             return NGX_DECLINED as ngx_int_t;
@@ -373,7 +373,7 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
                 ngx_close_connection(c);
             }
             pc.connection = std::ptr::null_mut();
-            status::failed(Side::Upstream, Reason::Local);
+            counters::failed(Side::Upstream, Reason::Local);
             return NGX_DECLINED as ngx_int_t;
         }
     };
@@ -676,7 +676,7 @@ impl PeerWrap {
 /// Counts a failed attempt, and stops counting its connection (its state stays in the
 /// session pool until the session ends).
 fn count_failure(w: &PeerWrap, why: Reason) {
-    status::failed(Side::Upstream, why);
+    counters::failed(Side::Upstream, why);
     // SAFETY: w.conn is the wrap's live connection; the reference ends in this statement.
     if let Some(st) = unsafe { conn::get(w.conn) } {
         st.uncount();
@@ -749,7 +749,7 @@ fn step(w: &mut PeerWrap) {
             // SAFETY: c is live; the reference ends in this block.
             if let Some(st) = unsafe { conn::get(c) } {
                 if let Some(info) = st.info.as_deref() {
-                    status::ok(Side::Upstream, info.protocol.name());
+                    counters::ok(Side::Upstream, info.protocol.name());
                     w.info = Some(info.clone());
                 }
                 st.count_as(State::Established);

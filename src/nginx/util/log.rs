@@ -9,9 +9,8 @@ use std::ffi::CStr;
 
 use nginx_sys::{ngx_conf_t, ngx_connection_t, ngx_log_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO};
 
-use crate::core::key_limit::Refusal;
+use crate::core::key_limit::{Denied, Refusal};
 use crate::core::{Ended, Error};
-use crate::nginx::keys::limit::Denied;
 
 /// `error` level.
 pub const ERR: ngx_uint_t = NGX_LOG_ERR as ngx_uint_t;

@@ -23,7 +23,7 @@ pub unsafe fn view<'a>(sa: *const sockaddr, len: socklen_t) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(sa.cast::<u8>(), len as usize) }
 }
 
-/// An IPv4 or IPv6 address with its port, as text ("10.0.0.5:8000", "[::1]:8000"), for
+/// An IPv4 or IPv6 address with its port, as text ("10.0.0.5:8000", "\[::1\]:8000"), for
 /// messages; `None` for other families.
 pub fn text(raw: &[u8]) -> Option<String> {
     if !complete(raw) {
