@@ -33,8 +33,8 @@ use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use zeroize::Zeroizing;
 
-use super::key_agent::is_low_order;
-use super::key_agent::ops::{Ephemeral, KeyOps};
+use super::key_ops::is_low_order;
+use super::key_ops::{Ephemeral, KeyOps};
 use super::keys::Secret;
 
 pub use aws_lc_rs::aead;

@@ -116,7 +116,7 @@ pub enum Error {
     /// DH the handshake needs: unreachable, too slow, or an answer that is no result. Ours,
     /// not the peer's, and fail closed.
     #[error("key agent: {0}")]
-    KeyAgent(crate::core::key_agent::AgentError),
+    KeyAgent(crate::core::agent_error::AgentError),
     /// The handshake needs a DH with a static key held by the key agent; never returned by
     /// [`crate::core::key_agent::DelegatedHandshake`], which asks for it instead.
     #[error("a key agent operation is pending")]

@@ -32,7 +32,7 @@ use super::confirm;
 use super::crypto::{TriesMemo, TriesResolver};
 use super::error::{Error, Result};
 use super::frame::HandshakeReader;
-use super::key_agent::KeyOps;
+use super::key_ops::KeyOps;
 use super::key_verdict::{KeyVerdict, MARKER};
 use super::keys::{self, KeySet};
 use super::negotiation::{Decision, Negotiator, Response, Stage};
@@ -107,7 +107,7 @@ enum Phase {
     /// Initiator: the Noise handshake is over, waiting for the responder's key-confirmation
     /// verdict (docs/protocol.md §4.8).
     AwaitConfirmation,
-    /// A message needs a DH with a key the key agent holds ([`Handshake::pending_key_op`]);
+    /// A message needs a DH with a key the key agent holds ([`Handshake::awaits_key_op`]);
     /// this handshake is abandoned and replayed once it is answered
     /// ([`crate::core::key_agent::DelegatedHandshake`]).
     AwaitKeyOp,
@@ -249,7 +249,7 @@ impl Handshake {
     }
 
     /// An initiator whose static-key DH may come from a key agent (`key_ops`); it may stop
-    /// at once, its first message waiting for one ([`Handshake::pending_key_op`]).
+    /// at once, its first message waiting for one ([`Handshake::awaits_key_op`]).
     pub(crate) fn initiator_with_key_ops(
         negotiator: Arc<dyn Negotiator>,
         settings: Arc<Settings>,

@@ -50,6 +50,15 @@ pub enum Refusal {
     Full { capacity: usize },
 }
 
+/// Why a connection was not admitted.
+#[derive(Debug)]
+pub enum Denied {
+    /// The table said no.
+    Refused(Refusal),
+    /// The table's zone is not set up (no init callback ran).
+    NoZone,
+}
+
 /// A table over memory the caller owns (a shared zone), borrowed for one locked operation.
 pub struct Table<'a> {
     header: &'a mut Header,

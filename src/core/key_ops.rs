@@ -5,7 +5,7 @@
 //!
 //! crypto's static-key `Dh` reads a result from here or records the one it lacks
 //! ([`KeyOps::missing`]); the handshake fails that message with [`Error::KeyOpPending`], and
-//! [`super::DelegatedHandshake`] asks, stores the answer and replays.
+//! [`crate::core::key_agent::DelegatedHandshake`] asks, stores the answer and replays.
 //!
 //! Invariants: a stored result is the agent's answer for exactly that key and point, never
 //! all zeros; a low-order point is never asked about ([`is_low_order`], checked first);
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use aws_lc_rs::agreement::PrivateKey;
 use zeroize::Zeroizing;
 
-use super::AgentError;
+use super::agent_error::AgentError;
 
 /// Most agent answers one handshake may use: each message needs at most two per key tried
 /// (IK's `es` then `ss`), a responder tries at most 8 of its keys and a few peer keys.

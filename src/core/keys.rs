@@ -19,6 +19,10 @@ use zeroize::Zeroizing;
 /// Length of every X25519 key and psk.
 pub const KEY_LEN: usize = 32;
 
+/// Private keys a `noise_listen` server may hold at once (key rotation: each costs a try,
+/// one DH, on a first message made for another one).
+pub const MAX_PRIVATE_KEYS: usize = 8;
+
 /// A 32-byte secret (private key or psk), wiped when dropped.
 #[derive(Clone)]
 pub struct Secret(Zeroizing<[u8; KEY_LEN]>);

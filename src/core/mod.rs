@@ -32,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent_error;
 pub mod auth_reply;
 pub mod buffer_pool;
 pub mod confirm;
@@ -44,6 +45,7 @@ pub mod handshake;
 pub mod key_agent;
 pub mod key_journal;
 pub mod key_limit;
+pub mod key_ops;
 pub mod key_table;
 pub mod key_verdict;
 pub mod keys;

@@ -14,10 +14,10 @@
 
 use std::sync::Arc;
 
-use super::ops::{KeyOp, KeyOps};
 use super::AgentError;
 use crate::core::error::{Error, Result};
 use crate::core::handshake::{Established, Handshake, Settings, Verdict};
+use crate::core::key_ops::{KeyOp, KeyOps};
 use crate::core::negotiation::Negotiator;
 use crate::core::protocol::{Protocol, Role};
 use crate::core::trace::Step;

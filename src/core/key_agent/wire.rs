@@ -29,61 +29,7 @@ pub enum Request {
 const KIND_DH: u8 = 1;
 const KIND_PUBLIC_KEY: u8 = 2;
 
-/// A response's status byte.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    /// The request's version is not [`VERSION`].
-    BadVersion,
-    /// Wrong size, unknown kind, non-zero reserved bytes.
-    BadRequest,
-    /// No key with that public key (DH) or index (public key).
-    UnknownKey,
-    /// The point is of small order: no shared secret exists.
-    LowOrder,
-    /// The agent has too much to do for this client; ask again later.
-    Busy,
-    /// A status this version does not know (from a newer agent).
-    Other(u8),
-}
-
-impl Status {
-    pub fn code(self) -> u8 {
-        match self {
-            Status::Ok => 0,
-            Status::BadVersion => 1,
-            Status::BadRequest => 2,
-            Status::UnknownKey => 3,
-            Status::LowOrder => 4,
-            Status::Busy => 5,
-            Status::Other(c) => c,
-        }
-    }
-
-    pub fn from_code(code: u8) -> Status {
-        match code {
-            0 => Status::Ok,
-            1 => Status::BadVersion,
-            2 => Status::BadRequest,
-            3 => Status::UnknownKey,
-            4 => Status::LowOrder,
-            5 => Status::Busy,
-            c => Status::Other(c),
-        }
-    }
-
-    pub fn describe(self) -> String {
-        match self {
-            Status::Ok => "ok".into(),
-            Status::BadVersion => "unsupported protocol version".into(),
-            Status::BadRequest => "malformed request".into(),
-            Status::UnknownKey => "no such key (is the agent running with this key?)".into(),
-            Status::LowOrder => "low-order point".into(),
-            Status::Busy => "busy".into(),
-            Status::Other(c) => format!("status {c}"),
-        }
-    }
-}
+pub use crate::core::agent_error::Status;
 
 /// A response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! `send`, ...) are ours and leave the link as it was. Stream-fatal conditions are not
 //! errors at all: they are resets, reported as [`super::Event::Reset`].
 
-use super::frame::{FrameKind, StreamId};
+use super::names::{FrameKind, StreamId};
 
 /// Whose fault an error is: the nginx layer logs the peer's at `info`, ours at `error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,14 +7,11 @@
 //! flags, wrong lengths, the reserved stream-id bit): version 1 has no extension points,
 //! versions are chosen in the negotiation data instead.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::error::MuxError;
+pub use super::names::{FrameKind, StreamId};
 use crate::core::payload::MAX_BODY;
-
-/// A stream id: 31 bits, 0 means the link itself.
-pub type StreamId = u32;
 
 /// Header length.
 pub const HEADER_LEN: usize = 8;
@@ -27,47 +24,6 @@ pub const MAX_WINDOW: u32 = 0x7fff_ffff;
 
 const FLAG_FIN: u8 = 0x01;
 const FLAG_ACK: u8 = 0x01;
-
-/// The frame types, as numbered on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameKind {
-    Data = 0,
-    Open = 1,
-    WindowUpdate = 2,
-    Reset = 3,
-    Ping = 4,
-    GoAway = 5,
-    Rekey = 6,
-}
-
-impl fmt::Display for FrameKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FrameKind::Data => "data",
-            FrameKind::Open => "open",
-            FrameKind::WindowUpdate => "window update",
-            FrameKind::Reset => "reset",
-            FrameKind::Ping => "ping",
-            FrameKind::GoAway => "go-away",
-            FrameKind::Rekey => "rekey",
-        })
-    }
-}
-
-impl FrameKind {
-    fn from_u8(t: u8) -> Option<Self> {
-        Some(match t {
-            0 => FrameKind::Data,
-            1 => FrameKind::Open,
-            2 => FrameKind::WindowUpdate,
-            3 => FrameKind::Reset,
-            4 => FrameKind::Ping,
-            5 => FrameKind::GoAway,
-            6 => FrameKind::Rekey,
-            _ => return None,
-        })
-    }
-}
 
 /// Why a stream was reset. Unknown codes are kept as they came (they are informative only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 //! opens streams, B (`noise_listen`) accepts them. This module knows nothing of sockets,
 //! ciphers or nginx:
 //!
-//! * [`frame`]: the byte layout of each frame type, encode and decode;
+//! * [`frame`]: the byte layout of each frame type, encode and decode ([`names`]: stream
+//!   ids and frame types);
 //! * [`stream`]: one stream's state (half-closes, both flow-control windows);
 //! * [`flood`]: the budget of cheap frames a peer may make us handle (rapid reset);
 //! * [`session`]: one link: the streams table, opening and accepting, go-away, ping,
@@ -24,6 +25,7 @@
 pub mod error;
 pub mod flood;
 pub mod frame;
+pub mod names;
 pub mod session;
 pub mod stream;
 
