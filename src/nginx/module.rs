@@ -24,7 +24,7 @@ use crate::nginx::conn::gate;
 use crate::nginx::server::accept::{self, Class};
 use crate::nginx::{
     conn, http::variables, keys, keys::agent, keys::limit, mux::link, mux::stream, server::listen,
-    server::phase, server::pre_handshake, server::preread, upstream::peer, upstream::proxy_pass,
+    server::phase, server::pre_handshake, server::preread, upstream::proxy_pass, upstream::setup,
     util::counters, util::log, util::pool,
 };
 
@@ -216,7 +216,7 @@ pub unsafe extern "C" fn ngx_stream_noise_postconfiguration(cf: *mut ngx_conf_t)
             return ERROR;
         }
     }
-    peer::install(cf, confs)
+    setup::install(cf, confs)
 }
 
 /// # Safety

@@ -8,14 +8,14 @@
 
 use nginx_sys::ngx_connection_t;
 
-use crate::core::handshake::Verdict;
+use crate::core::handshake::{HandshakeInfo, Verdict};
 use crate::core::key_agent::AnyHandshake;
 use crate::core::keys;
 use crate::core::{Ended, Error};
-use crate::metrics::Reason;
+use crate::metrics::{Reason, State};
 use crate::nginx::conn::{self, Phase};
 use crate::nginx::util::socket::{self, Io};
-use crate::nginx::{conn::io, keys::agent, util::log};
+use crate::nginx::{conn::io, keys::agent, util::counters, util::log};
 use crate::noise_debug;
 
 /// Where a handshake stands after [`drive`].
@@ -292,6 +292,32 @@ fn log_steps(log: *mut nginx_sys::ngx_log_t, hs: &mut AnyHandshake) {
     for step in hs.take_steps() {
         noise_debug!(log, "noise handshake: {step}");
     }
+}
+
+/// The end of every successful handshake, on both sides, once the side has admitted the
+/// connection: the handshake is counted by its protocol and the connection as established,
+/// and the write event is marked ready ([`drive`] left the read event's `ready` saying
+/// whether there may be something to read). `keep` sees what the handshake established.
+///
+/// # Safety
+/// `c` must be a live connection whose attached state [`drive`] has just returned
+/// [`Progress::Done`] for.
+pub unsafe fn established<R>(
+    c: *mut ngx_connection_t,
+    keep: impl FnOnce(&HandshakeInfo) -> R,
+) -> Option<R> {
+    // SAFETY: the caller's promise; the reference ends in this block.
+    let kept = unsafe { conn::get(c) }.and_then(|st| {
+        let kept = st.info.as_deref().map(|info| {
+            counters::ok(st.side, info.protocol.name());
+            keep(info)
+        });
+        st.count_as(State::Established);
+        kept
+    });
+    // SAFETY: the connection's write event lives as long as it.
+    unsafe { (*(*c).write).set_ready(1) };
+    kept
 }
 
 /// Moves the finished handshake into transport mode and installs the I/O functions.

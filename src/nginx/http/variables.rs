@@ -16,7 +16,7 @@ use ngx::ngx_string;
 
 use crate::core::handshake::HandshakeInfo;
 use crate::core::keys::encode_key;
-use crate::nginx::{conn, mux::stream, upstream::peer};
+use crate::nginx::{conn, mux::stream, upstream::wrap};
 
 /// What a variable shows.
 #[derive(Clone, Copy)]
@@ -150,7 +150,7 @@ unsafe extern "C" fn get(
     let text = match which {
         Which::UpstreamProtocol | Which::UpstreamServerKey => {
             // SAFETY: s is live.
-            peer::session_info(unsafe { &*s }).map(|info| value(info, *which))
+            wrap::session_info(unsafe { &*s }).map(|info| value(info, *which))
         }
         // SAFETY: c is live.
         Which::OriginAddr => unsafe { stream::origin_text(c) },

@@ -35,11 +35,11 @@ use crate::core::key_agent::DelegatedHandshake;
 use crate::core::key_limit::Refusal;
 use crate::core::keys;
 use crate::core::Error;
-use crate::metrics::{Reason, Side, State};
+use crate::metrics::{Reason, Side};
 use crate::nginx::conf::stream_conf::Confs;
 use crate::nginx::conf::Miss;
 use crate::nginx::conf::ServerSide;
-use crate::nginx::conn::handshake::{await_first_frame, drive, Decision, Failure, Progress};
+use crate::nginx::conn::handshake::{self, await_first_frame, drive, Decision, Failure, Progress};
 use crate::nginx::conn::{self, NoiseConn, Phase};
 use crate::nginx::keys::limit::{self, Denied};
 use crate::nginx::keys::zone::Zone;
@@ -256,20 +256,13 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
                     return rc;
                 }
             }
-            // SAFETY: c is live; the reference ends in this statement.
-            if let Some(st) = unsafe { conn::get(c) } {
-                if let Some(info) = st.info.as_deref() {
-                    counters::ok(Side::Server, info.protocol.name());
-                }
-                st.count_as(State::Established);
-            }
+            // SAFETY: c is live with the state drive() has just finished.
+            unsafe { handshake::established(c, |_| ()) };
             // SAFETY: events are live; the timer is deleted only if set.
             unsafe {
                 if (*rev).timer_set() != 0 {
                     ngx_del_timer(rev);
                 }
-                // drive() left rev.ready saying whether there may be something to read.
-                (*wev).set_ready(1);
                 (*log).action = std::ptr::null_mut();
             }
             // A multiplexed link stays parked here; its streams are sessions of their own.
