@@ -5,8 +5,8 @@
  * noise_keys_api location (the key zone's API).
  *
  * Thin glue only, in the same .so as ngx_stream_noise_module (one load_module loads both):
- * the module definition and the directive table. The logic is Rust (src/nginx/http.rs,
- * src/nginx/status.rs) behind extern "C".
+ * the module definition and the directive table. The logic is Rust (src/nginx/http/,
+ * src/nginx/http/status.rs) behind extern "C".
  */
 
 #include <ngx_config.h>

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: builds everything, checks formatting and lints (cargo fmt --check,
-# clippy -D warnings with and without the nginx layer), then runs the core/CLI tests
-# (cargo), the Python interop tests and the nginx suites (prove t/) against the real
-# nginx + module, and finally the same suites against Debian 12's packaged nginx with our
+# clippy -D warnings with and without the nginx layer, scripts/check-imports.py: no import
+# circles), then runs the core/CLI tests (cargo), the Python interop tests and the nginx
+# suites (prove t/) against the real nginx + module, and finally the same suites against Debian 12's packaged nginx with our
 # .deb installed (scripts/test-matrix.sh debian; it installs nginx from apt).
 # NOISE_SKIP_DEBIAN=1 leaves that last part out.
 set -euo pipefail
@@ -17,6 +17,8 @@ cargo clippy --release --quiet --all-targets -- -D warnings
 # The nginx layer against the nginx that scripts/build.sh configured.
 NGINX_BUILD_DIR=$(cat "$repo/build/nginx-build-dir") NGINX_SOURCE_DIR=$(cat "$repo/build/nginx-source-dir") \
     cargo clippy --release --quiet --all-targets --features nginx -- -D warnings
+echo "== import circles and the nginx layer order"
+python3 scripts/check-imports.py
 echo "== cargo test"
 log=$repo/build/cargo-test.log
 if ! cargo test --release >"$log" 2>&1; then

@@ -1,6 +1,6 @@
 //! The key zone's state file (`noise_keys_zone ... state=FILE`, docs/key-zone.md §6): the
 //! encoding of its records and the replay of a file's bytes, sans-IO (the nginx layer does
-//! the file I/O, `src/nginx/key_state.rs`).
+//! the file I/O, `src/nginx/keys/state.rs`).
 //!
 //! A file is the 8-byte magic `NOISEKJ1` and then records, each
 //! `body length (u16 LE) | body | CRC-32 of length and body (u32 LE)`. A body is a kind byte
