@@ -2,8 +2,9 @@
 # The one test command: builds everything, checks formatting and lints (cargo fmt --check,
 # clippy -D warnings with and without the nginx layer, scripts/check-imports.py: no import
 # circles), then runs the core/CLI tests (cargo), the Python interop tests and the nginx
-# suites (prove t/) against the real nginx + module, and finally the same suites against Debian 12's packaged nginx with our
-# .deb installed (scripts/test-matrix.sh debian; it installs nginx from apt).
+# suites (prove t/) against the real nginx + module, and finally the same suites against
+# Debian 12's packaged nginx with our .deb installed (scripts/test-matrix.sh debian; it
+# installs nginx from apt).
 # NOISE_SKIP_DEBIAN=1 leaves that last part out.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
