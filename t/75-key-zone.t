@@ -22,19 +22,10 @@ my $dir = $t->dir;
 my $ik = 'Noise_IK_25519_ChaChaPoly_BLAKE2s';
 my $ix = 'Noise_IX_25519_ChaChaPoly_BLAKE2s';
 
-sub urlkey { my $k = shift; $k =~ tr{+/}{-_}; $k =~ s/=+$//; $k }
+sub urlkey { $t->urlkey(@_) }
 
 # API calls through curl: returns (status, body).
-sub api {
-    my ($method, $path, $body, $port) = @_;
-    $port //= $t->port('http');
-    my @cmd = ('curl', '-s', '-o', "$dir/api.out", '-w', '%{http_code}', '-X', $method,
-        "http://127.0.0.1:$port$path");
-    push @cmd, '--data-binary', "\@$dir/api.in", '-H', 'Content-Type: application/json' if defined $body;
-    $t->write_file('api.in', $body // '');
-    my $r = $t->run_cmd(\@cmd);
-    return ($r->{out}, $t->read_file('api.out'));
-}
+sub api { $t->http_call(@_) }
 
 # Configuration errors.
 for my $case (

@@ -26,17 +26,10 @@ my $server_pub = $t->keygen('server');
 my %pub = map { $_ => $t->keygen($_) } qw(dev1 dev2 dev3 dev4 dev5 web);
 my $state = "$dir/state/devices.journal";
 
-sub urlkey { my $k = shift; $k =~ tr{+/}{-_}; $k =~ s/=+$//; $k }
+sub urlkey { $t->urlkey(@_) }
 
-sub api {
-    my ($method, $path, $body) = @_;
-    my @cmd = ('curl', '-s', '-o', "$dir/api.out", '-w', '%{http_code}', '-X', $method,
-        "http://127.0.0.1:" . $t->port('http') . $path);
-    push @cmd, '--data-binary', "\@$dir/api.in" if defined $body;
-    $t->write_file('api.in', $body // '');
-    my $r = $t->run_cmd(\@cmd);
-    return ($r->{out}, $t->read_file('api.out'));
-}
+# API calls through curl: returns (status, body).
+sub api { $t->http_call(@_) }
 
 sub count { (api('GET', '/keys/'))[1] =~ /"keys":(\d+)/ ? $1 : -1 }
 

@@ -25,21 +25,14 @@ my $server_pub = $t->keygen('server');
 my $ik = 'Noise_IK_25519_ChaChaPoly_BLAKE2s';
 my $fresh = 0;
 sub fresh { my $name = 'k' . ++$fresh; return ($name, $t->keygen($name)) }
-sub urlkey { my $k = shift; $k =~ tr{+/}{-_}; $k =~ s/=+$//; $k }
+sub urlkey { $t->urlkey(@_) }
 sub errors_since { my $m = shift; return grep { /\[(error|crit|alert|emerg)\]/ } split /\n/, $t->error_log_since($m) }
 sub requests {
     my ($key) = @_;
     return scalar grep { /^\S+ \Q$key\E / } split /\n/, $t->read_file('requests.log');
 }
-sub api {
-    my ($method, $path, $body) = @_;
-    my @cmd = ('curl', '-s', '-o', "$dir/api.out", '-w', '%{http_code}', '-X', $method,
-        "http://127.0.0.1:" . $t->port('http') . $path);
-    push @cmd, '--data-binary', "\@$dir/api.in" if defined $body;
-    $t->write_file('api.in', $body // '');
-    my $r = $t->run_cmd(\@cmd);
-    return ($r->{out}, $t->read_file('api.out'));
-}
+# API calls through curl: returns (status, body).
+sub api { $t->http_call(@_) }
 sub ik { my ($port, $name) = @_; return $t->spawn($t->cli, 'connect', '127.0.0.1:' . $t->port($port), '--key', "$dir/$name.key", '--protocol', $ik, '--remote-key', $server_pub) }
 
 my $auth = $t->port('auth');

@@ -155,6 +155,28 @@ sub read_file {
     return $c // '';
 }
 
+# An HTTP call through curl to 127.0.0.1:PORT (the 'http' port unless given), with BODY
+# (if defined) as a JSON request body: returns (status, body).
+sub http_call {
+    my ($self, $method, $path, $body, $port) = @_;
+    $port //= $self->port('http');
+    my @cmd = ('curl', '-s', '-o', "$self->{dir}/api.out", '-w', '%{http_code}', '-X', $method,
+        "http://127.0.0.1:$port$path");
+    push @cmd, '--data-binary', "\@$self->{dir}/api.in", '-H', 'Content-Type: application/json'
+        if defined $body;
+    $self->write_file('api.in', $body // '');
+    my $r = $self->run_cmd(\@cmd);
+    return ($r->{out}, $self->read_file('api.out'));
+}
+
+# A public key as the keys API names it in a path: base64url, without padding.
+sub urlkey {
+    my (undef, $k) = @_;
+    $k =~ tr{+/}{-_};
+    $k =~ s/=+$//;
+    return $k;
+}
+
 # Makes <name>.key (mode 0600) and <name>.pub with the CLI; returns the public key.
 sub keygen {
     my ($self, $name) = @_;
