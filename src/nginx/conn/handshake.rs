@@ -300,8 +300,8 @@ fn log_steps(log: *mut nginx_sys::ngx_log_t, hs: &mut AnyHandshake) {
 /// whether there may be something to read). `keep` sees what the handshake established.
 ///
 /// # Safety
-/// `c` must be a live connection whose attached state [`drive`] has just returned
-/// [`Progress::Done`] for.
+/// `c` must be a live connection whose attached state has just finished its handshake
+/// ([`drive`] or [`await_first_frame`] returned [`Progress::Done`]).
 pub unsafe fn established<R>(
     c: *mut ngx_connection_t,
     keep: impl FnOnce(&HandshakeInfo) -> R,

@@ -8,7 +8,7 @@
 //!
 //! Writes need `write=on`. A body that does not parse, a bad key, verdict or attribute is a
 //! 400 with the reason, and nothing of it is applied; a zone without room for the new keys
-//! is a 507. Every change is one short locked call on the zone (`zone::change`):
+//! is a 507. Every change is one short locked call on the zone (`crate::nginx::keys::change::change`):
 //! handshakes on every worker see it from the next lookup on, and with `state=` it is in
 //! the zone's state file, flushed, before the 2xx (docs/key-zone.md §6).
 

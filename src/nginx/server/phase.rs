@@ -256,7 +256,7 @@ pub fn handshake_phase(s: &ngx_stream_session_t, side: &ServerSide) -> ngx_int_t
                     return rc;
                 }
             }
-            // SAFETY: c is live with the state drive() has just finished.
+            // SAFETY: c is live with the state whose handshake has just finished.
             unsafe { handshake::established(c, |_| ()) };
             // SAFETY: events are live; the timer is deleted only if set.
             unsafe {

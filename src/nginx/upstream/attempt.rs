@@ -236,7 +236,7 @@ fn step(w: &mut PeerWrap) {
     // SAFETY: c is live with the state get_peer attached.
     match unsafe { drive(c, None) } {
         Progress::Done => {
-            // SAFETY: c is live with the state drive() has just finished.
+            // SAFETY: c is live with the state whose handshake drive() has just finished.
             w.info = unsafe { handshake::established(c, HandshakeInfo::clone) };
             hand_back(w, false);
         }
