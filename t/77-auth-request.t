@@ -58,6 +58,7 @@ ok($t->wait_for(5, sub { -S "$dir/auth.sock" }), 'and one on a unix socket');
 my $down = $t->refused_port('down');
 
 my $base = "http://127.0.0.1:$auth";
+my $echo = $t->echo_backend('echo');
 $t->write_config(<<"END");
 stream {
     noise_keys_zone devices 1m;
@@ -96,6 +97,8 @@ stream {
     server { noise_listen 127.0.0.1:%%PORT_qtimer%%; noise_auth_request $base/hold;
              noise_auth_request_timeout 60s; noise_auth_request_concurrency 1 wait;
              noise_handshake_timeout 1s; return "in\\n"; }
+    server { noise_listen 127.0.0.1:%%PORT_slowecho%%; noise_auth_request $base/slow;
+             noise_auth_request_timeout 5s; proxy_half_close on; proxy_pass 127.0.0.1:$echo; }
     server { noise_listen 127.0.0.1:%%PORT_ordinary%%; noise_keys zone=devices miss=allow;
              noise_trusted_keys %%TESTDIR%%/trusted.list; return "ordinary\\n"; }
 }
@@ -136,6 +139,19 @@ is(client('allow', $k, '--protocol', $ik, '--remote-key', $server_pub)->{out}, "
 like(client('allow', $k, '--protocol', $ix)->{out}, qr/^device=d-\w+ tenant=acme\n\z/, 'IX too (asked once its first transport frame opened)');
 is(requests($pub), 1, 'IX: one request');
 is(join('', errors_since($mark)), '', 'no error lines for allowed clients');
+
+# A pause that found the socket empty: the XX client sends its data right behind message 3,
+# while the handshake waits 2 s for the verdict, and it reaches the handler whole once the
+# handshake resumes (the new bytes' event says there is something to read). IK pauses
+# after message 1, so its client sends once message 2 has come, after the pause.
+for my $case (['XX'], ['IK', '--protocol', $ik, '--remote-key', $server_pub]) {
+    my ($name, @opts) = @$case;
+    ($k, $pub) = fresh();
+    my $data = "sent during the lookup ($name) " . ('x' x 3000) . "\n";
+    my $r = $t->noise_client($t->port('slowecho'), $data, '--key', "$dir/$k.key", @opts);
+    diag("rc=$r->{rc} err=$r->{err} out=" . substr($r->{out},0,80)) if $r->{out} ne $data;
+    is($r->{out}, $data, "$name: what the client sent during a 2 s lookup comes back through proxy_pass");
+}
 
 # An authority on a unix socket.
 ($k, $pub) = fresh();

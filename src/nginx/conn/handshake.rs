@@ -183,9 +183,12 @@ pub unsafe fn drive(c: *mut ngx_connection_t, mut decide: Option<Decide<'_>>) ->
             continue;
         }
         if hs.is_done() {
-            // Ready for the caller's next reader unless the socket is known to be empty and
-            // no early transport bytes came with the last message.
-            rev.set_ready(u32::from(!drained || st.input.buffered() > 0));
+            // Ready for the caller's next reader unless the socket is known to be empty (the
+            // last read drained it, or nothing arrived since a pause that found it empty)
+            // and no early transport bytes came with the last message.
+            rev.set_ready(u32::from(
+                (!drained && rev.ready() != 0) || st.input.buffered() > 0,
+            ));
             // SAFETY: c is live and st is its state.
             return match unsafe { establish(c, st) } {
                 Ok(()) => Progress::Done,
@@ -211,6 +214,11 @@ pub unsafe fn drive(c: *mut ngx_connection_t, mut decide: Option<Decide<'_>>) ->
                     Ok((used, true)) => {
                         // Paused: the rest waits with the state (no more reads meanwhile).
                         st.held = buf[used..n].to_vec();
+                        if n < buf.len() && io::short_read_drains(rev) {
+                            // Known empty: the resumed handshake skips the recv() that
+                            // would only say EAGAIN (what arrives meanwhile sets ready).
+                            rev.set_ready(0);
+                        }
                         if hs.pending_key_op().is_some() {
                             continue; // asks the agent
                         }
