@@ -15,6 +15,9 @@ Each variant of the A->B link has its own pair of ports (our build/sbin/nginx):
     ik-chacha      Noise_IK_25519_ChaChaPoly_BLAKE2s      (A knows B's key)
     nk-chacha      Noise_NK_25519_ChaChaPoly_BLAKE2s      (A knows B's key, A has no key)
     xxpsk3-chacha  Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s  (a psk on both ends too)
+    xx-agent       as xx-chacha, with both static keys in one `noisesocket agent` (unpinned):
+                   noise_key_agent (B) / noise_upstream_key_agent (A); the agent's CPU is
+                   counted with the workers' and reported apart (issue 22's cost goals)
 References for the cost model of docs/performance.md, one-core layout only, new connections
 and keep-alive only:
     direct         no A->B link: A proxies straight to the backend (what a connection costs
@@ -87,6 +90,8 @@ VARIANTS = {
                   False),
     "xxpsk3-chacha": ("Noise XXpsk3 ChaChaPoly BLAKE2s", "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s",
                       "noise", False),
+    "xx-agent": ("Noise XX ChaChaPoly BLAKE2s, keys in a key agent",
+                 "Noise_XX_25519_ChaChaPoly_BLAKE2s", "agent", False),
     "direct": ("no link: A → backend (reference)", None, "direct", True),
     "nnpsk0-chacha": ("Noise NNpsk0 ChaChaPoly BLAKE2s, fixed psk (reference)",
                       "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s", "noise", True),
@@ -296,6 +301,8 @@ class Chain:
         self.http_port = ports[-1]
         self.backend = None
         self.proxies = []
+        self.agent_socket = os.path.join(self.root, "agent.sock")
+        self.agent = None
 
     def backend_conf(self):
         return (
@@ -323,6 +330,9 @@ class Chain:
                 # nginx's default, written out.
                 lines += ["proxy_ssl on;", "proxy_ssl_protocols TLSv1.3;",
                           "proxy_ssl_session_reuse on;"]
+            elif kind == "agent":
+                lines += ["noise_upstream on;", f"noise_upstream_protocol {proto};",
+                          f"noise_upstream_key_agent unix:{self.agent_socket} {k}/a.pub;"]
             elif kind == "noise":
                 lines += ["noise_upstream on;", f"noise_upstream_protocol {proto};"]
                 full, base = pattern_of(proto)
@@ -356,6 +366,10 @@ class Chain:
                 else:
                     # nginx's defaults, written out: stateless tickets, no server-side cache.
                     lines += ["ssl_session_tickets on;", "ssl_session_cache none;"]
+            elif kind == "agent":
+                lines = [f"noise_listen 127.0.0.1:{port} backlog=4096;",
+                         f"noise_protocol {proto};",
+                         f"noise_key_agent unix:{self.agent_socket} {k}/b.pub;"]
             else:
                 lines = [f"noise_listen 127.0.0.1:{port} backlog=4096;",
                          f"noise_protocol {proto};", f"noise_private_key {k}/b.key;"]
@@ -370,7 +384,37 @@ class Chain:
             self.backend = Nginx(self.root, "backend", self.backend_conf(), self.workers)
             self.backend.start()
             wait_listening(self.http_port)
+        if self.agent is None and any(VARIANTS[n][2] == "agent" for n in self.names):
+            self.start_agent()
         self.start_proxies()
+
+    def start_agent(self):
+        """One `noisesocket agent` holding A's and B's keys, unpinned, as a unit would run it."""
+        k = self.mat.keydir
+        os.makedirs(self.root, exist_ok=True)
+        if os.path.exists(self.agent_socket):
+            os.unlink(self.agent_socket)
+        self.agent_log = open(os.path.join(self.root, "agent.log"), "w")
+        # As root, nginx's workers run as nobody: the agent's socket is given to them.
+        user = ["--user", "nobody"] if os.geteuid() == 0 else []
+        os.chmod(self.root, 0o711)
+        self.agent = subprocess.Popen(
+            [CLI, "agent", "--key", f"{k}/a.key", "--key", f"{k}/b.key",
+             "--listen", f"unix:{self.agent_socket}"] + user,
+            stdout=self.agent_log, stderr=subprocess.STDOUT)
+        for _ in range(100):
+            if os.path.exists(self.agent_socket):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.root}: the key agent did not listen")
+
+    def agent_cpu_seconds(self):
+        """CPU used so far by the key agent (0 without one)."""
+        if self.agent is None:
+            return 0.0
+        with open(f"/proc/{self.agent.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def start_proxies(self):
         wrap = lambda servers: "stream {\n" + "\n".join(servers) + "\n}\n"
@@ -390,8 +434,9 @@ class Chain:
                 wait_listening(self.b_port[n])
 
     def cpu_seconds(self):
-        """CPU used so far by the proxy workers (A and B: both ends of the link)."""
-        return sum(p.cpu_seconds() for p in self.proxies)
+        """CPU used so far by the proxy workers (A and B: both ends of the link) and the key
+        agent, if any."""
+        return sum(p.cpu_seconds() for p in self.proxies) + self.agent_cpu_seconds()
 
     def rss_kib(self):
         return sum(p.rss_kib() for p in self.proxies)
@@ -413,6 +458,11 @@ class Chain:
         for x in self.proxies + [self.backend]:
             if x is not None:
                 x.stop()
+        if self.agent is not None:
+            self.agent.terminate()
+            self.agent.wait()
+            self.agent_log.close()
+            self.agent = None
         return errors
 
     def url(self, name, path):
@@ -485,6 +535,7 @@ def median(xs):
 
 def new_result():
     return {"newconn": [], "keepalive": [], "newconn_cpu": [], "keepalive_cpu": [],
+            "newconn_agent_cpu": [], "keepalive_agent_cpu": [],
             "bulk": [], "p50": [], "p99": [], "errors": 0}
 
 
@@ -511,10 +562,13 @@ def run_layout(layout, root, mat, names, args, logf, tests, idle=False):
                     if key not in tests:
                         continue
                     cpu = chain.cpu_seconds()
+                    agent_cpu = chain.agent_cpu_seconds()
                     rps, err, _, count = wrk(url, args.duration, args.connections, close,
                                              logf=logf)
                     res[n][key].append(rps)
                     res[n][key + "_cpu"].append((chain.cpu_seconds() - cpu) * 1e6 / count)
+                    res[n][key + "_agent_cpu"].append(
+                        (chain.agent_cpu_seconds() - agent_cpu) * 1e6 / count)
                     res[n]["errors"] += err
                 if "latency" in tests and not ref:
                     _, err, pct, _ = wrk(url, max(2, args.duration // 2), 1, True, True,
@@ -827,6 +881,7 @@ def figures(res):
     for n, r in res.items():
         fig[n] = {k: median(r[k]) for k in ("newconn", "keepalive", "newconn_cpu",
                                            "keepalive_cpu", "bulk", "p50", "p99")}
+        fig[n]["newconn_agent_cpu"] = median(r.get("newconn_agent_cpu", []))
         fig[n]["idle_kib"] = r.get("idle_kib", float("nan"))
         fig[n]["errors"] = r["errors"]
     return fig
@@ -850,13 +905,40 @@ def floor_rows(fig, floor):
     plain = fig["plain"]["newconn_cpu"]
     for n in fig:
         proto = VARIANTS[n][1]
-        if not proto or fig[n]["newconn_cpu"] != fig[n]["newconn_cpu"]:
+        if not proto or VARIANTS[n][2] != "noise" or fig[n]["newconn_cpu"] != fig[n]["newconn_cpu"]:
             continue
         full, base = pattern_of(proto)
         dh, kg = PATTERN_COST[base]
         fl = plain + dh * floor["dh_us"] + kg * floor["keygen_us"]
         rows.append((n, full, base, dh, kg, fl, fig[n]["newconn_cpu"],
                      fig[n]["newconn_cpu"] / fl))
+    return rows
+
+
+def agent_rows(layout, fig, target):
+    """Issue 22's cost goals: xx-agent (both static keys in the agent) beside xx-chacha
+    (keys in the workers), CPU per new connection; the agent answers two X25519 per
+    connection (B's es, A's se)."""
+    inproc, agent = fig["xx-chacha"], fig["xx-agent"]
+    a_cpu = agent["newconn_agent_cpu"]
+    workers = agent["newconn_cpu"] - a_cpu
+    base = inproc["newconn_cpu"]
+    rows = [
+        "",
+        f"Keys in a key agent ({layout}): CPU µs per new connection, A and B together; "
+        "`noisesocket agent` unpinned, answering A's se and B's es:",
+        "",
+        "| static keys in | workers µs | agent µs | system µs | workers × in-process "
+        "| system × in-process |",
+        "|---|---|---|---|---|---|",
+        f"| the workers (xx-chacha) | {fmt(base)} | — | {fmt(base)} | 1.00 | 1.00 |",
+        f"| the agent (xx-agent) | {fmt(workers)} | {fmt(a_cpu)} | {fmt(agent['newconn_cpu'])} "
+        f"| {fmt(workers / base, 2)} | {fmt(agent['newconn_cpu'] / base, 2)} |",
+    ]
+    target(layout, "workers' CPU per new conn, keys in the agent ÷ in the workers",
+           workers / base, 1.0, invert=True)
+    target(layout, "system CPU per new conn, keys in the agent ÷ in the workers",
+           agent["newconn_cpu"] / base, 1.15, invert=True)
     return rows
 
 
@@ -940,6 +1022,8 @@ def report(args, results, transport, handshake, when=None):
                 if full in FLOOR_TARGET_PATTERNS:
                     target(layout, f"CPU per new conn over the floor ({VARIANTS[n][0]})", r,
                            FLOOR_TARGET, invert=True)
+        if "xx-agent" in fig and "xx-chacha" in fig:
+            lines += agent_rows(layout, fig, target)
         for n in names:
             if VARIANTS[n][2] != "noise" or VARIANTS[n][3]:
                 continue

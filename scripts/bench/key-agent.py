@@ -20,11 +20,17 @@ to the agent overlap as under load. Figures: utime + stime (/proc/PID/stat) of t
 handshakes, divided by --count, in microseconds; `keys` and `agent` alternate for --rounds
 rounds after 20 uncounted handshakes each, and the medians are printed. Clock-tick
 resolution (10 ms) over a few thousand handshakes: about 1 %.
+
+The `floor` line per layout is the in-process figure plus the CPU of one bare question round
+trip between two processes (`cargo bench --bench agent_floor`: no DH, a blocking answerer):
+what any agent that is asked once per handshake costs at least, since the DH itself only
+moves from the worker to the agent.
 """
 
 import argparse
 import multiprocessing
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -32,7 +38,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import CLI, MODULE, XX, cpu, free_port, keygen, start_nginx, stop_nginx
+from benchlib import CLI, MODULE, REPO, XX, cpu, free_port, keygen, start_nginx, stop_nginx
 from benchlib import worst_log_lines, xx
 
 
@@ -117,6 +123,7 @@ def main():
           % (a.rounds, a.count, a.clients))
     print("  %-12s %-8s %8s %8s %8s %14s" % ("layout", "keys in", "worker", "agent", "system",
                                              "vs in-process"))
+    floor = agent_floor()
     for layout in a.layouts.split(","):
         m = run_layout(layout, a.count, a.rounds, a.clients)
         base = m["keys"]["worker"] + m["keys"]["agent"]
@@ -124,7 +131,25 @@ def main():
             system = m[v]["worker"] + m[v]["agent"]
             print("  %-12s %-8s %8.0f %8.0f %8.0f %13.2fx" % (
                 layout, label, m[v]["worker"], m[v]["agent"], system, system / base))
+        if layout in floor:
+            # The DH moves from the worker to the agent; the round trip is what is added.
+            print("  %-12s %-8s %8s %8s %8.0f %13.2fx  (in-process + one round trip's floor,"
+                  " %.1f us)" % (layout, "floor", "", "", base + floor[layout],
+                                 (base + floor[layout]) / base, floor[layout]))
     return 0
+
+
+def agent_floor():
+    """`cargo bench --bench agent_floor`: the CPU of one bare question round trip between two
+    processes, per layout (empty if cargo cannot run it)."""
+    try:
+        out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "agent_floor"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.stderr.write("agent floor not measured: %s\n" % e)
+        return {}
+    m = re.search(r"agent floor: one_cpu_us=([\d.]+) two_cpu_us=([\d.]+)", out)
+    return {"one-core": float(m.group(1)), "two-process": float(m.group(2))} if m else {}
 
 
 if __name__ == "__main__":
