@@ -27,27 +27,12 @@ use rustix::thread::{sched_setaffinity, CpuSet};
 const ROUND_TRIPS: u32 = 20_000;
 const ANSWERER: &str = "NOISE_AGENT_FLOOR_ANSWERER";
 
-#[repr(C)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-}
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
 
 /// utime + stime of this process, in microseconds.
 fn process_cpu_us() -> f64 {
-    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2; // Linux
-    let mut ts = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec; the clock id is a Linux constant.
-    let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
+    cpu_time::process_seconds() * 1e6
 }
 
 fn pin(cpu: usize) {

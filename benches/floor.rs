@@ -5,7 +5,7 @@
 //! scripts/bench/bench.py runs through nginx (and NN / NNpsk0 for the cost model of a psk
 //! resumption handshake in docs/performance.md). `cargo bench --bench floor`.
 //!
-//! Costs are CPU time of the thread (CLOCK_THREAD_CPUTIME_ID), medians of 9 trials.
+//! Costs are CPU time of the thread (`common/cpu_time.rs`), medians of 9 trials.
 //! The last lines are for bench.py: `floor: dh_us=... keygen_us=...` and one
 //! `floor: handshake NAME us=...` per protocol.
 
@@ -22,29 +22,9 @@ use nginx_noise::core::protocol::Protocol;
 use snow::params::DHChoice;
 use snow::resolvers::CryptoResolver;
 
-#[repr(C)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-}
-
-/// CPU time of this thread in seconds: what bench.py measures of nginx's workers (utime +
-/// stime), so that cycles stolen by neighbours on a shared machine count in neither.
-fn thread_cpu() -> f64 {
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3; // Linux
-    let mut ts = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to the pointer it is given.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::thread_seconds as thread_cpu;
 
 /// Median CPU microseconds per call of `f` over several trials.
 fn micros(mut f: impl FnMut()) -> f64 {
