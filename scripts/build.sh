@@ -95,7 +95,11 @@ esac
 case " $flags " in
 *" --without-http "*) fail "the nginx ./configure flags have --without-http: the module needs nginx's http (its http module and the ngx crate it is built on)" ;;
 esac
-opts="--with-compat $flags --builddir=$objs --add-dynamic-module=$repo/nginx-module"
+# --builddir relative to the source tree (where configure and make run): nginx's auto/make
+# turns sources into objects with unanchored seds ("s#\([^ ]*\.\)S#$NGX_OBJS/\1o#"), so an
+# absolute build path with ".S" in it (a clone in /tmp/tmp.Sx..., a ~/My.Src) would become
+# ".o" inside every object path of the Makefile.
+opts="--with-compat $flags --builddir=$(realpath -m --relative-to="$src" "$objs") --add-dynamic-module=$repo/nginx-module"
 stamp="$src $opts $(cat nginx-module/config nginx-module/config.make | sha256sum | cut -c1-16) $CARGO_TARGET_DIR"
 if [ ! -f "$objs/Makefile" ] || [ "$(cat "$objs/.noise-configured" 2>/dev/null)" != "$stamp" ]; then
     rm -rf "$objs"
