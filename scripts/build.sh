@@ -99,7 +99,8 @@ esac
 # turns sources into objects with unanchored seds ("s#\([^ ]*\.\)S#$NGX_OBJS/\1o#"), so an
 # absolute build path with ".S" in it (a clone in /tmp/tmp.Sx..., a ~/My.Src) would become
 # ".o" inside every object path of the Makefile.
-opts="--with-compat $flags --builddir=$(realpath -m --relative-to="$src" "$objs") --add-dynamic-module=$repo/nginx-module"
+objs_from_src=$(realpath -m --relative-to="$src" "$objs")
+opts="--with-compat $flags --builddir=$objs_from_src --add-dynamic-module=$repo/nginx-module"
 stamp="$src $opts $(cat nginx-module/config nginx-module/config.make | sha256sum | cut -c1-16) $CARGO_TARGET_DIR"
 if [ ! -f "$objs/Makefile" ] || [ "$(cat "$objs/.noise-configured" 2>/dev/null)" != "$stamp" ]; then
     rm -rf "$objs"
@@ -116,7 +117,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 if [ -f "$src/src/core/nginx.c" ]; then
     targets="binary modules"
 else
-    targets="$objs/ngx_stream_noise_module.so"
+    targets="$objs_from_src/ngx_stream_noise_module.so" # as the Makefile names it
 fi
 # shellcheck disable=SC2086 # targets are words
 (cd "$src" && make -j"$jobs" -f "$objs/Makefile" $targets >"$build/make.log" 2>&1) || {
