@@ -156,6 +156,13 @@ def run(cmd, **kw):
     return r.stdout
 
 
+def process_cpu_seconds(pid):
+    """utime + stime of one process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Nginx:
     """One nginx instance in its own prefix directory."""
 
@@ -218,12 +225,7 @@ class Nginx:
 
     def cpu_seconds(self):
         """utime + stime of the workers so far."""
-        total = 0
-        for pid in self.workers():
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(process_cpu_seconds(pid) for pid in self.workers())
 
     def rss_kib(self):
         total = 0
@@ -410,11 +412,7 @@ class Chain:
 
     def agent_cpu_seconds(self):
         """CPU used so far by the key agent (0 without one)."""
-        if self.agent is None:
-            return 0.0
-        with open(f"/proc/{self.agent.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0 if self.agent is None else process_cpu_seconds(self.agent.pid)
 
     def start_proxies(self):
         wrap = lambda servers: "stream {\n" + "\n".join(servers) + "\n}\n"
