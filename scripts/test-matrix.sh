@@ -10,15 +10,19 @@
 #              SHA-256 in the .dsc next to it and the one pinned here), built with
 #              NGINX_SRC=... NOISE_BUILD=build/matrix-1.26 scripts/build.sh
 #
+#   mainline   nginx 1.31.4 from t/data/nginx/ (its README: why it is in the repository),
+#              SHA-256 checked, unpacked into build/matrix-src/ and built as src:DIR
+#
 #   src:DIR    any nginx source tree (a release tarball unpacked, or a release tree made
 #              from nginx's repository at its release-X.Y.Z tag the way its misc/GNUmakefile
 #              makes one: auto/configure as ./configure, docs/html and docs/man at the top),
 #              built with NGINX_SRC=DIR NOISE_BUILD=build/matrix-X.Y.Z scripts/build.sh
 #
-#   scripts/test-matrix.sh [vendored|debian|1.26|src:DIR ...]      (default: the first three)
+#   scripts/test-matrix.sh [vendored|debian|1.26|mainline|src:DIR ...]  (default: the first three)
 #
 # Downloads are cached in build/matrix-cache/; logs go to build/matrix-logs/<build>.log.
-# MATRIX_SUITE_TIMEOUT (seconds, default 900) bounds each prove run.
+# MATRIX_SUITE_TIMEOUT (seconds, default 900) bounds each prove run; MATRIX_SUITES (default
+# t/, every suite) names what prove runs.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -27,6 +31,8 @@ logs=$repo/build/matrix-logs
 mkdir -p "$cache" "$logs"
 suite_timeout=${MATRIX_SUITE_TIMEOUT:-900}
 
+ngx_mainline=1.31.4
+ngx_mainline_sha256=3e301bd97afbddb6193b88f050fd1fb2bfe31c015578a8eb7d9c7e3b44aa3178
 ngx126=1.26.3
 ngx126_sha256=69ee2b237744036e61d24b836668aad3040dda461fe6f570f1787eab570c75aa
 # Debian revisions whose .dsc lists nginx_1.26.3.orig.tar.gz (trixie), newest first.
@@ -37,12 +43,12 @@ builds=("$@")
 [ ${#builds[@]} -gt 0 ] || builds=(vendored debian 1.26)
 for b in "${builds[@]}"; do
     case $b in
-    vendored | debian | 1.26) ;;
+    vendored | debian | 1.26 | mainline) ;;
     src:*)
         [ -f "${b#src:}/src/core/nginx.h" ] ||
             { echo "test-matrix: $b: not an nginx source tree (no src/core/nginx.h)" >&2; exit 2; }
         ;;
-    *) echo "test-matrix: unknown build '$b' (vendored, debian, 1.26, src:DIR)" >&2; exit 2 ;;
+    *) echo "test-matrix: unknown build '$b' (vendored, debian, 1.26, mainline, src:DIR)" >&2; exit 2 ;;
     esac
 done
 # The harness reads these; each build sets its own.
@@ -61,12 +67,12 @@ declare -A result
 run_suite() {
     local name=$1 log=$logs/$1.log
     shift
-    say "$name: prove -r -I t/lib t/ (log: $log)"
+    say "$name: prove -r -I t/lib ${MATRIX_SUITES:-t/} (log: $log)"
     local start=$SECONDS rc=0 tmp
     tmp=$(mktemp -d "${TMPDIR:-/tmp}/noise-matrix-$name.XXXXXX")
     chmod 755 "$tmp"    # like /tmp for the tests' own dirs: workers run as nobody
     env "$@" NOISE_PYTHON="$repo/build/venv/bin/python" TMPDIR="$tmp" \
-        timeout --kill-after=30 "$suite_timeout" prove -r -I t/lib t/ >>"$log" 2>&1 || rc=$?
+        timeout --kill-after=30 "$suite_timeout" prove -r -I t/lib ${MATRIX_SUITES:-t/} >>"$log" 2>&1 || rc=$?
     local summary note="" leaked pid
     summary=$(grep -E '^Files=' "$log" | tail -n1 | sed 's/,  *[0-9]* wallclock.*//')
     [ $rc -eq 124 ] && summary="timed out after ${suite_timeout}s; $summary"
@@ -262,6 +268,19 @@ matrix_src() {
         TEST_NGINX_CLI="$out/bin/noisesocket"
 }
 
+# --- (e) mainline, from the repository's tarball -------------------------------------------
+
+# Unpacks t/data/nginx/nginx-$ngx_mainline.tar.xz once; prints the tree's directory.
+mainline_tree() {
+    local tar=$repo/t/data/nginx/nginx-$ngx_mainline.tar.xz dir=$repo/build/matrix-src
+    echo "$ngx_mainline_sha256  $tar" | sha256sum -c --quiet >&2 ||
+        { echo "test-matrix: $tar does not match its pinned SHA-256" >&2; return 1; }
+    if [ ! -f "$dir/nginx-$ngx_mainline/src/core/nginx.h" ]; then
+        mkdir -p "$dir" && rm -rf "$dir/nginx-$ngx_mainline" && tar -xJf "$tar" -C "$dir"
+    fi
+    echo "$dir/nginx-$ngx_mainline"
+}
+
 # --- run ---------------------------------------------------------------------------------
 
 start=$SECONDS
@@ -272,6 +291,13 @@ for b in "${builds[@]}"; do
     vendored) matrix_vendored ;;
     debian) matrix_debian ;;
     1.26) matrix_126 ;;
+    mainline)
+        if tree=$(mainline_tree); then
+            matrix_src "src:$tree"
+        else
+            result[mainline]="FAIL (not built: the tarball in t/data/nginx/ is not the pinned one)"
+        fi
+        ;;
     src:*) matrix_src "$b" ;;
     esac
 done
@@ -283,10 +309,14 @@ for b in "${builds[@]}"; do
     vendored) label="vendored nginx 1.28.3" ;;
     debian) label="Debian 12 nginx $(dpkg-query -W -f='${Version}' nginx 2>/dev/null || echo '?') + .deb" ;;
     1.26) label="nginx $ngx126 (Debian archive tarball)" ;;
+    mainline) label="nginx $ngx_mainline (mainline, t/data/nginx)" ;;
     src:*) label="nginx $(src_name "$b" | cut -c5-) (${b#src:})" ;;
     esac
     key=$b
-    case $b in src:*) key=$(src_name "$b") ;; esac
+    case $b in
+    src:*) key=$(src_name "$b") ;;
+    mainline) [ -n "${result[mainline]:-}" ] || key=src-$ngx_mainline ;;
+    esac
     printf '%-48s %s\n' "$label:" "${result[$key]}"
     case ${result[$key]} in PASS*) ;; *) failed=1 ;; esac
 done

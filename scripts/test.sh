@@ -4,8 +4,9 @@
 # circles), then runs the core/CLI tests (cargo), the Python interop tests and the nginx
 # suites (prove t/) against the real nginx + module, and finally the same suites against
 # Debian 12's packaged nginx with our .deb installed (scripts/test-matrix.sh debian; it
-# installs nginx from apt).
-# NOISE_SKIP_DEBIAN=1 leaves that last part out.
+# installs nginx from apt), and the suites with mainline-only tests against nginx mainline
+# from t/data/nginx/ (scripts/test-matrix.sh mainline).
+# NOISE_SKIP_DEBIAN=1 and NOISE_SKIP_MAINLINE=1 leave those parts out.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -33,4 +34,11 @@ prove -r -I t/lib t/
 if [ "${NOISE_SKIP_DEBIAN:-}" != 1 ]; then
     echo "== the suites against Debian 12's nginx with the .deb"
     scripts/test-matrix.sh debian
+fi
+if [ "${NOISE_SKIP_MAINLINE:-}" != 1 ]; then
+    # The suites whose tests need mainline nginx features (least_time, proxy_protocol v2:
+    # they skip on 1.28.3), against nginx 1.31.4 from t/data/nginx/, so that CI builds the
+    # module's mainline-only code and runs those tests.
+    echo "== the suites with mainline-only tests, against nginx mainline"
+    MATRIX_SUITES="t/42-proxy-protocol.t t/46-upstream-pins.t" scripts/test-matrix.sh mainline
 fi
